@@ -1,0 +1,231 @@
+"""The training loop shared by the prior and denoiser trainers.
+
+What it owns: AdamW, an EMA of the weights, gradient clipping, a progress bar (loss, images/s), periodic
+checkpoints written atomically and `resume` from them, EMA snapshots at chosen steps, and a provenance
+record. What a trainer supplies: the network, a loss `loss_fn(network, images, generator) -> scalar`, and a
+source of image batches.
+
+Resuming is exact on one process: the checkpoint holds the weights, the EMA, the optimiser, the step and
+the states of both random generators (data and loss), so a run stopped at step k and resumed gives the same
+weights as an uninterrupted run (tested).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 100_000
+    batch_size: int = 32
+    lr: float = 2e-4  # DDPM (Ho et al. 2020) used 2e-4 at 32x32
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 500
+    grad_clip: float = 1.0  # DDPM / ADM clip the gradient norm at 1
+    ema_decay: float = 0.9999  # ADM; warmed up as min(decay, (1 + step) / (10 + step))
+    checkpoint_every: int = 1000
+    snapshot_steps: tuple[int, ...] = ()
+    seed: int = 0
+    device: str = "cpu"
+    amp_dtype: str | None = None  # "bf16" on GPUs that have it; None trains in fp32
+    max_wall_seconds: float | None = None  # stop early (with a checkpoint) once this much time is spent
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    wall_seconds: float = 0.0
+    images_seen: int = 0
+    losses: list[float] = field(default_factory=list)  # mean loss per logging window
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """EMA warm-up: early weights are averaged over few steps, late ones over ~1/(1-decay)."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e.lerp_(p.detach(), 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
+        e.copy_(b)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def hardware() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name(0)
+    return info
+
+
+class Trainer:
+    """Runs `config.steps` optimisation steps of `loss_fn` on `network`, checkpointing into `out_dir`."""
+
+    def __init__(
+        self,
+        network: nn.Module,
+        loss_fn: Callable[[nn.Module, Tensor, torch.Generator], Tensor],
+        next_batch: Callable[[int], Tensor],
+        data_generator: torch.Generator,
+        config: TrainConfig,
+        out_dir: str | Path,
+        *,
+        description: dict[str, Any] | None = None,
+    ):
+        self.config = config
+        self.device = torch.device(config.device)
+        self.network = network.to(self.device)
+        self.ema = copy.deepcopy(self.network).eval().requires_grad_(False)
+        self.loss_fn = loss_fn
+        self.next_batch = next_batch
+        self.data_generator = data_generator
+        self.loss_generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
+        self.optimizer = torch.optim.AdamW(
+            self.network.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+        )
+        self.out_dir = Path(out_dir)
+        self.state = TrainState()
+        self.description = description or {}
+
+    # ----- checkpoints -----------------------------------------------------------------------------
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / CHECKPOINT_NAME
+
+    def save_checkpoint(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save(
+            {
+                "network": self.network.state_dict(),
+                "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "state": asdict(self.state),
+                "data_generator": self.data_generator.get_state(),
+                "loss_generator": self.loss_generator.get_state(),
+                "config": json.dumps(asdict(self.config)),
+            },
+            self.checkpoint_path(),
+        )
+
+    def load_checkpoint(self) -> None:
+        path = self.checkpoint_path()
+        if not path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {path}; start without --resume to train from scratch")
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        self.network.load_state_dict(ckpt["network"], strict=True)
+        self.ema.load_state_dict(ckpt["ema"], strict=True)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.state = TrainState(**ckpt["state"])
+        self.data_generator.set_state(ckpt["data_generator"])
+        self.loss_generator.set_state(ckpt["loss_generator"])
+
+    # ----- the loop --------------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        warmup = max(1, self.config.warmup_steps)
+        return self.config.lr * min(1.0, (step + 1) / warmup)
+
+    def train_step(self) -> Tensor:
+        images = self.next_batch(self.config.batch_size).to(self.device, non_blocking=True)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.state.step)
+        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.amp_dtype or "")
+        with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
+            loss = self.loss_fn(self.network, images, self.loss_generator)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {self.state.step}; lower --lr")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.network.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        update_ema(self.ema, self.network, ema_decay_at(self.state.step, self.config.ema_decay))
+        self.state.step += 1
+        self.state.images_seen += images.shape[0]
+        return loss.detach()
+
+    def run(self, on_snapshot: Callable[[int, nn.Module], None] | None = None, progress: bool = True) -> TrainState:
+        from tqdm import tqdm
+
+        config = self.config
+        bar = tqdm(total=config.steps, initial=self.state.step, disable=not progress, dynamic_ncols=True)
+        window: list[Tensor] = []
+        start = time.perf_counter()
+        seen_at_start = self.state.images_seen
+        wall_at_start = self.state.wall_seconds
+        while self.state.step < config.steps:
+            if config.max_wall_seconds is not None and time.perf_counter() - start >= config.max_wall_seconds:
+                self.save_checkpoint()
+                break
+            window.append(self.train_step())
+            self.state.wall_seconds = wall_at_start + time.perf_counter() - start
+            bar.update(1)
+            step = self.state.step
+            if step % 50 == 0 or step == config.steps:
+                mean_loss = torch.stack(window).float().mean().item()
+                self.state.losses.append(mean_loss)
+                window.clear()
+                rate = (self.state.images_seen - seen_at_start) / max(1e-9, time.perf_counter() - start)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.1f}")
+            if step in config.snapshot_steps and on_snapshot is not None:
+                on_snapshot(step, self.ema)
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                self.save_checkpoint()
+        bar.close()
+        return self.state
+
+    def provenance(self, data: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "steps": self.state.step,
+            "batch_size": self.config.batch_size,
+            "images_seen": self.state.images_seen,
+            "wall_seconds": round(self.state.wall_seconds, 1),
+            "final_losses": self.state.losses[-5:],
+            "train_config": asdict(self.config),
+            "data": data,
+            "hardware": hardware(),
+            "git_commit": git_commit(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **self.description,
+        }
