@@ -75,10 +75,28 @@ def _cmd_train_prior(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_training_options(parser: argparse.ArgumentParser, *, steps: int, batch_size: int, lr: float) -> None:
+def _cmd_train_denoiser(args: argparse.Namespace) -> int:
+    from bench.train_denoiser import train_denoiser
+
+    final = train_denoiser(
+        args.data,
+        args.out,
+        size=args.size,
+        channels=args.channels,
+        config=_train_config(args),
+        resume=args.resume,
+        sigma_max=args.sigma_max,
+    )
+    print(f"trained denoiser written to {final}")
+    return 0
+
+
+def _add_training_options(
+    parser: argparse.ArgumentParser, *, steps: int, batch_size: int, lr: float, size: int
+) -> None:
     parser.add_argument("--data", required=True, help="folder of training photos (never the evaluation set)")
     parser.add_argument("--out", required=True, help="output folder (checkpoints under train/, result in final/)")
-    parser.add_argument("--size", type=int, default=64, help="crop size in pixels (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=size, help="crop size in pixels (default: %(default)s)")
     parser.add_argument("--channels", type=int, choices=[1, 3], default=3)
     parser.add_argument("--steps", type=int, default=steps, help="total optimisation steps (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=batch_size, help="(default: %(default)s)")
@@ -88,7 +106,6 @@ def _add_training_options(parser: argparse.ArgumentParser, *, steps: int, batch_
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision on GPUs")
-    parser.add_argument("--workers", type=int, default=0, help="data-loading processes (resume is exact only with 0)")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
 
@@ -109,8 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
     listing.set_defaults(func=_cmd_list)
 
     train = commands.add_parser("train-prior", help="train a diffusion prior (a diffusers UNet2DModel) on photos")
-    _add_training_options(train, steps=100_000, batch_size=32, lr=2e-4)
+    _add_training_options(train, steps=100_000, batch_size=32, lr=2e-4, size=64)
+    train.add_argument("--workers", type=int, default=0, help="data-loading processes (resume is exact only with 0)")
     train.set_defaults(func=_cmd_train_prior)
+
+    denoiser = commands.add_parser("train-denoiser", help="train a DnCNN Gaussian denoiser (for PnP-ADMM) on photos")
+    _add_training_options(denoiser, steps=20_000, batch_size=64, lr=1e-3, size=40)
+    denoiser.add_argument(
+        "--sigma-max", type=float, default=55 / 255, help="noise levels drawn from [0, this] on the [0, 1] scale"
+    )
+    denoiser.set_defaults(func=_cmd_train_denoiser)
     return parser
 
 

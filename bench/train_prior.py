@@ -137,7 +137,7 @@ def train_prior(
     from bench.data import manifest_sha256
 
     out = Path(out)
-    if out.exists() and not resume and (out / "checkpoint.pt").exists():
+    if not resume and (out / "train" / "checkpoint.pt").exists():
         raise FileExistsError(
             f"{out} already holds a training run; pass --resume to continue it or choose another --out"
         )

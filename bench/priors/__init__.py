@@ -1,0 +1,181 @@
+"""Diffusion priors: `load_prior(spec)` turns a spec string into a `Prior` (see `base.Prior`).
+
+Spec syntax: ``<kind>[:<argument>][?<key>=<value>[&<key>=<value>...]]``; options may also be passed to
+`load_prior` as keyword arguments (e.g. from a command-line flag). The kinds:
+
+* ``natural64``: the embedded default, a diffusers UNet2DModel trained on natural photos at 3x64x64,
+  shipped under ``bench/assets/natural64/`` (model.safetensors + config.json as written by `save_unet`,
+  or a diffusers unet/ + scheduler/ folder).
+* ``gaussian[:<size>][?channels=<1|3>]``: the analytic Gaussian prior (default 3x16x16) with an exact
+  denoiser and exact posteriors for linear operators, for testing solvers.
+* ``diffusers:<folder or hub id>``: a diffusers UNet2DModel with its DDPMScheduler config (a pipeline
+  folder, a bare UNet folder or a `save_unet` folder); a hub id only from the cache or when online.
+* ``adm:<checkpoint>[?preset=<name>]``: a guided-diffusion ADM checkpoint (.pt or .safetensors); presets
+  imagenet256-uncond (default) and ffhq256.
+
+The last '?' of a spec starts its options, so a path may not contain '?'.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .base import PosteriorCoefficients, Prediction, Prior, PriorError, PriorStats, linear_betas, resolve_dtype
+
+# hf imports diffusers only inside its functions, so these cost nothing at start-up.
+from .hf import load_unet, save_unet
+
+__all__ = [
+    "NATURAL64_DIR",
+    "PosteriorCoefficients",
+    "Prediction",
+    "Prior",
+    "PriorError",
+    "PriorStats",
+    "available",
+    "linear_betas",
+    "load_prior",
+    "load_unet",
+    "parse_spec",
+    "save_unet",
+]
+
+# Where the embedded prior's weights ship (package data of `bench`).
+NATURAL64_DIR = Path(__file__).resolve().parents[1] / "assets" / "natural64"
+
+
+def parse_spec(spec: str) -> tuple[str, str | None, dict[str, str]]:
+    """'kind:argument?key=value&...' -> (kind, argument or None, options)."""
+    text = str(spec).strip()
+    head, mark, query = text.rpartition("?")
+    if not mark:
+        head, query = text, ""
+    kind, colon, argument = head.partition(":")
+    options: dict[str, str] = {}
+    for pair in filter(None, query.split("&")):
+        key, equals, value = pair.partition("=")
+        if not equals or not key:
+            raise PriorError(f"bad option {pair!r} in prior spec {spec!r}; write options as '?key=value&key=value'")
+        options[key.strip()] = value.strip()
+    return kind.strip(), (argument.strip() if colon else None), options
+
+
+def _natural64(argument: str | None, options: dict[str, str], device: Any, dtype: Any) -> Prior:
+    if argument:
+        raise PriorError(f"'natural64' takes no argument, got 'natural64:{argument}'")
+    from .hf import load_diffusers_prior, load_unet_prior
+
+    own_format = [NATURAL64_DIR / "model.safetensors", NATURAL64_DIR / "config.json"]
+    if all(p.is_file() for p in own_format):
+        return load_unet_prior(NATURAL64_DIR, kind="natural64", device=device, dtype=dtype)
+    # The trainer (bench.train_prior) writes a diffusers pipeline folder; shipping that as-is works too.
+    if (NATURAL64_DIR / "unet").is_dir():
+        return load_diffusers_prior(str(NATURAL64_DIR), kind="natural64", device=device, dtype=dtype)
+    raise PriorError(
+        f"the embedded prior 'natural64' has not been trained and shipped yet: {NATURAL64_DIR} holds neither "
+        "model.safetensors + config.json nor a diffusers unet/ + scheduler/ folder. Use another prior meanwhile: "
+        "'gaussian' (analytic, 3x16x16), 'diffusers:<folder or hub id>' or 'adm:<checkpoint.pt>?preset=imagenet256-uncond'"
+    )
+
+
+def _gaussian(argument: str | None, options: dict[str, str], device: Any, dtype: Any) -> Prior:
+    from .gaussian import GaussianPrior
+
+    kwargs: dict[str, int] = {}
+    for name, text in (("size", argument), ("channels", options.get("channels"))):
+        if text:
+            try:
+                kwargs[name] = int(text)
+            except ValueError as exc:
+                raise PriorError(
+                    f"gaussian prior {name} must be an integer, got {text!r} (e.g. 'gaussian:16?channels=3')"
+                ) from exc
+    return GaussianPrior(**kwargs, device=device, dtype=dtype)
+
+
+def _diffusers(argument: str | None, options: dict[str, str], device: Any, dtype: Any) -> Prior:
+    if not argument:
+        raise PriorError(
+            "'diffusers' needs a folder or hub id: 'diffusers:<folder>' or 'diffusers:google/ddpm-celebahq-256'"
+        )
+    from .hf import load_diffusers_prior
+
+    return load_diffusers_prior(argument, device=device, dtype=dtype)
+
+
+def _adm(argument: str | None, options: dict[str, str], device: Any, dtype: Any) -> Prior:
+    from .adm_prior import ADM_DEFAULT_PRESET, load_adm_prior
+
+    if not argument:
+        raise PriorError("'adm' needs a checkpoint path: 'adm:<checkpoint.pt>?preset=imagenet256-uncond'")
+    return load_adm_prior(argument, options.get("preset") or ADM_DEFAULT_PRESET, device=device, dtype=dtype)
+
+
+# kind -> (loader, accepted options, spec pattern, description)
+_KINDS: dict[str, tuple[Callable[..., Prior], frozenset[str], str, str]] = {
+    "natural64": (
+        _natural64,
+        frozenset(),
+        "natural64",
+        "embedded default: diffusers UNet2DModel trained on natural photos, 3x64x64 (bench/assets/natural64)",
+    ),
+    "gaussian": (
+        _gaussian,
+        frozenset({"channels"}),
+        "gaussian[:<size>][?channels=<1|3>]",
+        "analytic Gaussian prior (default 3x16x16): exact denoiser and exact posteriors of linear operators",
+    ),
+    "diffusers": (
+        _diffusers,
+        frozenset(),
+        "diffusers:<folder or hub id>",
+        "diffusers UNet2DModel + DDPMScheduler config (ε-prediction; learned_range variance supported)",
+    ),
+    "adm": (
+        _adm,
+        frozenset({"preset"}),
+        "adm:<checkpoint.pt>[?preset=<name>]",
+        "guided-diffusion ADM UNet, linear β, learned variance; presets imagenet256-uncond (default), ffhq256",
+    ),
+}
+
+
+def available() -> list[tuple[str, str]]:
+    """(spec pattern, description) of every prior kind."""
+    return [(pattern, description) for _, _, pattern, description in _KINDS.values()]
+
+
+def load_prior(
+    spec: str, device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32, **options: Any
+) -> Prior:
+    """The prior named by `spec` (see the module docstring), its network frozen on `device` in `dtype`.
+
+    Keyword options (None values are ignored) join the spec's own, e.g. load_prior('adm:x.pt', preset='ffhq256').
+    """
+    kind, argument, spec_options = parse_spec(spec)
+    if kind not in _KINDS:
+        close = difflib.get_close_matches(kind, list(_KINDS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        patterns = ", ".join(pattern for pattern, _ in available())
+        raise PriorError(f"unknown prior '{kind}'{hint} (available: {patterns})")
+    loader, accepted, pattern, _ = _KINDS[kind]
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key in spec_options and spec_options[key] != str(value):
+            raise PriorError(
+                f"option {key!r} given twice with different values: {spec_options[key]!r} in the spec, {value!r}"
+            )
+        spec_options[key] = str(value)
+    for key in spec_options:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, sorted(accepted), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            known = ", ".join(sorted(accepted)) or "none"
+            raise PriorError(f"unknown option '{key}' for prior '{kind}'{hint} (accepted: {known}; spec: {pattern})")
+    return loader(argument, spec_options, device, resolve_dtype(dtype))

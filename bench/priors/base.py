@@ -1,0 +1,497 @@
+"""The `Prior` contract: what every solver sees of a pretrained diffusion model.
+
+A prior is a frozen ε-prediction network together with its discrete DDPM noise schedule:
+
+    x_t = sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) ε,   ε ~ N(0, I),   t in {0, ..., T-1},   ᾱ_t = prod_{i<=t} (1 - β_i).
+
+Images are (B, C, H, W) tensors on the diffusion's [-1, 1] scale. Timesteps are integers of the training
+schedule; t = -1 stands for the clean image (ᾱ_{-1} = 1), so that the last step of a sampler, "t -> clean",
+uses the same formulas as every other step. The schedule is kept once, in float64 on the CPU, and every
+coefficient is derived from `alphas_cumprod` when asked for.
+
+Solvers call `predict` (one network evaluation giving ε, the Tweedie estimate of x0 and, for priors with a
+learned variance, the log-variance) and the schedule helpers `alpha_bar`, `q_posterior`, `timesteps`.
+The prior counts its own network evaluations and the time spent in them (`stats`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import operator
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "PosteriorCoefficients",
+    "Prediction",
+    "Prior",
+    "PriorError",
+    "PriorStats",
+    "file_sha256",
+    "linear_betas",
+    "resolve_dtype",
+]
+
+
+class PriorError(ValueError):
+    """Bad input to a prior or a prior that cannot be loaded: the message names the problem and the fix."""
+
+
+# DDPM (Ho et al. 2020, Sec. 4): T = 1000, β linear from 1e-4 to 0.02; ADM and most pixel-space priors use it.
+DDPM_NUM_TIMESTEPS = 1000
+DDPM_BETA_START = 1e-4
+DDPM_BETA_END = 0.02
+
+
+def linear_betas(
+    num_timesteps: int = DDPM_NUM_TIMESTEPS, beta_start: float = DDPM_BETA_START, beta_end: float = DDPM_BETA_END
+) -> Tensor:
+    """DDPM's linear β schedule, (T,) float64 (with the defaults, ᾱ_999 ≈ 4.04e-5)."""
+    return torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
+
+
+_DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+
+
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """A network dtype from a torch dtype or a name such as 'fp32', 'bf16', 'fp16'."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in _DTYPES.values():
+            raise PriorError(f"network dtype must be float32, bfloat16 or float16, got {dtype}")
+        return dtype
+    if str(dtype).lower() not in _DTYPES:
+        raise PriorError(f"unknown network dtype {dtype!r} (available: {', '.join(_DTYPES)})")
+    return _DTYPES[str(dtype).lower()]
+
+
+def file_sha256(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What one network evaluation at (x_t, t) gives; every tensor is (B, C, H, W) in x_t's dtype.
+
+    eps: the network's ε prediction.
+    x0: the Tweedie estimate (x_t - sqrt(1 - ᾱ_t) ε) / sqrt(ᾱ_t), on the [-1, 1] scale but not clipped.
+    log_variance: for learned-variance priors, log Σ_t of p(x_{t-1} | x_t) (Improved DDPM, Nichol & Dhariwal
+        2021, Eq. 15): frac log β_t + (1 - frac) log β̃_t; None for fixed-variance priors.
+    variance_frac: the interpolation weight frac = (v + 1) / 2 from the network's raw output v (nominally
+        in [0, 1], not clamped, as in Improved DDPM); solvers that take respaced steps t -> s pass it to
+        `Prior.learned_log_variance(frac, t, s)`. None for fixed-variance priors.
+    """
+
+    eps: Tensor
+    x0: Tensor
+    log_variance: Tensor | None = None
+    variance_frac: Tensor | None = None
+
+
+@dataclass
+class PriorStats:
+    """Network use since the last `reset_stats`.
+
+    nfe: network calls; a call on a batch counts once.
+    forward_seconds: wall time inside the network's forward calls (CUDA synchronised before and after).
+    backward_seconds: wall time of autograd backward through the network, from the moment the gradient
+        reaches the network's output to the moment it leaves its input, summed over calls. Backward through
+        anything else (the operator, the loss) is not counted.
+    """
+
+    nfe: int = 0
+    forward_seconds: float = 0.0
+    backward_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PosteriorCoefficients:
+    """q(x_s | x_t, x0) = N(coef_x0 x0 + coef_xt x_t, variance I) between timesteps t > s >= -1.
+
+    With ᾱ_{-1} = 1 and β' = 1 - ᾱ_t / ᾱ_s (the β of the respaced step; β_t itself when s = t - 1):
+        coef_x0 = sqrt(ᾱ_s) β' / (1 - ᾱ_t)
+        coef_xt = sqrt(1 - β') (1 - ᾱ_s) / (1 - ᾱ_t)
+        variance = β' (1 - ᾱ_s) / (1 - ᾱ_t)          (β̃', zero when s = -1)
+    log_variance is log(variance), clipped as Improved DDPM does: where the variance is zero (s = -1) it is
+    replaced by β̃_1, the variance of the step 1 -> 0. Each tensor is (B, 1, 1, 1), broadcastable to images.
+    """
+
+    coef_x0: Tensor
+    coef_xt: Tensor
+    variance: Tensor
+    log_variance: Tensor
+    beta: Tensor
+
+    def mean(self, x_t: Tensor, x0: Tensor) -> Tensor:
+        """The posterior mean coef_x0 x0 + coef_xt x_t for images (B, C, H, W)."""
+        return self.coef_x0 * x0 + self.coef_xt * x_t
+
+
+# The clock is a module attribute so that tests can replace it with a deterministic one.
+_clock = time.perf_counter
+
+
+def _synchronize(device: torch.device) -> None:
+    # CUDA kernels run asynchronously: without a barrier the timer would measure only the launch.
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _BackwardWindow:
+    """The backward pass of one network call: opened at its output, closed at its input."""
+
+    def __init__(self, prior: Prior) -> None:
+        self.prior = prior
+        self.opened: float | None = None
+
+
+class _OpenBackwardWindow(torch.autograd.Function):
+    """Identity on the network's output; its backward runs first in the network's backward pass."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, window: _BackwardWindow) -> Tensor:
+        ctx.window = window
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        window: _BackwardWindow = ctx.window
+        _synchronize(grad.device)
+        window.opened = _clock()
+        return grad, None
+
+
+class _CloseBackwardWindow(torch.autograd.Function):
+    """Identity on the network's input; its backward runs once the network's backward pass is done."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, window: _BackwardWindow) -> Tensor:
+        ctx.window = window
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        window: _BackwardWindow = ctx.window
+        if window.opened is not None:
+            _synchronize(grad.device)
+            window.prior.stats.backward_seconds += _clock() - window.opened
+            window.opened = None
+        return grad, None
+
+
+def _freeze(network: nn.Module) -> nn.Module:
+    network.requires_grad_(False)
+    return network.eval()
+
+
+class Prior:
+    """A frozen ε-prediction diffusion model with its DDPM schedule (see the module docstring).
+
+    Attributes:
+        kind: the registry name ('gaussian', 'diffusers', 'adm', 'natural64').
+        network: the frozen nn.Module (parameters have requires_grad False, eval mode).
+        image_shape: (C, H, W) of the images the network was trained on.
+        num_timesteps: T; valid timesteps are 0..T-1 (and -1, the clean image, in the schedule helpers).
+        betas, alphas_cumprod: (T,) float64 on the CPU.
+        learned_variance: whether the network also outputs Improved DDPM's variance interpolation v.
+        device: where the network lives; inputs must be there too.
+        dtype: the network's dtype (float32, or bfloat16 / float16 to save time); inputs of any float
+            dtype are cast to it and outputs cast back to the input's dtype.
+        stats: `PriorStats` of network use since `reset_stats()`.
+
+    Subclasses whose network does not map (x, t) -> (B, C or 2C, H, W) override `_network_output`.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        betas: Tensor,
+        image_shape: Sequence[int],
+        *,
+        kind: str,
+        config: Mapping[str, Any],
+        learned_variance: bool = False,
+        checkpoint_files: Sequence[str | Path] = (),
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str = torch.float32,
+    ) -> None:
+        betas = torch.as_tensor(betas, dtype=torch.float64).detach().cpu()
+        if betas.ndim != 1 or len(betas) < 2 or not bool(((betas > 0) & (betas < 1)).all()):
+            raise PriorError(
+                f"betas must be a 1-D schedule of at least 2 values in (0, 1), got shape {tuple(betas.shape)}"
+            )
+        image_shape = tuple(int(s) for s in image_shape)
+        if len(image_shape) != 3 or min(image_shape) < 1:
+            raise PriorError(f"image_shape must be (C, H, W), got {image_shape}")
+        self.kind = kind
+        self.config: dict[str, Any] = dict(config)
+        self.image_shape: tuple[int, int, int] = image_shape  # type: ignore[assignment]
+        self.betas = betas
+        self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        self.num_timesteps = len(betas)
+        self.learned_variance = bool(learned_variance)
+        self.checkpoint_files = tuple(Path(p) for p in checkpoint_files)
+        self._checkpoint_sha256: str | None = None
+        self.dtype = resolve_dtype(dtype)
+        self.network = _freeze(network).to(dtype=self.dtype)
+        self.device = torch.device("cpu")
+        self.to(device)
+        self.stats = PriorStats()
+
+    # ----- identity ------------------------------------------------------------------------------
+    @property
+    def checkpoint_sha256(self) -> str | None:
+        """SHA-256 of the weights file (of the per-file digests when sharded); None without a checkpoint."""
+        if self._checkpoint_sha256 is None and self.checkpoint_files:
+            if len(self.checkpoint_files) == 1:
+                self._checkpoint_sha256 = file_sha256(self.checkpoint_files[0])
+            else:
+                lines = "".join(f"{p.name} {file_sha256(p)}\n" for p in sorted(self.checkpoint_files))
+                self._checkpoint_sha256 = hashlib.sha256(lines.encode()).hexdigest()
+        return self._checkpoint_sha256
+
+    def spec(self) -> dict[str, Any]:
+        """JSON-able identity for result keys: kind, config, checkpoint sha256 (or None) and network dtype.
+
+        No file paths: the same weights give the same spec wherever they are stored.
+        """
+        return {
+            "kind": self.kind,
+            "config": self.config,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(kind={self.kind!r}, image_shape={self.image_shape}, T={self.num_timesteps}, "
+            f"learned_variance={self.learned_variance}, device={self.device}, dtype={self.dtype})"
+        )
+
+    # ----- placement and bookkeeping --------------------------------------------------------------
+    def to(self, device: str | torch.device) -> Prior:
+        """Move the network to `device`; returns self."""
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise PriorError(f"device {device} requested but CUDA is not available; use device='cpu'")
+        self.network.to(device)
+        tensors = [*self.network.parameters(), *self.network.buffers()]
+        # A bare 'cuda' becomes 'cuda:0' once tensors live there: keep the exact device for input checks.
+        self.device = tensors[0].device if tensors else device
+        return self
+
+    def reset_stats(self) -> None:
+        """Zero the NFE and timing counters."""
+        self.stats = PriorStats()
+
+    # ----- the network ----------------------------------------------------------------------------
+    def _network_output(self, x: Tensor, t: Tensor) -> Tensor:
+        """Raw network output for x (B, C, H, W) in the network dtype and t (B,) int64: (B, C or 2C, H, W)."""
+        return self.network(x, t)
+
+    def _evaluate(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """One counted, timed network call; output in x_t's dtype, backward-timed when x_t requires grad."""
+        track_backward = torch.is_grad_enabled() and x_t.requires_grad
+        window = _BackwardWindow(self)
+        x_in = _CloseBackwardWindow.apply(x_t, window) if track_backward else x_t
+        x_in = x_in.to(self.dtype)
+        _synchronize(self.device)
+        start = _clock()
+        out = self._network_output(x_in, t)
+        _synchronize(self.device)
+        self.stats.forward_seconds += _clock() - start
+        self.stats.nfe += 1
+        if track_backward:
+            out = _OpenBackwardWindow.apply(out, window)
+        expected = 2 * self.image_shape[0] if self.learned_variance else self.image_shape[0]
+        if out.shape != (x_t.shape[0], expected, *x_t.shape[2:]):
+            raise PriorError(
+                f"{self.kind} network returned shape {tuple(out.shape)}, expected {(x_t.shape[0], expected, *x_t.shape[2:])}"
+            )
+        return out.to(x_t.dtype)
+
+    def predict(self, x_t: Tensor, t: int | Tensor) -> Prediction:
+        """ε, Tweedie x0 and (learned variance only) the log-variance at (x_t, t), from one network call.
+
+        x_t: (B, C, H, W) on `device`, any float dtype, the [-1, 1] image scale.
+        t: a python int in 0..T-1 applied to the whole batch, or an integer tensor (B,) (or 0-dim).
+        Differentiable with respect to x_t.
+        """
+        self._check_image(x_t)
+        steps = self._as_timesteps(t, x_t.shape[0])
+        out = self._evaluate(x_t, steps)
+        channels = self.image_shape[0]
+        eps = out[:, :channels]
+        x0 = self.x0_from_eps(x_t, steps, eps)
+        if not self.learned_variance:
+            return Prediction(eps=eps, x0=x0)
+        frac = (out[:, channels:] + 1.0) / 2.0
+        return Prediction(eps=eps, x0=x0, log_variance=self.learned_log_variance(frac, steps), variance_frac=frac)
+
+    def eps(self, x_t: Tensor, t: int | Tensor) -> Tensor:
+        """ε prediction (B, C, H, W) in x_t's dtype; one network call (see `predict`)."""
+        return self.predict(x_t, t).eps
+
+    def x0(self, x_t: Tensor, t: int | Tensor) -> Tensor:
+        """Tweedie estimate of x0, (B, C, H, W), not clipped; one network call (see `predict`)."""
+        return self.predict(x_t, t).x0
+
+    # ----- schedule helpers (no network call) ----------------------------------------------------
+    def alpha_bar(self, t: int | Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        """ᾱ_t for t in -1..T-1 (ᾱ_{-1} = 1): (B, 1, 1, 1) for a tensor t of shape (B,), (1, 1, 1, 1) for an int."""
+        return self._schedule_value(self._alpha_bar64(t), dtype)
+
+    def x0_from_eps(self, x_t: Tensor, t: int | Tensor, eps: Tensor) -> Tensor:
+        """(x_t - sqrt(1 - ᾱ_t) eps) / sqrt(ᾱ_t), in x_t's dtype."""
+        ab = self._alpha_bar64(t)
+        return (x_t - self._schedule_value((1.0 - ab).sqrt(), x_t.dtype) * eps) / self._schedule_value(
+            ab.sqrt(), x_t.dtype
+        )
+
+    def eps_from_x0(self, x_t: Tensor, t: int | Tensor, x0: Tensor) -> Tensor:
+        """(x_t - sqrt(ᾱ_t) x0) / sqrt(1 - ᾱ_t), the ε consistent with an estimate of x0; t in 0..T-1."""
+        ab = self._alpha_bar64(t)
+        if bool((ab >= 1.0).any()):
+            raise PriorError("eps_from_x0 needs t >= 0: at t = -1 the image holds no noise")
+        return (x_t - self._schedule_value(ab.sqrt(), x_t.dtype) * x0) / self._schedule_value(
+            (1.0 - ab).sqrt(), x_t.dtype
+        )
+
+    def q_posterior(
+        self, t: int | Tensor, s: int | Tensor | None = None, dtype: torch.dtype = torch.float32
+    ) -> PosteriorCoefficients:
+        """Coefficients of q(x_s | x_t, x0) for t > s >= -1 (s defaults to t - 1); see PosteriorCoefficients.
+
+        t and s are ints or (B,) integer tensors; s = -1 is the clean image, where the variance is 0.
+        """
+        ab_t = self._alpha_bar64(t)
+        ab_s = self._alpha_bar64(t - 1 if s is None else s)
+        if bool((ab_s <= ab_t).any()):
+            raise PriorError(f"q_posterior needs t > s (earlier step s), got t={_show(t)}, s={_show(s)}")
+        beta = 1.0 - ab_t / ab_s
+        variance = beta * (1.0 - ab_s) / (1.0 - ab_t)
+        # Improved DDPM clips log β̃ at the last step, where β̃ = 0, to the value of the step 1 -> 0.
+        ab0, ab1 = self.alphas_cumprod[0], self.alphas_cumprod[1]
+        variance_1 = (1.0 - ab1 / ab0) * (1.0 - ab0) / (1.0 - ab1)
+        log_variance = torch.where(variance > 0, variance, variance_1).log()
+        return PosteriorCoefficients(
+            coef_x0=self._schedule_value(ab_s.sqrt() * beta / (1.0 - ab_t), dtype),
+            coef_xt=self._schedule_value((1.0 - beta).sqrt() * (1.0 - ab_s) / (1.0 - ab_t), dtype),
+            variance=self._schedule_value(variance, dtype),
+            log_variance=self._schedule_value(log_variance, dtype),
+            beta=self._schedule_value(beta, dtype),
+        )
+
+    def learned_log_variance(self, frac: Tensor, t: int | Tensor, s: int | Tensor | None = None) -> Tensor:
+        """frac log β' + (1 - frac) log β̃' (clipped) for the step t -> s (default s = t - 1: Improved DDPM Eq. 15).
+
+        frac: (B, C, H, W), `Prediction.variance_frac`. frac = 1 gives log β', frac = 0 the clipped log β̃'.
+        """
+        coefficients = self.q_posterior(t, s, dtype=torch.float64)
+        log_beta = coefficients.beta.log().to(device=frac.device, dtype=frac.dtype)
+        log_tilde = coefficients.log_variance.to(device=frac.device, dtype=frac.dtype)
+        return frac * log_beta + (1.0 - frac) * log_tilde
+
+    def timesteps(self, n: int, spacing: Literal["uniform", "linspace"] = "uniform") -> list[int]:
+        """n distinct training timesteps in descending order, for an n-step sampler.
+
+        "uniform" (default): t_i = i * (T // n), i = 0..n-1, the "uniform" skip of DDIM's code that DDNM,
+            DDRM and DDC inherit (range(0, T, T // n) has exactly these n values when n divides T). For
+            T = 1000, n = 5: [800, 600, 400, 200, 0]; the highest step is T - T // n, not T - 1.
+        "linspace": round(i (T - 1) / (n - 1)), Improved DDPM's even spacing, which includes T - 1 and 0.
+        A sampler's last step goes from timesteps[-1] to -1, the clean image.
+        """
+        n = int(n)
+        if not 1 <= n <= self.num_timesteps:
+            raise PriorError(f"number of steps must be in 1..{self.num_timesteps}, got {n}")
+        if spacing == "uniform":
+            stride = self.num_timesteps // n
+            steps = [i * stride for i in range(n)]
+        elif spacing == "linspace":
+            if n == 1:
+                steps = [self.num_timesteps - 1]
+            else:
+                stride = (self.num_timesteps - 1) / (n - 1)
+                steps = [int(round(i * stride)) for i in range(n)]
+        else:
+            raise PriorError(f"unknown timestep spacing {spacing!r} (available: uniform, linspace)")
+        return steps[::-1]
+
+    # ----- internals --------------------------------------------------------------------------
+    def _check_image(self, x_t: Tensor) -> None:
+        if not isinstance(x_t, Tensor) or not x_t.is_floating_point():
+            raise PriorError(
+                f"x_t must be a floating-point tensor, got {type(x_t).__name__} {getattr(x_t, 'dtype', '')}"
+            )
+        if x_t.ndim != 4 or tuple(x_t.shape[1:]) != self.image_shape:
+            raise PriorError(
+                f"x_t must have shape (B, {', '.join(map(str, self.image_shape))}) for this {self.kind} prior, "
+                f"got {tuple(x_t.shape)}; resize or crop images to the prior's image_shape"
+            )
+        if x_t.device != self.device:
+            raise PriorError(
+                f"x_t is on {x_t.device} but the prior is on {self.device}; move it with x.to(prior.device)"
+            )
+
+    def _as_timesteps(self, t: int | Tensor, batch: int) -> Tensor:
+        """t -> (B,) int64 on the network's device, checked to lie in 0..T-1."""
+        steps = _integer_steps(t)
+        if steps.ndim == 0:
+            steps = steps.expand(batch)
+        if steps.shape != (batch,):
+            raise PriorError(
+                f"t must be an int or an integer tensor of shape ({batch},), got shape {tuple(steps.shape)}"
+            )
+        low, high = int(steps.min()), int(steps.max())
+        if low < 0 or high >= self.num_timesteps:
+            raise PriorError(f"timesteps must lie in 0..{self.num_timesteps - 1} for the network, got {low}..{high}")
+        return steps.to(self.device)
+
+    def _alpha_bar64(self, t: int | Tensor) -> Tensor:
+        """ᾱ_t as float64 on the CPU, shape () for an int and (B,) for a tensor; t = -1 gives 1."""
+        steps = _integer_steps(t).cpu()
+        if bool(((steps < -1) | (steps >= self.num_timesteps)).any()):
+            raise PriorError(f"timesteps must lie in -1..{self.num_timesteps - 1}, got {_show(t)}")
+        padded = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod])
+        return padded[steps + 1]
+
+    def _schedule_value(self, values: Tensor, dtype: torch.dtype) -> Tensor:
+        """float64 values of shape () or (B,) -> (B or 1, 1, 1, 1) in `dtype` on the network's device."""
+        return values.reshape(-1, 1, 1, 1).to(device=self.device, dtype=dtype)
+
+
+def _integer_steps(t: int | Tensor) -> Tensor:
+    if isinstance(t, bool) or (isinstance(t, Tensor) and t.dtype == torch.bool):
+        raise PriorError(f"timesteps must be integers, got a boolean {t!r}")
+    if isinstance(t, Tensor):
+        if t.is_floating_point() or t.is_complex():
+            raise PriorError(f"timesteps must be an integer tensor, got {t.dtype}; use t.long() on integer values")
+        return t.long()
+    try:
+        return torch.tensor(operator.index(t), dtype=torch.long)
+    except TypeError as exc:
+        raise PriorError(f"timesteps must be an int or an integer tensor, got {type(t).__name__} {t!r}") from exc
+
+
+def _show(t: int | Tensor | None) -> str:
+    return str(t.tolist()) if isinstance(t, Tensor) else str(t)
