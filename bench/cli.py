@@ -86,6 +86,7 @@ def _cmd_train_denoiser(args: argparse.Namespace) -> int:
         config=_train_config(args),
         resume=args.resume,
         sigma_max=args.sigma_max,
+        workers=args.workers,
     )
     print(f"trained denoiser written to {final}")
     return 0
@@ -106,6 +107,7 @@ def _add_training_options(
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision on GPUs")
+    parser.add_argument("--workers", type=int, default=0, help="data-loading processes (resume is exact only with 0)")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
 
@@ -127,7 +129,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train-prior", help="train a diffusion prior (a diffusers UNet2DModel) on photos")
     _add_training_options(train, steps=100_000, batch_size=32, lr=2e-4, size=64)
-    train.add_argument("--workers", type=int, default=0, help="data-loading processes (resume is exact only with 0)")
     train.set_defaults(func=_cmd_train_prior)
 
     denoiser = commands.add_parser("train-denoiser", help="train a DnCNN Gaussian denoiser (for PnP-ADMM) on photos")

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bench.training import TrainConfig, Trainer, atomic_write_text
+from bench.training import TrainConfig, Trainer, atomic_write_text, crop_batches
 
 SIGMA_MAX = 55 / 255  # DnCNN-B's blind range
 
@@ -96,9 +96,10 @@ def train_denoiser(
     config: TrainConfig,
     resume: bool = False,
     sigma_max: float = SIGMA_MAX,
+    workers: int = 0,
     progress: bool = True,
 ) -> Path:
-    from bench.data import RandomCrops, manifest_sha256
+    from bench.data import manifest_sha256
 
     out = Path(out)
     if not resume and (out / "train" / "checkpoint.pt").exists():
@@ -107,12 +108,12 @@ def train_denoiser(
         )
     torch.manual_seed(config.seed)
     network = DnCNN(channels)
-    crops = RandomCrops(data, size, channels, seed=config.seed)
+    next_batch, generator = crop_batches(data, size, channels, config.seed, workers)
     trainer = Trainer(
         network,
         denoising_loss(sigma_max),
-        crops.batch,
-        crops.generator,
+        next_batch,
+        generator,
         config,
         out / "train",
         description={"kind": "DnCNN denoiser", "sigma_max": sigma_max, "noise": "std 2*sigma on [-1, 1]"},

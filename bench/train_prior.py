@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bench.training import TrainConfig, Trainer, atomic_write_text
+from bench.training import TrainConfig, Trainer, atomic_write_text, crop_batches
 
 SCHEDULE = {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "num_train_timesteps": 1000}
 
@@ -92,36 +92,6 @@ def save_diffusers_prior(network: nn.Module, out_dir: Path, provenance: dict[str
         staging.rename(out_dir)
 
 
-def make_batches(data: str | Path, size: int, channels: int, seed: int, workers: int):
-    """A `next_batch(B)` function and the generator that drives it (state saved in checkpoints)."""
-    from bench.data import RandomCrops
-
-    crops = RandomCrops(data, size, channels, seed=seed)
-    if workers <= 0:
-        return crops.batch, crops.generator
-
-    # Several processes draw crops in parallel (for GPUs); each worker reseeds from (seed, worker id), so a
-    # run is reproducible for a fixed worker count, but --resume is exact only without workers.
-    class _Stream(torch.utils.data.IterableDataset):
-        def __iter__(self):
-            info = torch.utils.data.get_worker_info()
-            crops.generator.manual_seed(seed * 1000 + (info.id if info else 0))
-            return iter(crops)
-
-    loader: dict[int, Any] = {}
-
-    def next_batch(batch_size: int) -> Tensor:
-        if batch_size not in loader:
-            loader[batch_size] = iter(
-                torch.utils.data.DataLoader(
-                    _Stream(), batch_size=batch_size, num_workers=workers, pin_memory=True, persistent_workers=True
-                )
-            )
-        return next(loader[batch_size])
-
-    return next_batch, crops.generator
-
-
 def train_prior(
     data: str | Path,
     out: str | Path,
@@ -144,7 +114,7 @@ def train_prior(
     torch.manual_seed(config.seed)
     unet_cfg = unet_config(size, channels)
     network = build_unet(unet_cfg)
-    next_batch, generator = make_batches(data, size, channels, config.seed, workers)
+    next_batch, generator = crop_batches(data, size, channels, config.seed, workers)
     trainer = Trainer(
         network,
         diffusion_loss(linear_alphas_cumprod(config.device)),

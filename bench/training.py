@@ -229,3 +229,33 @@ class Trainer:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **self.description,
         }
+
+
+def crop_batches(data: str | Path, size: int, channels: int, seed: int, workers: int):
+    """A `next_batch(B)` function and the generator that drives it (state saved in checkpoints)."""
+    from bench.data import RandomCrops  # imported here: the loop itself does not depend on the data module
+
+    crops = RandomCrops(data, size, channels, seed=seed)
+    if workers <= 0:
+        return crops.batch, crops.generator
+
+    # Several processes draw crops in parallel (for GPUs); each worker reseeds from (seed, worker id), so a
+    # run is reproducible for a fixed worker count, but --resume is exact only without workers.
+    class _Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            info = torch.utils.data.get_worker_info()
+            crops.generator.manual_seed(seed * 1000 + (info.id if info else 0))
+            return iter(crops)
+
+    loader: dict[int, Any] = {}
+
+    def next_batch(batch_size: int) -> Tensor:
+        if batch_size not in loader:
+            loader[batch_size] = iter(
+                torch.utils.data.DataLoader(
+                    _Stream(), batch_size=batch_size, num_workers=workers, pin_memory=True, persistent_workers=True
+                )
+            )
+        return next(loader[batch_size])
+
+    return next_batch, crops.generator
