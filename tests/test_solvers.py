@@ -1,0 +1,130 @@
+"""Every registered solver, checked against the contract; loops run over `solvers.available()`.
+
+Method-specific accuracy against exact Gaussian posteriors lives in tests/test_solver_<name>.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+import operators
+import solvers
+from bench.priors import load_prior
+from operators import Cap
+from solvers import SolverError
+
+SIGMAS = (0.0, 0.05)
+
+
+def quick(name: str) -> solvers.Solver:
+    """The solver with as few steps / iterations as it allows, for plumbing tests."""
+    fields = {f.name for f in dataclasses.fields(solvers.get(name).Config)}
+    overrides = {key: 2 for key in ("steps", "iterations") if key in fields}
+    return solvers.build(name, **overrides)
+
+
+@pytest.fixture(scope="module")
+def natural64():
+    return load_prior("natural64")
+
+
+@pytest.fixture(scope="module")
+def gaussian():
+    return load_prior("gaussian")
+
+
+def measurement(task: str, prior, sigma: float, ids=("a",), seed: int = 0):
+    op = operators.build(task, shape=prior.image_shape).for_images(list(ids), seed)
+    truth = operators.image_generators(seed, list(ids), "truth")
+    x = torch.stack([torch.rand(prior.image_shape, generator=g) * 1.6 - 0.8 for g in truth])
+    y = op.measure(x, sigma, operators.image_generators(seed, list(ids), "noise"))
+    return op, x, y
+
+
+def test_solver_registry_and_declarations():
+    names = solvers.available()
+    assert names[:2] == ["uncond", "pinv"]
+    for name in names:
+        cls = solvers.get(name)
+        assert cls.name == name and cls.summary
+        assert dataclasses.is_dataclass(cls.Config) and cls.Config.__dataclass_params__.frozen
+        assert all(isinstance(c, Cap) for c in cls.requires | cls.requires_when_noisy)
+        spec = solvers.build(name).spec()
+        assert json.loads(json.dumps(spec)) == spec and spec["solver"] == name and spec["version"] >= 1
+
+
+def test_solver_build_converts_overrides_and_rejects_unknown_options():
+    solver = solvers.build("uncond", steps="25")
+    assert solver.config.steps == 25 and isinstance(solver.config.steps, int)
+    with pytest.raises(SolverError, match=r"solver 'uncond' has no option 'stpes'; did you mean 'steps'\?"):
+        solvers.build("uncond", stpes="3")
+    with pytest.raises(SolverError, match="cannot read 'many' as"):
+        solvers.build("uncond", steps="many")
+    with pytest.raises(SolverError, match=r"unknown solver 'dsp'"):
+        solvers.get("dsp")
+    assert solvers.parse_overrides(["uncond.steps=5", "pinv.x=1"]) == {"uncond": {"steps": "5"}, "pinv": {"x": "1"}}
+    with pytest.raises(SolverError, match="solver.option=value"):
+        solvers.parse_overrides(["steps=5"])
+
+
+@pytest.mark.parametrize("name", solvers.available())
+def test_solver_unsupported_pairs_name_the_missing_capability(name):
+    solver = solvers.build(name)
+    for task in operators.available():
+        op = operators.build(task, shape=(3, 16, 16))
+        for sigma in SIGMAS:
+            reason = solver.unsupported(op, sigma)
+            missing = solver.required_capabilities(sigma) - op.capabilities
+            assert (reason is None) == (not missing)
+            if reason:
+                assert task in reason and all(c.value in reason for c in missing)
+                with pytest.raises(SolverError):
+                    solver.check(op, sigma)
+
+
+@pytest.mark.parametrize("name", solvers.available())
+def test_solver_runs_on_the_default_prior_for_every_supported_task(name, natural64):
+    """Every solver x task x sigma in {0, 0.05}: finite output in [-1, 1], callback sees each network call."""
+    solver = quick(name)
+    for task in operators.available():
+        for sigma in SIGMAS:
+            op, _, y = measurement(task, natural64, sigma)
+            if solver.unsupported(op, sigma):
+                continue
+            calls = []
+            natural64.reset_stats()
+            out = solver.solve(
+                y,
+                op,
+                natural64,
+                sigma=sigma,
+                generators=operators.image_generators(0, ["a"], "solver"),
+                callback=lambda calls=calls, **k: calls.append(k),
+            )
+            assert out.shape == (1, *natural64.image_shape), (task, sigma)
+            assert torch.isfinite(out).all() and out.abs().max() <= 1, (task, sigma)
+            assert len(calls) == natural64.stats.nfe, (task, sigma)
+            for call in calls:
+                assert set(call) == {"step", "t", "x_t", "eps", "x0"}
+
+
+@pytest.mark.parametrize("name", solvers.available())
+def test_solver_result_does_not_depend_on_the_batch(name, gaussian):
+    """Image 'q' gets the same estimate solved alone or as the second image of a batch of 4."""
+    solver = quick(name)
+    task = next(
+        t for t in ("sr4", "inpaint", "jpeg10") if not solver.unsupported(operators.build(t, (3, 16, 16)), 0.05)
+    )
+    ids = ["p", "q", "r", "s"]
+    op, _, y = measurement(task, gaussian, 0.05, ids=ids)
+    batched = solver.solve(y, op, gaussian, sigma=0.05, generators=operators.image_generators(3, ids, "solver"))
+    op_alone, _, y_alone = measurement(task, gaussian, 0.05, ids=["q"])
+    torch.testing.assert_close(y_alone, y[1:2])
+    alone = solver.solve(
+        y_alone, op_alone, gaussian, sigma=0.05, generators=operators.image_generators(3, ["q"], "solver")
+    )
+    torch.testing.assert_close(alone, batched[1:2], rtol=1e-4, atol=1e-5)
