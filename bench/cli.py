@@ -14,7 +14,7 @@ from collections.abc import Sequence
 def _cmd_list(args: argparse.Namespace) -> int:
     import operators
 
-    sections = args.what or ["tasks", "priors", "datasets", "metrics"]
+    sections = args.what or ["tasks", "solvers", "priors", "datasets", "metrics"]
     if "tasks" in sections:
         print("tasks (forward operators; `all` = " + ", ".join(operators.PAPER_TASKS) + "):")
         for task in operators.available():
@@ -22,12 +22,38 @@ def _cmd_list(args: argparse.Namespace) -> int:
             caps = ", ".join(c.value for c in operators.Cap if c in op.capabilities)
             print(f"  {task:<9} {caps:<48} {operators.describe(task)}")
         print("  noise: y = A(x) + n, n ~ N(0, (2 sigma)^2 I) on [-1, 1] images; sigma on the [0, 1] pixel scale")
+    if "solvers" in sections:
+        _list_solvers()
     for section, module in (("priors", "bench.priors"), ("datasets", "bench.data"), ("metrics", "bench.metrics")):
         if section not in sections:
             continue
         print(f"\n{section}:")
         for name, description in _registry(module):
             print(f"  {name:<34} {description}")
+    return 0
+
+
+def _list_solvers() -> None:
+    import dataclasses
+
+    import solvers
+
+    print("\nsolvers (requires: operator capabilities; +noisy: extra needs at sigma > 0):")
+    for name in solvers.available():
+        solver = solvers.build(name)
+        needs = ", ".join(sorted(c.value for c in solver.requires))
+        noisy = ", ".join(sorted(c.value for c in solver.requires_when_noisy))
+        grad = "; backprops through the network" if solver.backprop_through_network else ""
+        print(f"  {name:<9} {solver.summary}")
+        print(f"            requires: {needs}{f'; +noisy: {noisy}' if noisy else ''}{grad}")
+        defaults = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(solver.config).items())
+        print(f"            defaults: {defaults or '(none)'}")
+
+
+def _cmd_matrix(args: argparse.Namespace) -> int:
+    from bench.matrix import support_matrix
+
+    print(support_matrix())
     return 0
 
 
@@ -123,9 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = commands.add_parser("list", help="show the registered tasks, priors, datasets and metrics")
     listing.add_argument(
-        "what", nargs="*", choices=["tasks", "priors", "datasets", "metrics"], help="sections to show (default: all)"
+        "what",
+        nargs="*",
+        choices=["tasks", "solvers", "priors", "datasets", "metrics"],
+        help="sections to show (default: all)",
     )
     listing.set_defaults(func=_cmd_list)
+
+    matrix = commands.add_parser("matrix", help="print the solver x task support table (Markdown)")
+    matrix.set_defaults(func=_cmd_matrix)
 
     train = commands.add_parser("train-prior", help="train a diffusion prior (a diffusers UNet2DModel) on photos")
     _add_training_options(train, steps=100_000, batch_size=32, lr=2e-4, size=64)
