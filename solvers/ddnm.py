@@ -1,0 +1,179 @@
+"""DDNM and DDNM+: Zero-Shot Image Restoration Using Denoising Diffusion Null-Space Model (Wang, Yu & Zhang,
+ICLR 2023).
+
+Noise-free (σ = 0, paper Alg. 1): the prior's x̂0 keeps its null-space part and takes its range-space part
+from the measurement,
+
+    x̂0|y = x̂0 − A⁺(A x̂0 − y)                                             (paper Eq. 13)
+
+and the next state is drawn DDIM-style around it, as the official code does (the paper's Alg. 1 writes the
+DDPM posterior p(x_{t-1} | x_t, x̂0|y) instead):
+
+    x_s = √ᾱ_s x̂0|y + √(1 − ᾱ_s) (η z + √(1 − η²) ε̂),    z ~ N(0, I),
+
+with ε̂ the network's own prediction at x_t (not re-derived from x̂0|y). η = 1 draws x_s from q(x_s | x̂0|y);
+η = 0 is deterministic. At the last step (ᾱ_{-1} = 1) x_s = x̂0|y, so for linear operators with A A⁺ A = A
+the estimate reproduces y exactly. For jpeg10 A⁺ is the operator's `pinv`, the decoded image itself, so the
+update is x̂0 − (JPEG(x̂0) − y): not a true pseudo-inverse, and consistency then holds only approximately.
+
+Noisy (σ > 0, DDNM+, paper Eq. 17-19): the correction is scaled per singular value and the fresh noise is
+reduced so that the measurement noise carried in by the correction plus the added noise matches the noise
+x_s should hold. With A = U diag(s) Vᵀ, bars for V-basis coefficients (x̄0 = Vᵀ x̂0, ε̄ = Vᵀ ε̂, z̄ = Vᵀ z),
+σ_y = 2σ the noise std on the [-1, 1] scale, and the official code's choices σ_t → √(1 − ᾱ_s), a_t → √ᾱ_s
+for the paper's DDPM posterior std and x0 coefficient (the DDIM-style step above), each component of x_s is
+
+    s_i = 0:                 a x̄0_i + σ (η z̄_i + √(1 − η²) ε̄_i)             (null space: DDNM as is)
+    σ ≥ a σ_y / s_i:          a ȳ_i + √(σ² − a² σ_y² / s_i²) z̄_i                (λ_i = 1, Φ reduced)
+    σ < a σ_y / s_i:          a (x̄0_i + λ_i (ȳ_i − x̄0_i)) + σ η z̄_i,  λ_i = √(1 − η²) σ s_i / (a σ_y)
+
+with a = √ᾱ_s, σ = √(1 − ᾱ_s) and ȳ_i = (Uᵀy)_i / s_i. In the last case the correction's measurement noise,
+of std a λ_i σ_y / s_i = √(1 − η²) σ, takes the place of the ε̂ term, and λ_i (ȳ_i − x̄0_i) is computed as
+√(1 − η²) σ ((Uᵀy)_i − s_i x̄0_i) / (a σ_y), which never divides by s_i: tiny blur singular values simply
+follow the prior, and every task with an SVD (sr4, sr8, gblur, inpaint, denoise) works. At the last step
+σ = 0, so every observed component is in the last case with λ_i = 0: the estimate is x̂0, the prior's
+denoised image. In the variance-exploding variable x_s / √ᾱ_s these are exactly DDRM's updates with η_b = 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from operators import Cap, Operator, randn_per_image
+
+from . import register
+from .base import Solver, SolverConfig, SolverError, StepCallback
+
+
+@dataclasses.dataclass(frozen=True)
+class DDNMConfig(SolverConfig):
+    steps: int = 100  # DDC paper App. B (DDNM's configs use 100 as well)
+    eta: float = 0.85  # DDC paper App. B; DDNM's default
+    # No time travel (the DDC paper's App. B: "no time travel"), so no travel length / repeat options.
+
+    def __post_init__(self) -> None:
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise SolverError(f"ddnm.steps must be a positive integer, got {self.steps!r}")
+        if not 0.0 <= self.eta <= 1.0:
+            raise SolverError(f"ddnm.eta must lie in [0, 1], got {self.eta}")
+
+
+def _check_inputs(y: Tensor, op: Operator, prior, generators: Sequence[torch.Generator]) -> None:
+    if tuple(prior.image_shape) != tuple(op.input_shape):
+        raise SolverError(
+            f"ddnm: the prior makes {tuple(prior.image_shape)} images but the operator expects "
+            f"{tuple(op.input_shape)}; build the operator with shape={tuple(prior.image_shape)}"
+        )
+    if not isinstance(y, Tensor) or y.ndim < 1 or tuple(y.shape[1:]) != tuple(op.measurement_shape):
+        shape = tuple(getattr(y, "shape", ()))
+        raise SolverError(f"ddnm: y must have shape (B, {', '.join(map(str, op.measurement_shape))}), got {shape}")
+    if len(generators) != y.shape[0]:
+        raise SolverError(f"ddnm: need one generator per image, got {len(generators)} for a batch of {y.shape[0]}")
+
+
+def _spectral_measurement(op: Operator, y: Tensor) -> tuple[Tensor, Tensor]:
+    """(s, Uᵀy), both zero-padded to N = C·H·W entries so they line up with vt(x): s (1|B, N), Uᵀy (B, N)."""
+    svd = op.svd
+    u_y = svd.ut(y)
+    singulars = svd.singulars_like(u_y)
+    singulars = singulars.expand(u_y.shape[0], -1) if singulars.ndim == 2 else singulars[None]
+    pad = math.prod(op.input_shape) - u_y.shape[1]
+    return (
+        torch.cat([singulars, singulars.new_zeros(singulars.shape[0], pad)], dim=1),
+        torch.cat([u_y, u_y.new_zeros(u_y.shape[0], pad)], dim=1),
+    )
+
+
+@register
+class DDNM(Solver):
+    name = "ddnm"
+    Config = DDNMConfig
+    requires = frozenset({Cap.FORWARD, Cap.PINV})
+    requires_when_noisy = frozenset({Cap.SVD})  # DDNM+ scales the correction per singular value
+    summary = "DDNM: null-space consistency x̂0 − A⁺(A x̂0 − y); DDNM+ at σ > 0 (Wang et al. 2023)"
+
+    def solve(
+        self,
+        y: Tensor,
+        op: Operator,
+        prior,
+        *,
+        sigma: float,
+        generators: Sequence[torch.Generator],
+        callback: StepCallback | None = None,
+    ) -> Tensor:
+        """x̂ (B, C, H, W) in [-1, 1] from y (B, *op.measurement_shape); see the module docstring."""
+        return self.solve_unclamped(y, op, prior, sigma=sigma, generators=generators, callback=callback).clamp(-1, 1)
+
+    def solve_unclamped(
+        self,
+        y: Tensor,
+        op: Operator,
+        prior,
+        *,
+        sigma: float,
+        generators: Sequence[torch.Generator],
+        callback: StepCallback | None = None,
+    ) -> Tensor:
+        """The estimate before the final clamp to [-1, 1] (B, C, H, W): the last x̂0|y, which satisfies
+        A x̂ = y for noise-free linear measurements (clamping would break that)."""
+        self.check(op, sigma)
+        _check_inputs(y, op, prior, generators)
+        eta = self.config.eta
+        shape, device = prior.image_shape, prior.device
+        y = y.to(device=device, dtype=torch.float32)
+        sigma_y = 2.0 * float(sigma)  # σ is on [0, 1]; the noise std on the [-1, 1] scale is 2σ
+        if sigma_y > 0:
+            with torch.no_grad():
+                s, u_y = _spectral_measurement(op, y)
+            observed = s > 0
+            y_bar = torch.where(observed, u_y / torch.where(observed, s, torch.ones_like(s)), torch.zeros_like(u_y))
+
+        ts = prior.timesteps(self.config.steps)
+        x = randn_per_image(shape, generators, dtype=torch.float32, device=device)
+        for i, (t, t_next) in enumerate(zip(ts, [*ts[1:], -1], strict=True)):
+            with torch.no_grad():
+                prediction = prior.predict(x, t)
+            if callback is not None:
+                callback(step=i, t=t, x_t=x, eps=prediction.eps, x0=prediction.x0)
+            alpha_bar = float(prior.alpha_bar(t_next, torch.float64))
+            a, sigma_next = math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar)
+            z = randn_per_image(shape, generators, dtype=torch.float32, device=device)
+            with torch.no_grad():
+                if sigma_y == 0:
+                    x0_y = prediction.x0 - op.pinv(op(prediction.x0) - y)  # Eq. 13
+                    x = a * x0_y + sigma_next * (eta * z + math.sqrt(1 - eta**2) * prediction.eps)
+                else:
+                    x = self._ddnm_plus_step(prediction, z, op, s, u_y, y_bar, observed, a, sigma_next, sigma_y)
+        return x
+
+    def _ddnm_plus_step(
+        self,
+        prediction,
+        z: Tensor,
+        op: Operator,
+        s: Tensor,
+        u_y: Tensor,
+        y_bar: Tensor,
+        observed: Tensor,
+        a: float,
+        sigma_next: float,
+        sigma_y: float,
+    ) -> Tensor:
+        """x_s from x̂0 and ε̂ with DDNM+'s per-singular-value Σ_t and Φ_t (Eq. 17-19); see the module docstring."""
+        eta, svd = self.config.eta, op.svd
+        x0_bar, eps_bar, z_bar = svd.vt(prediction.x0), svd.vt(prediction.eps), svd.vt(z)
+        # Null space (and every component while the correction is exact): plain DDNM.
+        x_bar = a * x0_bar + sigma_next * (eta * z_bar + math.sqrt(1 - eta**2) * eps_bar)
+        # Compare σ with a σ_y / s_i as σ s_i ≥ a σ_y: no division by tiny singular values.
+        full = observed & (sigma_next * s >= a * sigma_y)
+        spread = (sigma_next**2 - (a * sigma_y / torch.where(full, s, torch.ones_like(s))) ** 2).clamp_min(0).sqrt()
+        x_bar = torch.where(full, a * y_bar + spread * z_bar, x_bar)
+        partial = observed & ~full
+        correction = math.sqrt(1 - eta**2) * sigma_next * (u_y - s * x0_bar) / (a * sigma_y)  # λ_i (ȳ_i − x̄0_i)
+        x_bar = torch.where(partial, a * (x0_bar + correction) + sigma_next * eta * z_bar, x_bar)
+        return svd.v(x_bar)
