@@ -128,3 +128,13 @@ def test_solver_result_does_not_depend_on_the_batch(name, gaussian):
         y_alone, op_alone, gaussian, sigma=0.05, generators=operators.image_generators(3, ["q"], "solver")
     )
     torch.testing.assert_close(alone, batched[1:2], rtol=1e-4, atol=1e-5)
+
+
+def test_readme_support_matrix_is_the_generated_one():
+    from pathlib import Path
+
+    from bench.matrix import README_BEGIN, README_END, readme_block
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start, end = readme.index(README_BEGIN), readme.index(README_END) + len(README_END)
+    assert readme[start:end] == readme_block(), "regenerate the README table with `python -m bench matrix`"
