@@ -156,6 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     listing.set_defaults(func=_cmd_list)
 
+    try:
+        from bench.run import add_run_parser  # the run command defines its own options
+    except ModuleNotFoundError as error:
+        if error.name != "bench.run":
+            raise
+    else:
+        add_run_parser(commands)
+
     matrix = commands.add_parser("matrix", help="print the solver x task support table (Markdown)")
     matrix.set_defaults(func=_cmd_matrix)
 

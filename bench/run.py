@@ -1,0 +1,787 @@
+"""`python -m bench run`: the solver x task x σ x image matrix against one prior, resumable.
+
+Each (solver, task, σ, image) is a work unit (`bench.units`) whose row goes to the parquet store of the run
+folder (`bench.store`): metrics, timing, network use, memory, versions and status. Units are computed in
+batches of consecutive units sharing (solver, task, σ); a batch is committed as one part file, so a killed
+run loses at most the batch in flight and a re-run skips what is done.
+
+Randomness: image b's measurement noise comes from `image_generators(seed, ids, "noise")`, its solver draws
+from the "solver" stream and its operator (inpainting mask) from `op.for_images(ids, seed)`: a unit's result
+does not depend on its batch, its rank or the units before it.
+
+Unit rows (table `units`): the key fields solver, task, sigma, prior, dataset, image_id, seed, key; status
+(ok, unsupported, failed, diverged) and error (the reason or the exception text); psnr, ssim, lpips (NaN below
+32x32 pixels, which LPIPS' AlexNet cannot take) and consistency (`bench.metrics`); nfe (network calls, a
+batched call counted once); wall_s and network_s (the batch's solver time and time inside the network, forward
+and backward, divided by batch_size; CUDA is synchronised around them; metrics and trace bookkeeping are not
+counted); peak_memory_bytes (CUDA max_memory_allocated during the solve, or on CPU the growth of the process'
+peak RSS); warmup (True for a process' first batch of a solver, whose time includes one-off start-up costs);
+device, dtype, solver_version, solver_config, torch_version, bench_version, git_commit ("+dirty" when the
+tracked files differ from the commit).
+
+Also written: reconstructions, clean references and measurements (shown as A⁺y) as PNG under
+images/<solver>/<task>/<σ>/<image_id>.png, images/reference/ and images/measurement/<task>/<σ>/; per-step
+traces (table `traces`: key, step, t, kurtosis, residual) of the Fisher excess kurtosis of ε̂ over all of an
+image's elements (0 for Gaussian noise) and the measurement residual ‖A(x̂₀) − y‖ of the step's Tweedie
+estimate; and FID/KID (table `sets`) of each (solver, task, σ) set once its units are all done, computed
+from the saved PNGs against the references (NaN with a note below 4 images).
+
+Under torchrun (environment RANK, WORLD_SIZE) unit i belongs to rank i % WORLD_SIZE; each rank writes its own
+parts and rank 0 computes the set metrics and prints the summary once all ranks are finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RunError", "RunSettings", "add_run_parser", "fisher_kurtosis", "format_summary", "run", "summarize"]
+
+DEFAULT_PRIOR = "natural64"
+DEFAULT_DATASET = "skimage-natural"
+DEFAULT_SOLVERS = "dps,ddnm"
+DEFAULT_SIGMA = "0.05"  # the DDC paper's main noise level, on the [0, 1] pixel scale
+DEFAULT_BATCH_SIZE = 4
+# LPIPS' AlexNet trunk pools its input down five times: smaller images leave nothing to compare.
+LPIPS_MIN_SIZE = 32
+# FID/KID need a few images per set (the KID subsets hold n // 2 of them; see bench.metrics.fid_kid).
+SET_METRIC_MIN_IMAGES = 4
+# Keys the --config file may hold; the command line overrides each of them.
+_CONFIG_KEYS = (
+    "solvers",
+    "tasks",
+    "sigma",
+    "prior",
+    "dataset",
+    "n_images",
+    "batch_size",
+    "seed",
+    "set",
+    "out",
+    "name",
+    "device",
+    "dtype",
+    "force",
+)
+
+
+class RunError(ValueError):
+    """A run cannot start: the message names the problem and the fix."""
+
+
+# ----- settings --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunSettings:
+    """Everything a run needs, as given by the user (names, not objects)."""
+
+    solvers: list[str]
+    tasks: list[str]
+    sigmas: list[float]
+    out: Path
+    prior: str = DEFAULT_PRIOR
+    dataset: str = DEFAULT_DATASET
+    n_images: int | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    seed: int = 0
+    overrides: dict[str, dict[str, str]] = field(default_factory=dict)
+    device: str = "auto"
+    dtype: str = "fp32"
+    force: bool = False
+    progress: bool = True
+
+
+def _parse_sigmas(value: Any) -> list[float]:
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    sigmas: list[float] = []
+    for item in items:
+        text = str(item).strip()
+        if not text:
+            continue
+        try:
+            sigma = float(text)
+        except ValueError:
+            raise RunError(f"--sigma expects numbers separated by commas (e.g. 0,0.05), got {text!r}") from None
+        if not math.isfinite(sigma) or sigma < 0:
+            raise RunError(f"noise level sigma must be a finite number >= 0 ([0, 1] pixel scale), got {text}")
+        if sigma not in sigmas:
+            sigmas.append(sigma)
+    if not sigmas:
+        raise RunError(f"--sigma names no noise level: {value!r}")
+    return sigmas
+
+
+def _parse_names(value: Any) -> list[str]:
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
+def _resolve_solvers(value: Any) -> list[str]:
+    import solvers
+
+    names = _parse_names(value)
+    if names == ["all"]:
+        return solvers.available()
+    if not names:
+        raise RunError(f"--solvers names no solver (available: {', '.join(solvers.available())}, all)")
+    for name in names:
+        solvers.get(name)  # an unknown name raises, with the closest valid one
+    return list(dict.fromkeys(names))
+
+
+def _read_config(path: str | Path) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the same parser ships as tomli
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            raise RunError("--config needs Python >= 3.11 or the tomli package (`pip install tomli`)") from None
+
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"config file '{path}' does not exist")
+    if path.suffix.lower() != ".toml":
+        raise RunError(f"config file '{path}' must be TOML (.toml)")
+    try:
+        config = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise RunError(f"config file '{path}' is not valid TOML: {error}") from None
+    config = {key.replace("-", "_"): value for key, value in config.items()}
+    for key in config:
+        if key not in _CONFIG_KEYS:
+            from operators import closest
+
+            close = closest(key, _CONFIG_KEYS)
+            hint = f"; did you mean '{close}'?" if close else ""
+            raise RunError(f"unknown key '{key}' in config file '{path}'{hint} (keys: {', '.join(_CONFIG_KEYS)})")
+    return config
+
+
+def settings_from_args(args: argparse.Namespace) -> RunSettings:
+    """Merge the command line over the --config file over the defaults, and check names and numbers."""
+    import operators
+    import solvers
+
+    config = _read_config(args.config) if args.config else {}
+
+    def pick(name: str, default: Any) -> Any:
+        value = getattr(args, name)
+        return value if value is not None else config.get(name, default)
+
+    sets = list(config.get("set", [])) + list(args.set or [])
+    overrides = solvers.parse_overrides(sets)
+    solver_names = _resolve_solvers(pick("solvers", DEFAULT_SOLVERS))
+    for name in overrides:
+        if name not in solver_names:
+            raise RunError(f"--set gives options for solver '{name}', which this run does not include")
+    tasks_value = pick("tasks", "all")
+    tasks = operators.resolve_tasks(",".join(_parse_names(tasks_value)))
+    n_images = pick("n_images", None)
+    if n_images is not None and int(n_images) < 1:
+        raise RunError(f"--n-images must be >= 1, got {n_images}")
+    batch_size = int(pick("batch_size", DEFAULT_BATCH_SIZE))
+    if batch_size < 1:
+        raise RunError(f"--batch-size must be >= 1, got {batch_size}")
+    out = pick("out", None)
+    if out is None:
+        name = pick("name", None) or f"run-{datetime.date.today():%Y%m%d}"
+        out = Path("results") / name
+    return RunSettings(
+        solvers=solver_names,
+        tasks=tasks,
+        sigmas=_parse_sigmas(pick("sigma", DEFAULT_SIGMA)),
+        out=Path(out),
+        prior=str(pick("prior", DEFAULT_PRIOR)),
+        dataset=str(pick("dataset", DEFAULT_DATASET)),
+        n_images=None if n_images is None else int(n_images),
+        batch_size=batch_size,
+        seed=int(pick("seed", 0)),
+        overrides=overrides,
+        device=str(pick("device", "auto")),
+        dtype=str(pick("dtype", "fp32")),
+        force=bool(args.force or config.get("force", False)),
+        progress=not args.no_progress,
+    )
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise RunError(
+            f"output folder '{folder}' is not writable ({error.strerror}); choose another with --out"
+        ) from None
+
+
+# ----- small pieces ----------------------------------------------------------------------------------------
+
+
+def fisher_kurtosis(eps: Any) -> Any:
+    """Fisher excess kurtosis m4 / m2² − 3 of each image over all its elements: (B, ...) -> (B,) float64.
+
+    The biased moment estimator (scipy.stats.kurtosis(fisher=True, bias=True)); 0 for Gaussian noise.
+    """
+    flat = eps.detach().reshape(eps.shape[0], -1).double()
+    centred = flat - flat.mean(dim=1, keepdim=True)
+    m2 = centred.pow(2).mean(dim=1)
+    m4 = centred.pow(4).mean(dim=1)
+    return m4 / m2.pow(2) - 3.0
+
+
+def sigma_label(sigma: float) -> str:
+    """σ as a folder name: '0', '0.05'."""
+    return f"{sigma:g}"
+
+
+def _save_png(image: Any, path: Path) -> None:
+    """Save one image (C, H, W) in [-1, 1] as an 8-bit PNG, atomically."""
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from bench.metrics import to_unit
+    from bench.store import atomic_write_bytes
+
+    pixels = (to_unit(image.detach().float().cpu()) * 255.0).round().to(torch.uint8)
+    array = pixels.permute(1, 2, 0).numpy()
+    picture = Image.fromarray(array[..., 0] if array.shape[2] == 1 else np.ascontiguousarray(array))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _git_commit() -> str:
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{commit}+dirty" if dirty else commit
+
+
+def _peak_rss_bytes() -> int:
+    import resource
+
+    # ru_maxrss is in kilobytes on Linux (bytes on macOS).
+    scale = 1 if sys.platform == "darwin" else 1024
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
+
+
+class _Distributed:
+    """Rank and world size from torchrun's environment; a gloo group (for the final barrier) only when there are several."""
+
+    def __init__(self) -> None:
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.group = False
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                # The group only carries the final barrier, so gloo serves CPU and GPU runs alike; ranks may
+                # finish hours apart (unsupported pairs cost nothing), hence the long timeout.
+                dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
+                self.group = True
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+# ----- the run ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Context:
+    """What every batch needs, built once after all checks."""
+
+    settings: RunSettings
+    prior: Any
+    dataset: Any
+    index_of: dict[str, int]
+    solvers: dict[str, Any]
+    ops: dict[str, Any]
+    device: Any
+    store: Any
+    versions: dict[str, str]
+    warm: set[str] = field(default_factory=set)
+
+
+def _prepare(settings: RunSettings, rank: int) -> tuple[_Context, list[Any]]:
+    import torch
+
+    import bench
+    import operators
+    import solvers
+    from bench.data import load_dataset
+    from bench.priors import load_prior
+    from bench.store import ResultStore
+    from bench.units import enumerate_units
+
+    built = {name: solvers.build(name, **settings.overrides.get(name, {})) for name in settings.solvers}
+    device = settings.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"  # one GPU per torchrun process
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise RunError(f"unknown device {device!r}; use cpu, cuda, cuda:<index> or auto") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise RunError(f"--device {device} asked for, but CUDA is not available here; use --device cpu")
+    prior = load_prior(settings.prior, device=device, dtype=settings.dtype)
+    channels, height, width = prior.image_shape
+    if height != width:
+        raise RunError(
+            f"prior '{settings.prior}' makes {height}x{width} images, but datasets serve squares; use a square prior"
+        )
+    ops = {}
+    for task in settings.tasks:
+        try:
+            ops[task] = operators.build(task, shape=prior.image_shape)
+        except operators.OperatorError as error:
+            raise RunError(
+                f"task '{task}' does not fit prior '{settings.prior}' ({channels}x{height}x{width} images): {error}; "
+                "choose another prior or drop the task"
+            ) from None
+    dataset = load_dataset(settings.dataset, size=height, channels=channels)
+    if settings.n_images is not None and settings.n_images > len(dataset):
+        if rank == 0:
+            print(
+                f"warning: --n-images {settings.n_images} but dataset '{settings.dataset}' has only "
+                f"{len(dataset)} images; using all {len(dataset)}",
+                file=sys.stderr,
+            )
+    elif settings.n_images is not None:
+        dataset = load_dataset(settings.dataset, size=height, channels=channels, n_images=settings.n_images)
+    _check_writable(settings.out)
+    ids = dataset.ids
+    units = enumerate_units(
+        {name: solver.spec() for name, solver in built.items()},
+        {task: op.spec() for task, op in ops.items()},
+        settings.sigmas,
+        prior.spec(),
+        dataset.name,
+        ids,
+        settings.seed,
+    )
+    versions = {
+        "torch_version": torch.__version__,
+        "bench_version": bench.__version__,
+        "git_commit": _git_commit(),
+    }
+    context = _Context(
+        settings=settings,
+        prior=prior,
+        dataset=dataset,
+        index_of={image_id: i for i, image_id in enumerate(ids)},
+        solvers=built,
+        ops=ops,
+        device=torch.device(device),
+        store=ResultStore(settings.out, rank=rank),
+        versions=versions,
+    )
+    return context, units
+
+
+def _batches(units: list[Any], batch_size: int) -> list[list[Any]]:
+    """Consecutive units of the same (solver, task, σ), at most `batch_size` at a time."""
+    batches: list[list[Any]] = []
+    for unit in units:
+        if batches and batches[-1][0].group == unit.group and len(batches[-1]) < batch_size:
+            batches[-1].append(unit)
+        else:
+            batches.append([unit])
+    return batches
+
+
+def _base_row(context: _Context, unit: Any) -> dict[str, Any]:
+    solver = context.solvers[unit.solver]
+    return {
+        "solver": unit.solver,
+        "task": unit.task,
+        "sigma": unit.sigma,
+        "prior": context.settings.prior,
+        "dataset": context.dataset.name,
+        "image_id": unit.image_id,
+        "seed": context.settings.seed,
+        "key": unit.key,
+        "status": "ok",
+        "error": None,
+        "psnr": math.nan,
+        "ssim": math.nan,
+        "lpips": math.nan,
+        "consistency": math.nan,
+        "nfe": 0,
+        "wall_s": math.nan,
+        "network_s": math.nan,
+        "peak_memory_bytes": 0,
+        "batch_size": 0,
+        "warmup": False,
+        "device": str(context.device),
+        "dtype": context.settings.dtype,
+        "solver_version": solver.version,
+        "solver_config": _json(solver.spec()["config"]),
+        **context.versions,
+    }
+
+
+def _json(value: Any) -> str:
+    from bench.units import canonical_json
+
+    return canonical_json(value)
+
+
+def _sync(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _run_batch(context: _Context, batch: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Compute one batch: (unit rows, trace rows). Exceptions become failed rows; the run goes on."""
+    import torch
+
+    import operators
+    from bench import metrics
+
+    first = batch[0]
+    solver, op = context.solvers[first.solver], context.ops[first.task]
+    rows = [_base_row(context, unit) for unit in batch]
+    reason = solver.unsupported(op, first.sigma)
+    if reason:
+        for row in rows:
+            row.update(status="unsupported", error=reason)
+        return rows, []
+
+    settings, device, prior = context.settings, context.device, context.prior
+    ids = [unit.image_id for unit in batch]
+    traces: list[dict[str, Any]] = []
+    try:
+        clean = torch.stack([context.dataset[context.index_of[i]][1] for i in ids]).to(device)
+        bound = op.for_images(ids, settings.seed)
+        y = bound.measure(clean, first.sigma, operators.image_generators(settings.seed, ids, "noise"))
+        generators = operators.image_generators(settings.seed, ids, "solver", device=device)
+        steps: list[tuple[int, int, Any, Any]] = []
+        tracing = [0.0]  # seconds spent in the trace callback, taken out of the solver's wall time
+
+        def record(*, step: int, t: int, x_t: Any, eps: Any, x0: Any) -> None:
+            _sync(device)
+            began = time.perf_counter()
+            with torch.no_grad():
+                residual = (bound(x0.detach()) - y).reshape(len(ids), -1).norm(dim=1)
+                steps.append((step, int(t), fisher_kurtosis(eps), residual.double()))
+            _sync(device)
+            tracing[0] += time.perf_counter() - began
+
+        prior.reset_stats()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        rss_before = _peak_rss_bytes()
+        _sync(device)
+        start = time.perf_counter()
+        estimate = solver.solve(y, bound, prior, sigma=first.sigma, generators=generators, callback=record)
+        _sync(device)
+        wall = time.perf_counter() - start - tracing[0]
+        if device.type == "cuda":
+            peak = int(torch.cuda.max_memory_allocated(device))
+        else:
+            peak = max(0, _peak_rss_bytes() - rss_before)  # growth of the process' peak RSS
+        stats = prior.stats
+        estimate = estimate.detach()
+        finite = torch.isfinite(estimate.reshape(len(ids), -1)).all(dim=1).tolist()
+        safe = torch.nan_to_num(estimate, nan=0.0, posinf=1.0, neginf=-1.0)
+        scores = {
+            "psnr": metrics.psnr(safe, clean),
+            "ssim": metrics.ssim(safe, clean),
+            "consistency": metrics.consistency(bound, safe, y),
+        }
+        if min(clean.shape[-2:]) >= LPIPS_MIN_SIZE:
+            scores["lpips"] = metrics.lpips(safe, clean)
+        warmup = first.solver not in context.warm
+        context.warm.add(first.solver)
+        for b, row in enumerate(rows):
+            row.update(
+                nfe=int(stats.nfe),
+                wall_s=wall / len(ids),
+                network_s=(stats.forward_seconds + stats.backward_seconds) / len(ids),
+                peak_memory_bytes=peak,
+                batch_size=len(ids),
+                warmup=warmup,
+            )
+            if not finite[b]:
+                row.update(status="diverged", error="the estimate holds NaN or Inf values")
+                continue
+            row.update({name: float(values[b]) for name, values in scores.items()})
+        _save_images(context, batch, clean, bound, y, estimate, finite)
+        if steps:
+            # one transfer for the whole trajectory rather than one per value
+            kurtosis = torch.stack([k for _, _, k, _ in steps]).cpu().tolist()
+            residual = torch.stack([r for _, _, _, r in steps]).cpu().tolist()
+            for i, (step, t, _, _) in enumerate(steps):
+                for b, unit in enumerate(batch):
+                    traces.append(
+                        {
+                            "key": unit.key,
+                            "solver": unit.solver,
+                            "task": unit.task,
+                            "sigma": unit.sigma,
+                            "image_id": unit.image_id,
+                            "seed": settings.seed,
+                            "step": step,
+                            "t": t,
+                            "kurtosis": kurtosis[i][b],
+                            "residual": residual[i][b],
+                        }
+                    )
+    except Exception as error:  # noqa: BLE001 - any failure of one batch is recorded and the run goes on
+        text = f"{type(error).__name__}: {error}"
+        for row in rows:
+            row.update(status="failed", error=text)
+        return rows, []
+    return rows, traces
+
+
+def _save_images(
+    context: _Context, batch: list[Any], clean: Any, bound: Any, y: Any, estimate: Any, finite: list[bool]
+) -> None:
+    import operators
+
+    images = context.settings.out / "images"
+    first = batch[0]
+    sigma = sigma_label(first.sigma)
+    shown = bound.pinv(y) if bound.supports(operators.Cap.PINV) else None
+    for b, unit in enumerate(batch):
+        if finite[b]:
+            _save_png(estimate[b], images / unit.solver / unit.task / sigma / f"{unit.image_id}.png")
+        reference = images / "reference" / f"{unit.image_id}.png"
+        if not reference.exists():
+            _save_png(clean[b], reference)
+        if shown is not None:
+            measurement = images / "measurement" / unit.task / sigma / f"{unit.image_id}.png"
+            if not measurement.exists():
+                _save_png(shown[b], measurement)
+
+
+def _set_metrics(context: _Context, units: list[Any]) -> None:
+    """FID/KID of every complete (solver, task, σ) group whose set of keys has no row yet (or all, if forced)."""
+    import hashlib
+
+    import torch
+
+    from bench import metrics
+    from bench.data import pil_to_signed, read_image
+
+    statuses = context.store.statuses()
+    known = set() if context.settings.force else set(context.store.sets().get("set_key", []))
+    groups: dict[tuple[str, str, float], list[Any]] = {}
+    for unit in units:
+        groups.setdefault(unit.group, []).append(unit)
+    rows = []
+    reference_features: dict[tuple[str, ...], Any] = {}
+    for (solver, task, sigma), members in groups.items():
+        states = [statuses.get(unit.key) for unit in members]
+        if any(state not in ("ok", "diverged", "unsupported") for state in states) or "unsupported" in states:
+            continue  # incomplete (failed or missing units), or a pair that never runs
+        set_key = hashlib.sha256("".join(sorted(unit.key for unit in members)).encode()).hexdigest()
+        if set_key in known:
+            continue
+        ok = [unit for unit, state in zip(members, states, strict=True) if state == "ok"]
+        row: dict[str, Any] = {
+            "solver": solver,
+            "task": task,
+            "sigma": sigma,
+            "prior": context.settings.prior,
+            "dataset": context.dataset.name,
+            "seed": context.settings.seed,
+            "set_key": set_key,
+            "n_images": len(ok),
+            "n_diverged": len(members) - len(ok),
+            "fid": math.nan,
+            "kid": math.nan,
+            "kid_std": math.nan,
+            "note": None,
+            **context.versions,
+        }
+        if len(ok) < len(members):
+            row["note"] = f"{len(members) - len(ok)} diverged images left out"
+        if len(ok) < SET_METRIC_MIN_IMAGES:
+            short = f"FID/KID need at least {SET_METRIC_MIN_IMAGES} finished images, this set has {len(ok)}"
+            row["note"] = "; ".join(filter(None, [short, row["note"]]))
+        else:
+            folder = context.settings.out / "images"
+            channels = context.dataset.channels
+
+            def load(path: Path, channels: int = channels) -> Any:
+                return pil_to_signed(read_image(path, channels))
+
+            ids = tuple(u.image_id for u in ok)
+            try:
+                estimates = torch.stack([load(folder / solver / task / sigma_label(sigma) / f"{i}.png") for i in ids])
+                if ids not in reference_features:  # the same clean set serves every group: one Inception pass
+                    references = torch.stack([load(folder / "reference" / f"{i}.png") for i in ids])
+                    reference_features[ids] = metrics.inception_features(references, context.device)
+                features = metrics.inception_features(estimates, context.device)
+                scores = metrics.fid_kid(features, reference_features[ids], seed=context.settings.seed)
+                row.update(fid=scores.fid, kid=scores.kid, kid_std=scores.kid_std)
+            except Exception as error:  # noqa: BLE001 - a set metric failure must not lose the run's results
+                row["note"] = f"failed: {type(error).__name__}: {error}"
+        rows.append(row)
+    context.store.write_part("sets", rows)
+
+
+# ----- summary ---------------------------------------------------------------------------------------------
+
+
+def summarize(table: Any) -> Any:
+    """Per (solver, task, σ): unit counts by status and the mean PSNR, SSIM, LPIPS over ok units."""
+    import pandas as pd
+
+    from bench.store import STATUSES
+
+    columns = ["solver", "task", "sigma", "n", *STATUSES, "psnr", "ssim", "lpips"]
+    if table.empty:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for (solver, task, sigma), group in table.groupby(["solver", "task", "sigma"], sort=False):
+        ok = group[group["status"] == "ok"]
+        rows.append(
+            {
+                "solver": solver,
+                "task": task,
+                "sigma": sigma,
+                "n": len(group),
+                **{status: int((group["status"] == status).sum()) for status in STATUSES},
+                **{name: float(ok[name].mean()) if len(ok) else math.nan for name in ("psnr", "ssim", "lpips")},
+            }
+        )
+    return pd.DataFrame(rows, columns=columns)
+
+
+def format_summary(summary: Any) -> str:
+    """The summary as a fixed-width text table (PSNR in dB with 2 decimals, SSIM and LPIPS with 4)."""
+    header = f"{'solver':<10} {'task':<8} {'sigma':>6} {'n':>4} {'ok':>4} {'unsup':>5} {'fail':>4} {'div':>4} "
+    header += f"{'PSNR':>7} {'SSIM':>7} {'LPIPS':>7}"
+    lines = [header]
+    for row in summary.itertuples(index=False):
+        lines.append(
+            f"{row.solver:<10} {row.task:<8} {row.sigma:>6g} {row.n:>4d} {row.ok:>4d} {row.unsupported:>5d} "
+            f"{row.failed:>4d} {row.diverged:>4d} {row.psnr:>7.2f} {row.ssim:>7.4f} {row.lpips:>7.4f}"
+        )
+    return "\n".join(lines)
+
+
+def run(settings: RunSettings) -> Any:
+    """Run (or resume) the matrix of `settings`; returns the summary table (rank 0) or None (other ranks)."""
+    from tqdm import tqdm
+
+    from bench.units import shard
+
+    dist = _Distributed()
+    try:
+        context, units = _prepare(settings, dist.rank)
+        mine = shard(units, dist.rank, dist.world_size)
+        done = set() if settings.force else context.store.done_keys()
+        pending = [unit for unit in mine if unit.key not in done]
+        if dist.rank == 0:
+            skipped = len(mine) - len(pending)
+            print(
+                f"{len(units)} units ({len(settings.solvers)} solvers x {len(settings.tasks)} tasks x "
+                f"{len(settings.sigmas)} sigma x {len(context.dataset)} images) -> {settings.out}"
+                + (f"; {skipped} already done" if skipped else ""),
+                file=sys.stderr,
+            )
+        bar = tqdm(total=len(pending), unit="img", disable=not settings.progress or dist.rank != 0, file=sys.stderr)
+        for batch in _batches(pending, settings.batch_size):
+            first = batch[0]
+            bar.set_description(f"{first.solver}/{first.task}/σ={sigma_label(first.sigma)}")
+            rows, traces = _run_batch(context, batch)
+            stem = context.store.new_stem()
+            # traces first: the unit part commits the batch (see bench.store)
+            context.store.write_part("traces", traces, stem=stem)
+            context.store.write_part("units", rows, stem=stem)
+            bar.update(len(batch))
+        bar.close()
+        dist.barrier()
+        if dist.rank != 0:
+            return None
+        _set_metrics(context, units)
+        keys = {unit.key for unit in units}
+        table = context.store.units()
+        table = table[table["key"].isin(keys)] if not table.empty else table
+        summary = summarize(table)
+        print(format_summary(summary))
+        return summary
+    finally:
+        dist.close()
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    run(settings)
+    return 0
+
+
+def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `run` on the CLI's subcommands. Options default to None so that --config values can fill them."""
+    parser = subparsers.add_parser(
+        "run",
+        help="run solvers x tasks x noise levels x images against one prior (resumable)",
+        description="Run every (solver, task, sigma, image) unit, skipping those already done in --out.",
+    )
+    parser.add_argument("--solvers", help=f"comma-separated solver names, or all (default: {DEFAULT_SOLVERS})")
+    parser.add_argument("--tasks", help="comma-separated tasks, or all = the paper's five (default: all)")
+    parser.add_argument(
+        "--sigma", help=f"noise levels on the [0, 1] pixel scale, e.g. 0,0.05 (default: {DEFAULT_SIGMA})"
+    )
+    parser.add_argument("--prior", help=f"prior spec (default: {DEFAULT_PRIOR}; see `bench list priors`)")
+    parser.add_argument("--dataset", help=f"dataset spec (default: {DEFAULT_DATASET}; see `bench list datasets`)")
+    parser.add_argument("--n-images", type=int, help="use the first N images of the dataset (default: all)")
+    parser.add_argument("--batch-size", type=int, help=f"images per solver call (default: {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--seed", type=int, help="seed of masks, noise and solver randomness (default: 0)")
+    parser.add_argument(
+        "--set", action="append", metavar="SOLVER.OPTION=VALUE", help="override a solver option (repeatable)"
+    )
+    parser.add_argument("--out", help="run folder (default: results/<--name or run-YYYYMMDD>)")
+    parser.add_argument("--name", help="name of the run folder under results/")
+    parser.add_argument("--device", help="cpu, cuda or auto (default: auto = cuda when available)")
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="network dtype (default: fp32)")
+    parser.add_argument("--force", action="store_true", default=None, help="recompute units already done")
+    parser.add_argument("--config", help="TOML file with any of these options; the command line overrides it")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_cmd_run)
+    return parser

@@ -1,0 +1,92 @@
+"""Work units of a benchmark run: one (solver, task, σ, image) under one prior, dataset and seed.
+
+A unit's key is the SHA-256 of the canonical JSON (sorted keys, no spaces) of everything that defines its
+result: the solver's spec (name, version, resolved config), the operator's spec, σ, the prior's spec, the
+dataset's name, the image id and the seed. Changing any of them (or bumping a solver's `version`) gives a new
+key, so results of different definitions are never mixed; the key does not depend on the batch size, the
+device, the output folder or the order of the command-line lists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Unit", "canonical_json", "enumerate_units", "shard", "unit_key"]
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no whitespace; NaN/Inf are refused because they have no JSON spelling."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def unit_key(
+    solver_spec: Mapping[str, Any],
+    operator_spec: Mapping[str, Any],
+    sigma: float,
+    prior_spec: Mapping[str, Any],
+    dataset: str,
+    image_id: str,
+    seed: int,
+) -> str:
+    """Hex SHA-256 (64 characters) of the canonical JSON of a unit's definition."""
+    record = {
+        "solver": dict(solver_spec),
+        "operator": dict(operator_spec),
+        "sigma": float(sigma),
+        "prior": dict(prior_spec),
+        "dataset": str(dataset),
+        "image_id": str(image_id),
+        "seed": int(seed),
+    }
+    return hashlib.sha256(canonical_json(record).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One image to reconstruct with one solver on one task at one noise level σ ([0, 1] pixel scale)."""
+
+    solver: str
+    task: str
+    sigma: float
+    image_id: str
+    key: str
+
+    @property
+    def group(self) -> tuple[str, str, float]:
+        """(solver, task, σ): the set over which FID/KID are computed."""
+        return (self.solver, self.task, self.sigma)
+
+
+def enumerate_units(
+    solver_specs: Mapping[str, Mapping[str, Any]],
+    operator_specs: Mapping[str, Mapping[str, Any]],
+    sigmas: Sequence[float],
+    prior_spec: Mapping[str, Any],
+    dataset: str,
+    image_ids: Sequence[str],
+    seed: int,
+) -> list[Unit]:
+    """Every unit of the matrix, ordered solver, task, σ, image (the given orders), so that consecutive
+    units share a solver, task and σ and can be batched together."""
+    return [
+        Unit(solver, task, float(sigma), image_id, unit_key(sspec, ospec, sigma, prior_spec, dataset, image_id, seed))
+        for solver, sspec in solver_specs.items()
+        for task, ospec in operator_specs.items()
+        for sigma in sigmas
+        for image_id in image_ids
+    ]
+
+
+def shard(units: Sequence[Unit], rank: int, world_size: int) -> list[Unit]:
+    """The units of process `rank` out of `world_size`: those whose index i in the full list has i % world == rank.
+
+    Every process enumerates the same list, so the shards are disjoint, cover it, and do not depend on which
+    units are already done.
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank must lie in 0..world_size-1, got rank={rank}, world_size={world_size}")
+    return [unit for index, unit in enumerate(units) if index % world_size == rank]
