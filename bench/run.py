@@ -740,6 +740,7 @@ def run(settings: RunSettings) -> Any:
         if dist.rank != 0:
             return None
         _set_metrics(context, units)
+        context.store.compact()
         keys = {unit.key for unit in units}
         table = context.store.units()
         table = table[table["key"].isin(keys)] if not table.empty else table

@@ -14,6 +14,9 @@ commit record of the batch; traces whose unit part is missing (a kill in between
 
 Part names sort in writing order (they start with a nanosecond clock), so when a unit was computed more than
 once (a failed unit retried, or `--force`) the reader keeps its latest row: the tables have one row per key.
+`compact()`, run at the end of every run, then rewrites the older parts without the superseded rows (and
+their traces), so the files themselves never hold a unit twice once a run has finished. It only removes
+rows whose replacement is already committed, one atomic file at a time, so a kill during it loses nothing.
 """
 
 from __future__ import annotations
@@ -135,6 +138,44 @@ class ResultStore:
         if table.empty:
             return {}
         return dict(zip(table["key"], table["status"], strict=True))
+
+    def compact(self) -> int:
+        """Drop superseded unit rows, their traces and superseded set rows from the parts; returns rows removed."""
+        import pandas as pd
+
+        removed = 0
+        latest_units = self.units()
+        keep_units = (
+            set(zip(latest_units["key"], latest_units["part"], strict=True)) if not latest_units.empty else set()
+        )
+        latest_sets = self.sets()
+        keep_sets = (
+            set(zip(latest_sets["set_key"], latest_sets["part"], strict=True)) if not latest_sets.empty else set()
+        )
+        committed = {path.stem for path in self.parts(UNITS)}
+        for kind, column, keep in (
+            (UNITS, "key", keep_units),
+            (TRACES, "key", keep_units),
+            (SETS, "set_key", keep_sets),
+        ):
+            for path in self.parts(kind):
+                if kind == TRACES and path.stem not in committed:
+                    continue  # traces of a batch in flight elsewhere (another rank) or orphaned: leave them
+                frame = pd.read_parquet(path)
+                wanted = [(value, path.stem) in keep for value in frame[column]]
+                if all(wanted):
+                    continue
+                removed += len(wanted) - sum(wanted)
+                remaining = frame[wanted]
+                if remaining.empty:
+                    path.unlink()
+                else:
+                    import io
+
+                    buffer = io.BytesIO()
+                    remaining.to_parquet(buffer, index=False)
+                    atomic_write_bytes(path, buffer.getvalue())
+        return removed
 
     def done_keys(self) -> set[str]:
         """Keys whose latest status is in `DONE_STATUSES` (skipped by a re-run)."""

@@ -124,9 +124,10 @@ def test_run_records_rows_skips_done_units_and_summary_equals_parquet(tmp_path, 
     assert store.parts("units") == parts and png.stat().st_mtime_ns == mtime
     assert summary_lines(again) == printed
 
-    # --force recomputes every unit; the table still holds one row per unit, with equal results
+    # --force recomputes every unit; after compaction the files themselves hold one row per unit
     code, forced, _ = bench_run(capsys, out, photos, *args, "--force")
-    assert code == 0 and len(store.raw_units()) == 36 and len(store.units()) == 18
+    assert code == 0 and len(store.raw_units()) == 18 and store.raw_units()["key"].is_unique
+    assert not set(store.raw_units()["part"]) & {p.stem for p in parts}  # the superseded parts are gone
     assert summary_lines(forced) == printed
 
 
