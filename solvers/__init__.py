@@ -55,9 +55,15 @@ def _load() -> None:
     _loaded = True
 
 
+def _module_rank(name: str) -> int:
+    module = _REGISTRY[name].__module__.rpartition(".")[2]
+    return _MODULES.index(module) if module in _MODULES else len(_MODULES)
+
+
 def available() -> list[str]:
+    """Registered solver names in `_MODULES` order, whatever order their modules were imported in."""
     _load()
-    return list(_REGISTRY)
+    return sorted(_REGISTRY, key=_module_rank)
 
 
 def get(name: str) -> type[Solver]:
@@ -65,7 +71,7 @@ def get(name: str) -> type[Solver]:
     if name not in _REGISTRY:
         close = closest(name, list(_REGISTRY))
         hint = f"; did you mean '{close}'?" if close else ""
-        raise SolverError(f"unknown solver '{name}'{hint} (available: {', '.join(_REGISTRY)})")
+        raise SolverError(f"unknown solver '{name}'{hint} (available: {', '.join(available())})")
     return _REGISTRY[name]
 
 
