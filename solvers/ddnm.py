@@ -46,7 +46,7 @@ from torch import Tensor
 from operators import Cap, Operator, randn_per_image
 
 from . import register
-from .base import Solver, SolverConfig, SolverError, StepCallback
+from .base import Solver, SolverConfig, SolverError, StepCallback, check_inputs, spectral_measurement
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,32 +60,6 @@ class DDNMConfig(SolverConfig):
             raise SolverError(f"ddnm.steps must be a positive integer, got {self.steps!r}")
         if not 0.0 <= self.eta <= 1.0:
             raise SolverError(f"ddnm.eta must lie in [0, 1], got {self.eta}")
-
-
-def _check_inputs(y: Tensor, op: Operator, prior, generators: Sequence[torch.Generator]) -> None:
-    if tuple(prior.image_shape) != tuple(op.input_shape):
-        raise SolverError(
-            f"ddnm: the prior makes {tuple(prior.image_shape)} images but the operator expects "
-            f"{tuple(op.input_shape)}; build the operator with shape={tuple(prior.image_shape)}"
-        )
-    if not isinstance(y, Tensor) or y.ndim < 1 or tuple(y.shape[1:]) != tuple(op.measurement_shape):
-        shape = tuple(getattr(y, "shape", ()))
-        raise SolverError(f"ddnm: y must have shape (B, {', '.join(map(str, op.measurement_shape))}), got {shape}")
-    if len(generators) != y.shape[0]:
-        raise SolverError(f"ddnm: need one generator per image, got {len(generators)} for a batch of {y.shape[0]}")
-
-
-def _spectral_measurement(op: Operator, y: Tensor) -> tuple[Tensor, Tensor]:
-    """(s, Uᵀy), both zero-padded to N = C·H·W entries so they line up with vt(x): s (1|B, N), Uᵀy (B, N)."""
-    svd = op.svd
-    u_y = svd.ut(y)
-    singulars = svd.singulars_like(u_y)
-    singulars = singulars.expand(u_y.shape[0], -1) if singulars.ndim == 2 else singulars[None]
-    pad = math.prod(op.input_shape) - u_y.shape[1]
-    return (
-        torch.cat([singulars, singulars.new_zeros(singulars.shape[0], pad)], dim=1),
-        torch.cat([u_y, u_y.new_zeros(u_y.shape[0], pad)], dim=1),
-    )
 
 
 @register
@@ -122,14 +96,14 @@ class DDNM(Solver):
         """The estimate before the final clamp to [-1, 1] (B, C, H, W): the last x̂0|y, which satisfies
         A x̂ = y for noise-free linear measurements (clamping would break that)."""
         self.check(op, sigma)
-        _check_inputs(y, op, prior, generators)
+        check_inputs(self.name, y, op, prior, generators)
         eta = self.config.eta
         shape, device = prior.image_shape, prior.device
         y = y.to(device=device, dtype=torch.float32)
         sigma_y = 2.0 * float(sigma)  # σ is on [0, 1]; the noise std on the [-1, 1] scale is 2σ
         if sigma_y > 0:
             with torch.no_grad():
-                s, u_y = _spectral_measurement(op, y)
+                s, u_y = spectral_measurement(op, y)
             observed = s > 0
             y_bar = torch.where(observed, u_y / torch.where(observed, s, torch.ones_like(s)), torch.zeros_like(u_y))
 

@@ -41,7 +41,7 @@ from torch import Tensor
 from operators import Cap, Operator, randn_per_image
 
 from . import register
-from .base import Solver, SolverConfig, SolverError, StepCallback
+from .base import Solver, SolverConfig, SolverError, StepCallback, check_inputs, spectral_measurement
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,33 +64,6 @@ class DDRMConfig(SolverConfig):
             )
         if not 0.0 <= self.zero_singular_rtol < 1.0:
             raise SolverError(f"ddrm.zero_singular_rtol must lie in [0, 1), got {self.zero_singular_rtol}")
-
-
-def check_inputs(name: str, y: Tensor, op: Operator, prior, generators: Sequence[torch.Generator]) -> None:
-    """Clear errors for a measurement, prior or generator list that does not fit the operator."""
-    if tuple(prior.image_shape) != tuple(op.input_shape):
-        raise SolverError(
-            f"{name}: the prior makes {tuple(prior.image_shape)} images but the operator expects "
-            f"{tuple(op.input_shape)}; build the operator with shape={tuple(prior.image_shape)}"
-        )
-    if not isinstance(y, Tensor) or y.ndim < 1 or tuple(y.shape[1:]) != tuple(op.measurement_shape):
-        shape = tuple(getattr(y, "shape", ()))
-        raise SolverError(f"{name}: y must have shape (B, {', '.join(map(str, op.measurement_shape))}), got {shape}")
-    if len(generators) != y.shape[0]:
-        raise SolverError(f"{name}: need one generator per image, got {len(generators)} for a batch of {y.shape[0]}")
-
-
-def spectral_measurement(op: Operator, y: Tensor) -> tuple[Tensor, Tensor]:
-    """(s, Uᵀy), both zero-padded to N = C·H·W entries so they line up with vt(x): s (1|B, N), Uᵀy (B, N)."""
-    svd = op.svd
-    u_y = svd.ut(y)
-    singulars = svd.singulars_like(u_y)
-    singulars = singulars.expand(u_y.shape[0], -1) if singulars.ndim == 2 else singulars[None]
-    pad = math.prod(op.input_shape) - u_y.shape[1]
-    return (
-        torch.cat([singulars, singulars.new_zeros(singulars.shape[0], pad)], dim=1),
-        torch.cat([u_y, u_y.new_zeros(u_y.shape[0], pad)], dim=1),
-    )
 
 
 def ve_sigma(prior, t: int) -> float:
