@@ -118,6 +118,38 @@ def _cmd_train_denoiser(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_ddc(args: argparse.Namespace) -> int:
+    import operators
+    from bench.train_ddc import ddc_train_config, train_ddc
+
+    base = _train_config(args)
+    config = ddc_train_config(
+        steps=base.steps,
+        batch_size=base.batch_size,
+        lr=base.lr,
+        checkpoint_every=base.checkpoint_every,
+        snapshot_steps=base.snapshot_steps,
+        seed=base.seed,
+        device=base.device,
+        amp_dtype=base.amp_dtype,
+        max_wall_seconds=base.max_wall_seconds,
+    )
+    final = train_ddc(
+        args.prior,
+        args.data,
+        args.out,
+        config=config,
+        tasks=operators.resolve_tasks(args.tasks),
+        sigma_max=args.sigma_max,
+        use_lpips=not args.no_lpips,
+        y_to_image=args.y_to_image,
+        resume=args.resume,
+        workers=args.workers,
+    )
+    print(f"trained DDC network written to {final} (use it with --set ddc.network={final})")
+    return 0
+
+
 def _add_training_options(
     parser: argparse.ArgumentParser, *, steps: int, batch_size: int, lr: float, size: int
 ) -> None:
@@ -177,6 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--sigma-max", type=float, default=55 / 255, help="noise levels drawn from [0, this] on the [0, 1] scale"
     )
     denoiser.set_defaults(func=_cmd_train_denoiser)
+
+    ddc = commands.add_parser("train-ddc", help="train DDC's data-consistency network (Algorithm 2) on photos")
+    _add_training_options(ddc, steps=160_000, batch_size=8, lr=1e-4, size=64)
+    ddc.add_argument("--prior", default="natural64", help="the frozen prior whose x̂₀ is corrected")
+    ddc.add_argument("--tasks", default="sr4,sr8,gblur,inpaint,jpeg10,denoise", help="one drawn per batch")
+    ddc.add_argument("--sigma-max", type=float, default=0.05, help="y noise std u*2*sigma_max, u ~ U(0, 1)")
+    ddc.add_argument("--no-lpips", action="store_true", help="train the paper's 'DDC w/o LPIPS' variant")
+    ddc.add_argument("--y-to-image", choices=["replicate", "pinv"], default="replicate")
+    ddc.set_defaults(func=_cmd_train_ddc)
     return parser
 
 

@@ -75,6 +75,10 @@ class Solver:
     ) -> Tensor:
         raise NotImplementedError
 
+    def missing_weights(self) -> str | None:
+        """Why this solver cannot run for lack of trained weights, or None when it has what it needs."""
+        return None
+
     def spec(self) -> dict[str, Any]:
         """The solver's identity for result keys: name, version and resolved config."""
         return {"solver": self.name, "version": self.version, "config": dataclasses.asdict(self.config)}

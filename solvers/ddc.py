@@ -1,0 +1,185 @@
+"""Deep Data Consistency (DDC, Chen et al. 2024): a learned correction of the Tweedie estimate, 5 steps.
+
+A network φ sees the prior's Tweedie estimate x̂₀, the measurement y brought to image size and the timestep,
+and predicts a residual Δ that moves x̂₀ toward data consistency (paper Eq. 7):
+
+    x̂₀,y = x̂₀ − Δφ(x̂₀, y, t).
+
+The reverse step is the DDPM posterior q(x_s | x_t, x̂₀,y) with the corrected estimate (paper Eq. 22), with the
+prior's learned variance where it has one. φ is trained by `python -m bench train-ddc` (bench/train_ddc.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from operators import Cap, Operator, randn_per_image
+
+from . import register
+from .base import Solver, SolverConfig, SolverError, StepCallback, check_inputs
+from .uncond import posterior_step
+
+ASSETS = Path(__file__).resolve().parents[1] / "bench" / "assets"
+Y_TO_IMAGE = ("replicate", "pinv")
+
+# φ as a plain function: (x̂₀ (B, C, H, W), y brought to image size (B, C, H, W), t (B,) int64) -> Δ (B, C, H, W)
+Phi = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class DDCConfig(SolverConfig):
+    steps: int = 5  # DDC paper Sec. 4 / Appendix B: 5 steps (official schedule 800, 600, 400, 200, 0)
+    network: str = "natural64"  # φ weights: a folder under bench/assets/ddc-<name>/, or a path to such a folder
+    y_to_image: str = "replicate"  # official code: adaptive average pooling to image size (nearest for SR)
+
+
+class DeltaNetwork(nn.Module):
+    """φ as a diffusers UNet2DModel on [x̂₀, y_img] concatenated on channels, conditioned on the integer t."""
+
+    def __init__(self, unet: nn.Module):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x0: Tensor, y_image: Tensor, t: Tensor) -> Tensor:
+        return self.unet(torch.cat([x0, y_image], dim=1), t).sample
+
+
+def measurement_to_image(y: Tensor, op: Operator, mode: str = "replicate") -> Tensor:
+    """y (B, *op.measurement_shape) brought to the image shape (B, C, H, W): φ's second input.
+
+    "replicate": image-sized measurements (blur, inpainting, JPEG, denoising) are used as they are; a
+        measurement smaller by an integer factor (super-resolution) is replicated nearest-neighbour, which is
+        what the official code's adaptive average pooling to image size does for SR.
+    "pinv": A⁺y, the pseudo-inverse's image.
+    """
+    if mode == "pinv":
+        return op.pinv(y)
+    if mode != "replicate":
+        raise SolverError(f"ddc: unknown y_to_image '{mode}' (available: {', '.join(Y_TO_IMAGE)})")
+    image, measured = tuple(op.input_shape), tuple(op.measurement_shape)
+    if measured == image:
+        return y
+    if len(measured) == 3 and measured[0] == image[0]:
+        (_, h, w), (_, height, width) = measured, image
+        if height % h == 0 and width % w == 0 and height // h == width // w:
+            return torch.nn.functional.interpolate(y, scale_factor=height // h, mode="nearest")
+    raise SolverError(
+        f"ddc: cannot replicate a {measured} measurement of {op.task} to a {image} image; use --set ddc.y_to_image=pinv"
+    )
+
+
+def network_folder(network: str) -> Path:
+    """The folder of φ weights named by `network`: bench/assets/ddc-<name>/ for a bare name, else a path."""
+    named = ASSETS / f"ddc-{network}"
+    return named if "/" not in network and not Path(network).is_dir() else Path(network)
+
+
+def load_phi(folder: str | Path) -> tuple[DeltaNetwork, dict[str, Any]]:
+    """φ from a folder written by `bench.train_ddc.save_phi`: (network in eval mode, provenance dict).
+
+    The weights load strictly: a missing or unexpected key is an error naming the keys.
+    """
+    folder = Path(folder)
+    config_path = folder / "unet" / "config.json"
+    weights_path = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    if not config_path.is_file() or not weights_path.is_file():
+        raise SolverError(
+            f"ddc: no trained φ network at {folder} (need unet/config.json and unet/diffusion_pytorch_model"
+            ".safetensors); DDC's weights are not shipped yet: train them with `python -m bench train-ddc` "
+            "and pass the folder with --set ddc.network=<folder>"
+        )
+    from diffusers import UNet2DModel
+    from safetensors.torch import load_file
+
+    unet = UNet2DModel.from_config(json.loads(config_path.read_text()))
+    state = load_file(str(weights_path), device="cpu")
+    expected = unet.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise SolverError(
+            f"ddc: {weights_path} does not fit its config: missing {missing[:8]}, unexpected {unexpected[:8]}"
+        )
+    unet.load_state_dict(state, strict=True)
+    provenance_path = folder / "provenance.json"
+    provenance = json.loads(provenance_path.read_text()) if provenance_path.is_file() else {}
+    return DeltaNetwork(unet).eval().requires_grad_(False), provenance
+
+
+@register
+class DDC(Solver):
+    name = "ddc"
+    Config = DDCConfig
+    requires = frozenset({Cap.FORWARD, Cap.PINV})
+    summary = "learned data-consistency correction of the Tweedie estimate (Chen et al. 2024), 5 steps"
+
+    def __init__(self, config: SolverConfig | None = None, *, phi: nn.Module | Phi | None = None, **overrides: Any):
+        super().__init__(config, **overrides)
+        if self.config.y_to_image not in Y_TO_IMAGE:
+            raise SolverError(
+                f"ddc: unknown y_to_image '{self.config.y_to_image}' (available: {', '.join(Y_TO_IMAGE)})"
+            )
+        if int(self.config.steps) < 1:
+            raise SolverError(f"ddc: steps must be >= 1, got {self.config.steps}")
+        self._phi = phi
+
+    def missing_weights(self) -> str | None:
+        if self._phi is not None:
+            return None
+        folder = network_folder(self.config.network)
+        if (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file():
+            return None
+        return f"ddc: no trained φ network at {folder}; train one with `python -m bench train-ddc`"
+
+    def phi(self, device: torch.device) -> nn.Module | Phi:
+        """The φ network: the injected one, else loaded (once) from `config.network`."""
+        if self._phi is None:
+            network, provenance = load_phi(network_folder(self.config.network))
+            trained_with = provenance.get("y_to_image")
+            if trained_with is not None and trained_with != self.config.y_to_image:
+                raise SolverError(
+                    f"ddc: the network at {self.config.network} was trained with y_to_image={trained_with}; "
+                    f"use --set ddc.y_to_image={trained_with}"
+                )
+            self._phi = network
+        if isinstance(self._phi, nn.Module):
+            self._phi.to(device)
+        return self._phi
+
+    def solve(
+        self,
+        y: Tensor,
+        op: Operator,
+        prior,
+        *,
+        sigma: float,
+        generators: Sequence[torch.Generator],
+        callback: StepCallback | None = None,
+    ) -> Tensor:
+        """Algorithm 1 of the paper: per step one prior call, one φ call (Eq. 7), one posterior step (Eq. 22).
+
+        The callback receives the prior's ε̂ and the corrected estimate x̂₀,y as x0.
+        """
+        check_inputs(self.name, y, op, prior, generators)
+        self.check(op, sigma)
+        shape, device = prior.image_shape, prior.device
+        phi = self.phi(device)
+        y_image = measurement_to_image(y.to(device), op, self.config.y_to_image)
+        ts = prior.timesteps(self.config.steps)
+        x = randn_per_image(shape, generators, dtype=torch.float32, device=device)
+        for i, (t, s) in enumerate(zip(ts, [*ts[1:], -1], strict=True)):
+            with torch.no_grad():
+                prediction = prior.predict(x, t)
+                t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=device)
+                x0_y = prediction.x0 - phi(prediction.x0, y_image.to(prediction.x0.dtype), t_batch)
+            if callback is not None:
+                callback(step=i, t=t, x_t=x, eps=prediction.eps, x0=x0_y)
+            noise = randn_per_image(shape, generators, dtype=x.dtype, device=device)
+            x = posterior_step(prior, x, dataclasses.replace(prediction, x0=x0_y), t, s, noise)
+        return x.clamp(-1, 1)

@@ -1,0 +1,187 @@
+"""DDC: the 5-step sampler (with injected φ networks, no trained weights needed) and its training loss."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import operators
+import solvers
+from bench.priors import load_prior
+from bench.train_ddc import build_phi, ddc_loss, ddc_train_config, kl_term, train_ddc
+from bench.training import Trainer
+from solvers.base import SolverError
+from solvers.ddc import DDC, load_phi, measurement_to_image
+
+SHAPE = (3, 16, 16)
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def prior():
+    return load_prior("gaussian")
+
+
+def zero_phi(x0, y_image, t):
+    return torch.zeros_like(x0)
+
+
+def measured(task: str, ids: list[str], sigma: float = 0.05):
+    op = operators.build(task, shape=SHAPE).for_images(ids, seed=0)
+    torch.manual_seed(0)
+    x = torch.rand(len(ids), *SHAPE) * 2 - 1
+    return op, op.measure(x, sigma, operators.image_generators(0, ids, "noise"))
+
+
+@pytest.mark.parametrize("steps", [5, 3])
+def test_ddc_counts_prior_and_phi_evaluations(prior, steps):
+    op, y = measured("sr4", ["a", "b"])
+    phi_calls, callback_ts = [], []
+
+    def phi(x0, y_image, t):
+        phi_calls.append(t.clone())
+        return torch.zeros_like(x0)
+
+    prior.reset_stats()
+    DDC(phi=phi, steps=steps).solve(
+        y,
+        op,
+        prior,
+        sigma=0.05,
+        generators=operators.image_generators(1, ["a", "b"], "solve"),
+        callback=lambda **kw: callback_ts.append(kw["t"]),
+    )
+    assert prior.stats.nfe == steps
+    assert len(phi_calls) == steps
+    assert callback_ts == prior.timesteps(steps)
+    assert [int(t[0]) for t in phi_calls] == prior.timesteps(steps)
+    assert prior.timesteps(5) == [800, 600, 400, 200, 0]
+
+
+def test_ddc_zero_phi_equals_uncond_on_the_same_schedule(prior):
+    ids = ["a", "b", "c"]
+    op, y = measured("gblur", ids)
+    ddc = DDC(phi=zero_phi).solve(y, op, prior, sigma=0.05, generators=operators.image_generators(3, ids, "s"))
+    uncond = solvers.build("uncond", steps=5).solve(
+        y, op, prior, sigma=0.05, generators=operators.image_generators(3, ids, "s")
+    )
+    torch.testing.assert_close(ddc, uncond, rtol=0, atol=1e-6)
+
+
+def test_ddc_last_step_returns_the_corrected_estimate(prior):
+    # The step 0 -> clean image has coef_x0 = 1, coef_xt = 0 and no noise, so it returns x̂₀,y itself.
+    op, y = measured("denoise", ["a", "b"], sigma=0.0)
+    target = y.clamp(-1, 1)
+
+    def phi(x0, y_image, t):  # x̂₀,y = x̂₀ − (x̂₀ − y) = y
+        return x0 - y_image
+
+    out = DDC(phi=phi).solve(y, op, prior, sigma=0.0, generators=operators.image_generators(0, ["a", "b"], "s"))
+    torch.testing.assert_close(out, target, rtol=0, atol=1e-5)
+
+
+def test_ddc_measurement_to_image_replicates_sr_and_keeps_image_sized_y():
+    op, y = measured("sr4", ["a"])
+    replicated = measurement_to_image(y, op, "replicate")
+    assert replicated.shape == (1, *SHAPE)
+    torch.testing.assert_close(replicated, y.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3))
+    torch.testing.assert_close(measurement_to_image(y, op, "pinv"), op.pinv(y))
+    for task in ("gblur", "inpaint", "jpeg10", "denoise"):
+        op, y = measured(task, ["a"])
+        assert measurement_to_image(y, op, "replicate") is y
+
+
+def test_kl_term_matches_torch_distributions_gaussian_kl():
+    torch.manual_seed(0)
+    x0 = torch.rand(3, 2, 4, 4) * 2 - 1
+    alpha_bar = torch.tensor([0.3, 0.9, 1.0], dtype=torch.float64)
+    x_prev = alpha_bar.sqrt().view(3, 1, 1, 1).float() * x0 + 0.2 + 0.5 * torch.randn(3, 2, 4, 4)
+    got = kl_term(x_prev, x0, alpha_bar.float().view(3, 1, 1, 1))
+    for i in range(2):  # the ᾱ = 1 row has no target spread: the term is 0 there
+        residual = (x_prev[i].double() - math.sqrt(alpha_bar[i]) * x0[i].double()).flatten()
+        m, s = residual.mean(), residual.std(unbiased=False)
+        reference = torch.distributions.kl_divergence(
+            torch.distributions.Normal(m, s), torch.distributions.Normal(0.0, (1 - alpha_bar[i]).sqrt())
+        )
+        assert got[i].item() == pytest.approx(reference.item(), rel=1e-4)
+    assert got[2].item() == 0.0
+
+
+def test_ddc_training_steps_lower_the_loss_on_a_fixed_batch(prior, tmp_path):
+    # Fixed images and fixed draws (task, t, noise) at every step, so only φ changes between evaluations.
+    # Measured: 0.213 before, 0.127 after 10 steps (a 40% drop; the test asks for 20%).
+    torch.manual_seed(0)
+    batch = torch.rand(4, *SHAPE) * 2 - 1
+    loss_of = ddc_loss(prior, ("sr4", "inpaint"), w_lpips=0.0)
+
+    def fixed_loss(network, images, generator):
+        return loss_of(network, images, torch.Generator().manual_seed(5))
+
+    network = build_phi(16, 3, (16, 32))
+    config = ddc_train_config(steps=10, batch_size=4, lr=2e-3, warmup_steps=1, checkpoint_every=10**6)
+    trainer = Trainer(network, fixed_loss, lambda b: batch, torch.Generator(), config, tmp_path)
+    with torch.no_grad():
+        before = fixed_loss(trainer.network, batch, None).item()
+    trainer.run(progress=False)
+    with torch.no_grad():
+        after = fixed_loss(trainer.network, batch, None).item()
+    assert after < 0.8 * before, (before, after)
+
+
+def test_ddc_batch_independence(prior):
+    ids = ["a", "b", "c", "d"]
+    op, y = measured("inpaint", ids)
+    torch.manual_seed(1)
+    conv = nn.Conv2d(6, 3, 3, padding=1)
+
+    def phi(x0, y_image, t):
+        return 0.1 * conv(torch.cat([x0, y_image], 1)) * (t.view(-1, 1, 1, 1) / 1000)
+
+    batch = DDC(phi=phi).solve(y, op, prior, sigma=0.05, generators=operators.image_generators(2, ids, "s"))
+    single_op = operators.build("inpaint", shape=SHAPE).for_images(ids[1:2], seed=0)
+    alone = DDC(phi=phi).solve(
+        y[1:2], single_op, prior, sigma=0.05, generators=operators.image_generators(2, ids[1:2], "s")
+    )
+    torch.testing.assert_close(alone[0], batch[1], rtol=0, atol=1e-5)
+
+
+def test_ddc_missing_weights_and_bad_options_are_clear_errors(prior, tmp_path):
+    op, y = measured("sr4", ["a"])
+    with pytest.raises(SolverError, match="train-ddc"):
+        DDC(network=str(tmp_path / "nothing")).solve(
+            y, op, prior, sigma=0.05, generators=operators.image_generators(0, ["a"], "s")
+        )
+    with pytest.raises(SolverError, match="y_to_image"):
+        DDC(y_to_image="bilinear")
+    with pytest.raises(SolverError, match="steps"):
+        DDC(steps=0)
+    assert solvers.get("ddc") is DDC
+
+
+@pytest.mark.skipif(not (DATA / "natural-train").is_dir(), reason="needs ../shared/data/natural-train")
+def test_train_ddc_writes_a_folder_the_solver_loads(prior, tmp_path):
+    config = ddc_train_config(steps=2, batch_size=2, checkpoint_every=10**6)
+    folder = train_ddc(
+        "gaussian",
+        DATA / "natural-train",
+        tmp_path / "run",
+        config=config,
+        tasks=("sr4",),
+        use_lpips=False,
+        progress=False,
+    )
+    network, provenance = load_phi(folder)
+    assert provenance["y_to_image"] == "replicate" and provenance["steps"] == 2 and provenance["w_lpips"] == 0.0
+    op, y = measured("sr4", ["a"])
+    out = DDC(network=str(folder)).solve(y, op, prior, sigma=0.05, generators=operators.image_generators(0, ["a"], "s"))
+    assert out.shape == (1, *SHAPE) and torch.isfinite(out).all()
+    with pytest.raises(SolverError, match="y_to_image=replicate"):
+        DDC(network=str(folder), y_to_image="pinv").solve(
+            y, op, prior, sigma=0.05, generators=operators.image_generators(0, ["a"], "s")
+        )
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_ddc("gaussian", DATA / "natural-train", tmp_path / "run", config=config, progress=False)
