@@ -151,12 +151,13 @@ def _cmd_train_ddc(args: argparse.Namespace) -> int:
 
 
 def _add_training_options(
-    parser: argparse.ArgumentParser, *, steps: int, batch_size: int, lr: float, size: int
+    parser: argparse.ArgumentParser, *, steps: int, batch_size: int, lr: float, size: int | None
 ) -> None:
     parser.add_argument("--data", required=True, help="folder of training photos (never the evaluation set)")
     parser.add_argument("--out", required=True, help="output folder (checkpoints under train/, result in final/)")
-    parser.add_argument("--size", type=int, default=size, help="crop size in pixels (default: %(default)s)")
-    parser.add_argument("--channels", type=int, choices=[1, 3], default=3)
+    if size is not None:  # None: the image size and channels are the prior's
+        parser.add_argument("--size", type=int, default=size, help="crop size in pixels (default: %(default)s)")
+        parser.add_argument("--channels", type=int, choices=[1, 3], default=3)
     parser.add_argument("--steps", type=int, default=steps, help="total optimisation steps (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=batch_size, help="(default: %(default)s)")
     parser.add_argument("--lr", type=float, default=lr, help="AdamW learning rate (default: %(default)s)")
@@ -211,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     denoiser.set_defaults(func=_cmd_train_denoiser)
 
     ddc = commands.add_parser("train-ddc", help="train DDC's data-consistency network (Algorithm 2) on photos")
-    _add_training_options(ddc, steps=160_000, batch_size=8, lr=1e-4, size=64)
+    _add_training_options(ddc, steps=160_000, batch_size=8, lr=1e-4, size=None)
     ddc.add_argument("--prior", default="natural64", help="the frozen prior whose x̂₀ is corrected")
     ddc.add_argument("--tasks", default="sr4,sr8,gblur,inpaint,jpeg10,denoise", help="one drawn per batch")
     ddc.add_argument("--sigma-max", type=float, default=0.05, help="y noise std u*2*sigma_max, u ~ U(0, 1)")
