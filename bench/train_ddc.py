@@ -38,6 +38,7 @@ DDC_OPTIMIZER = {
     "grad_clip": 1.0,
     "ema_decay": 0.9999,
     "warmup_steps": 1000,
+    "lr_schedule": "cosine",  # DDC's official code: cosine schedule with warm-up
 }
 
 

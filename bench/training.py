@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import platform
 import subprocess
@@ -45,6 +46,7 @@ class TrainConfig:
     device: str = "cpu"
     amp_dtype: str | None = None  # "bf16" on GPUs that have it; None trains in fp32
     max_wall_seconds: float | None = None  # stop early (with a checkpoint) once this much time is spent
+    lr_schedule: str = "constant"  # after warm-up: "constant", or "cosine" decay to 0 at `steps`
 
 
 @dataclass
@@ -164,8 +166,15 @@ class Trainer:
 
     # ----- the loop --------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
-        warmup = max(1, self.config.warmup_steps)
-        return self.config.lr * min(1.0, (step + 1) / warmup)
+        """Linear warm-up over `warmup_steps`, then constant or a half-cosine down to 0 at `steps`."""
+        config = self.config
+        warmup = max(1, config.warmup_steps)
+        if step < warmup or config.lr_schedule == "constant":
+            return config.lr * min(1.0, (step + 1) / warmup)
+        if config.lr_schedule == "cosine":
+            progress = min(1.0, (step - warmup) / max(1, config.steps - warmup))
+            return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+        raise ValueError(f"unknown lr_schedule {config.lr_schedule!r} (available: constant, cosine)")
 
     def train_step(self) -> Tensor:
         images = self.next_batch(self.config.batch_size).to(self.device, non_blocking=True)

@@ -151,3 +151,19 @@ def test_dncnn_has_the_standard_17_layer_shape():
     assert len(convs) == 17 and len(norms) == 15
     assert sum(p.numel() for p in network.parameters()) == pytest.approx(558_000, rel=0.01)
     assert network(torch.zeros(1, 3, 8, 8)).shape == (1, 3, 8, 8)
+
+
+def test_trainer_learning_rate_warms_up_then_follows_its_schedule():
+    from bench.training import TrainConfig, Trainer
+
+    def trainer(schedule: str) -> Trainer:
+        config = TrainConfig(steps=110, lr=1e-3, warmup_steps=10, lr_schedule=schedule)
+        return Trainer(torch.nn.Linear(2, 2), lambda *a: None, lambda b: None, torch.Generator(), config, "/unused")
+
+    cosine, constant = trainer("cosine"), trainer("constant")
+    assert cosine.lr_at(0) == pytest.approx(1e-4) and cosine.lr_at(9) == pytest.approx(1e-3)
+    assert cosine.lr_at(60) == pytest.approx(0.5e-3) and cosine.lr_at(110) == pytest.approx(0.0, abs=1e-12)
+    assert all(cosine.lr_at(s) >= cosine.lr_at(s + 1) for s in range(10, 110))
+    assert constant.lr_at(100) == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="unknown lr_schedule 'step'"):
+        trainer("step").lr_at(50)
