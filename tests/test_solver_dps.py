@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from gaussian_cases import DRAWS, SHAPE, posterior_error, problem, repeated_solve, seeded_generators
 
 import operators
 import solvers
@@ -17,8 +18,6 @@ from bench.priors import load_prior
 from solvers.base import SolverError
 from solvers.dps import residual_norm_gradient
 
-SHAPE = (3, 16, 16)
-DRAWS = 256
 STEPS = 100
 
 
@@ -36,23 +35,9 @@ def prior():
     return load_prior("gaussian")
 
 
-def _generators(n: int, offset: int = 1000) -> list[torch.Generator]:
-    return [torch.Generator().manual_seed(offset + j) for j in range(n)]
-
-
-def _problem(prior, task: str, sigma: float, seed: int = 1):
-    """One truth drawn from the prior, its measurement and the operator bound to that image."""
-    op = operators.build(task, shape=SHAPE).for_images(["x"], seed=0)
-    truth = prior.sample(1, generator=torch.Generator().manual_seed(seed))
-    y = op.measure(truth, sigma, operators.image_generators(0, ["x"], "noise"))
-    return op, truth, y
-
-
 def _draws(prior, task: str, y: torch.Tensor, sigma: float, n: int = DRAWS, **config) -> torch.Tensor:
     """n DPS draws for the same y in one batch (the same inpainting mask for all: one image id)."""
-    batch_op = operators.build(task, shape=SHAPE).for_images(["x"] * n, seed=0)
-    solver = solvers.build("dps", steps=STEPS, **config)
-    return solver.solve(y.expand(n, *y.shape[1:]), batch_op, prior, sigma=sigma, generators=_generators(n))
+    return repeated_solve(solvers.build("dps", steps=STEPS, **config), prior, task, y, sigma, n)
 
 
 # (task, sigma, baseline, bound): the squared distance of the mean of 256 draws to the exact posterior mean,
@@ -81,17 +66,12 @@ CASES = [
 
 @pytest.mark.parametrize(("task", "sigma", "baseline", "bound"), CASES)
 def test_dps_sample_mean_beats_prior_mean_and_pinv(prior, task, sigma, baseline, bound):
-    op, _, y = _problem(prior, task, sigma)
-    posterior_mean = prior.posterior(op, y, sigma).mean
-    prior_mean = prior.mean.float()[None]
-    reference = (prior_mean - posterior_mean).square().sum()
-
-    def error(estimate: torch.Tensor) -> float:
-        return float((estimate - posterior_mean).square().sum() / reference)
+    op, _, y = problem(prior, task, sigma)
+    error = posterior_error(prior, op, y, sigma)
 
     draws = _draws(prior, task, y, sigma)
     assert torch.isfinite(draws).all() and draws.abs().max() <= 1.0
-    pinv_error = error(solvers.build("pinv").solve(y, op, prior, sigma=sigma, generators=_generators(1)))
+    pinv_error = error(solvers.build("pinv").solve(y, op, prior, sigma=sigma, generators=seeded_generators(1)))
     base = min(1.0, pinv_error) if baseline == "both" else 1.0
     assert error(draws.mean(0, keepdim=True)) < bound * base
 
@@ -101,7 +81,7 @@ def test_dps_jpeg10_runs_and_beats_the_prior_mean(prior, sigma, bound):
     """jpeg10 is non-linear (no exact posterior): the mean of 64 draws must be closer to the truth than the
     prior mean. Measured MSE ratio to the prior mean's: 0.37 (σ=0), 0.53 (σ=0.05); the decoded image's is
     0.39 and 0.47, so DPS roughly matches the decoded image here."""
-    _, truth, y = _problem(prior, "jpeg10", sigma)
+    _, truth, y = problem(prior, "jpeg10", sigma)
     draws = _draws(prior, "jpeg10", y, sigma, n=64)
     assert torch.isfinite(draws).all() and draws.abs().max() <= 1.0
     prior_mse = (prior.mean.float()[None] - truth).square().mean()
@@ -151,9 +131,9 @@ def test_dps_without_guidance_is_ancestral_sampling(prior):
     op = operators.build("sr4", shape=SHAPE)
     y = torch.zeros(2, *op.measurement_shape)
     dps = solvers.build("dps", steps=25, zeta=0.0, clip_x0=False).solve(
-        y, op, prior, sigma=0.0, generators=_generators(2)
+        y, op, prior, sigma=0.0, generators=seeded_generators(2)
     )
-    uncond = solvers.build("uncond", steps=25).solve(y, op, prior, sigma=0.0, generators=_generators(2))
+    uncond = solvers.build("uncond", steps=25).solve(y, op, prior, sigma=0.0, generators=seeded_generators(2))
     torch.testing.assert_close(dps, uncond, atol=1e-6, rtol=0)
 
 
@@ -176,7 +156,7 @@ def test_dps_calls_back_once_per_network_evaluation(prior):
         seen.append((step, t))
 
     prior.reset_stats()
-    solvers.build("dps", steps=5).solve(y, op, prior, sigma=0.0, generators=_generators(1), callback=callback)
+    solvers.build("dps", steps=5).solve(y, op, prior, sigma=0.0, generators=seeded_generators(1), callback=callback)
     assert seen == list(enumerate(prior.timesteps(5))) and prior.stats.nfe == 5
 
 
@@ -192,4 +172,6 @@ def test_dps_rejects_bad_configuration(options, message):
 def test_dps_rejects_a_generator_count_that_does_not_match_the_batch(prior):
     op = operators.build("denoise", shape=SHAPE)
     with pytest.raises(SolverError, match="one generator per image"):
-        solvers.build("dps", steps=2).solve(torch.zeros(2, *SHAPE), op, prior, sigma=0.0, generators=_generators(1))
+        solvers.build("dps", steps=2).solve(
+            torch.zeros(2, *SHAPE), op, prior, sigma=0.0, generators=seeded_generators(1)
+        )

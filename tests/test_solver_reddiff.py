@@ -11,15 +11,13 @@ import math
 
 import pytest
 import torch
+from gaussian_cases import DRAWS, SHAPE, posterior_error, problem, repeated_solve, seeded_generators
 
 import operators
 import solvers
 from bench.priors import load_prior
 from solvers.base import SolverError
 from solvers.reddiff import inverse_sqrt_snr, measured_entries
-
-SHAPE = (3, 16, 16)
-DRAWS = 256
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -36,23 +34,9 @@ def prior():
     return load_prior("gaussian")
 
 
-def _generators(n: int, offset: int = 1000) -> list[torch.Generator]:
-    return [torch.Generator().manual_seed(offset + j) for j in range(n)]
-
-
-def _problem(prior, task: str, sigma: float, seed: int = 1):
-    """One truth drawn from the prior, its measurement and the operator bound to that image."""
-    op = operators.build(task, shape=SHAPE).for_images(["x"], seed=0)
-    truth = prior.sample(1, generator=torch.Generator().manual_seed(seed))
-    y = op.measure(truth, sigma, operators.image_generators(0, ["x"], "noise"))
-    return op, truth, y
-
-
 def _runs(prior, task: str, y: torch.Tensor, sigma: float, n: int = DRAWS, **config) -> torch.Tensor:
     """n RED-diff runs for the same y in one batch (the same inpainting mask for all: one image id)."""
-    batch_op = operators.build(task, shape=SHAPE).for_images(["x"] * n, seed=0)
-    solver = solvers.build("reddiff", **config)
-    return solver.solve(y.expand(n, *y.shape[1:]), batch_op, prior, sigma=sigma, generators=_generators(n))
+    return repeated_solve(solvers.build("reddiff", **config), prior, task, y, sigma, n)
 
 
 # (task, sigma, baseline, bound): the squared distance of the mean of 256 runs to the exact posterior mean,
@@ -83,17 +67,12 @@ CASES = [
 
 @pytest.mark.parametrize(("task", "sigma", "baseline", "bound"), CASES)
 def test_reddiff_mean_of_runs_beats_prior_mean_and_pinv(prior, task, sigma, baseline, bound):
-    op, _, y = _problem(prior, task, sigma)
-    posterior_mean = prior.posterior(op, y, sigma).mean
-    prior_mean = prior.mean.float()[None]
-    reference = (prior_mean - posterior_mean).square().sum()
-
-    def error(estimate: torch.Tensor) -> float:
-        return float((estimate - posterior_mean).square().sum() / reference)
+    op, _, y = problem(prior, task, sigma)
+    error = posterior_error(prior, op, y, sigma)
 
     runs = _runs(prior, task, y, sigma)
     assert torch.isfinite(runs).all() and runs.abs().max() <= 1.0
-    pinv_error = error(solvers.build("pinv").solve(y, op, prior, sigma=sigma, generators=_generators(1)))
+    pinv_error = error(solvers.build("pinv").solve(y, op, prior, sigma=sigma, generators=seeded_generators(1)))
     base = min(1.0, pinv_error) if baseline == "both" else 1.0
     assert error(runs.mean(0, keepdim=True)) < bound * base
     if task == "denoise":
@@ -103,7 +82,7 @@ def test_reddiff_mean_of_runs_beats_prior_mean_and_pinv(prior, task, sigma, base
 def test_reddiff_jpeg10_noise_free_beats_the_prior_mean(prior):
     """jpeg10 is non-linear (no exact posterior): the mean of 64 runs must be closer to the truth than the
     prior mean. Measured MSE ratio to the prior mean's: 0.41 (the decoded image, where μ starts: 0.39)."""
-    _, truth, y = _problem(prior, "jpeg10", 0.0)
+    _, truth, y = problem(prior, "jpeg10", 0.0)
     runs = _runs(prior, "jpeg10", y, 0.0, n=64)
     assert torch.isfinite(runs).all() and runs.abs().max() <= 1.0
     prior_mse = (prior.mean.float()[None] - truth).square().mean()
@@ -115,7 +94,7 @@ def test_reddiff_jpeg10_noisy_runs_finite(prior):
     through the straight-through gradient drives μ's quantised-away frequencies outward without bound. Measured:
     the mean of 64 runs has 1.63 x the prior mean's MSE (the decoded image 0.47 x); with λ = 0, 70% of the
     pixels end clipped at ±1. This is the method on this operator, not a numerical failure."""
-    _, _, y = _problem(prior, "jpeg10", 0.05)
+    _, _, y = problem(prior, "jpeg10", 0.05)
     runs = _runs(prior, "jpeg10", y, 0.05, n=8)
     assert torch.isfinite(runs).all() and runs.abs().max() <= 1.0
 
@@ -138,7 +117,7 @@ def test_reddiff_image_result_does_not_depend_on_its_batch(prior):
 def test_reddiff_normalisers_follow_the_official_loss(prior):
     """M counts the observed coefficients (inpainting: the kept pixels only), w_t = sqrt((1 - ᾱ_t) / ᾱ_t)."""
     inpaint = operators.build("inpaint", shape=SHAPE).for_images(["x"], seed=0)
-    kept = int(inpaint.measure(torch.ones(1, *SHAPE), 0.0, _generators(1)).ne(0).sum())
+    kept = int(inpaint.measure(torch.ones(1, *SHAPE), 0.0, seeded_generators(1)).ne(0).sum())
     assert measured_entries(inpaint) == kept == round(0.08 * 16 * 16) * 3
     assert measured_entries(operators.build("sr4", shape=SHAPE)) == 3 * 4 * 4
     assert measured_entries(operators.build("jpeg10", shape=SHAPE)) == 3 * 16 * 16
@@ -158,7 +137,7 @@ def test_reddiff_evaluates_the_network_once_per_step_without_backprop(prior):
         seen.append((step, t))
 
     prior.reset_stats()
-    solvers.build("reddiff", steps=7).solve(y, op, prior, sigma=0.0, generators=_generators(2), callback=callback)
+    solvers.build("reddiff", steps=7).solve(y, op, prior, sigma=0.0, generators=seeded_generators(2), callback=callback)
     assert seen == list(enumerate(prior.timesteps(7)))
     assert prior.stats.nfe == 7 and prior.stats.backward_seconds == 0.0
 
@@ -180,4 +159,6 @@ def test_reddiff_rejects_bad_configuration(options, message):
 def test_reddiff_rejects_a_generator_count_that_does_not_match_the_batch(prior):
     op = operators.build("denoise", shape=SHAPE)
     with pytest.raises(SolverError, match="one generator per image"):
-        solvers.build("reddiff", steps=2).solve(torch.zeros(2, *SHAPE), op, prior, sigma=0.0, generators=_generators(1))
+        solvers.build("reddiff", steps=2).solve(
+            torch.zeros(2, *SHAPE), op, prior, sigma=0.0, generators=seeded_generators(1)
+        )
