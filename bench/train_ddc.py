@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bench.training import TrainConfig, Trainer, atomic_write_text, crop_batches
+from bench.training import TrainConfig, Trainer, atomic_write_text, crop_batches, data_record, replace_folder
 
 DEFAULT_TASKS = ("sr4", "sr8", "gblur", "inpaint", "jpeg10", "denoise")  # the paper's six training tasks
 SIGMA_MAX = 0.05  # official code: noise std u·2·0.05 on [-1, 1]; the paper's noise-robust model used 0.25
@@ -215,22 +215,13 @@ def ddc_loss(
 
 def save_phi(network: nn.Module, out_dir: Path, provenance: dict[str, Any]) -> None:
     """Write unet/ (diffusers config.json + safetensors) and provenance.json, renamed into place when complete."""
-    import shutil
-
     unet = network.unet if hasattr(network, "unet") else network
-    staging = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    unet.save_pretrained(staging / "unet", safe_serialization=True)
-    atomic_write_text(staging / "provenance.json", json.dumps(provenance, indent=2) + "\n")
-    if out_dir.exists():
-        retired = out_dir.with_name(out_dir.name + ".old")
-        shutil.rmtree(retired, ignore_errors=True)
-        out_dir.rename(retired)
-        staging.rename(out_dir)
-        shutil.rmtree(retired)
-    else:
-        staging.rename(out_dir)
+
+    def write(folder: Path) -> None:
+        unet.save_pretrained(folder / "unet", safe_serialization=True)
+        atomic_write_text(folder / "provenance.json", json.dumps(provenance, indent=2) + "\n")
+
+    replace_folder(out_dir, write)
 
 
 def train_ddc(
@@ -255,7 +246,6 @@ def train_ddc(
     Build `config` with `ddc_train_config(...)` for the paper's optimiser settings. use_lpips=False trains the
     paper's "DDC w/o LPIPS" variant. Snapshots at config.snapshot_steps go to out/ema-step<k>/.
     """
-    from bench.data import manifest_sha256
     from bench.priors import load_prior
 
     out = Path(out)
@@ -290,16 +280,4 @@ def train_ddc(
     )
     if resume:
         trainer.load_checkpoint()
-    data_record = {
-        "folder": str(Path(data).resolve()),
-        "manifest_sha256": manifest_sha256(data),
-        "size": size,
-        **(data_note or {}),
-    }
-
-    def snapshot(step: int, ema: nn.Module) -> None:
-        save_phi(ema, out / f"ema-step{step:07d}", trainer.provenance(data_record))
-
-    trainer.run(on_snapshot=snapshot, progress=progress)
-    save_phi(trainer.ema, out / "final", trainer.provenance(data_record))
-    return out / "final"
+    return trainer.run_and_save(save_phi, out, data_record(data, size, data_note), progress=progress)

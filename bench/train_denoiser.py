@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bench.training import TrainConfig, Trainer, atomic_write_text, crop_batches
+from bench.training import TrainConfig, Trainer, atomic_write_text, crop_batches, data_record
 
 SIGMA_MAX = 55 / 255  # DnCNN-B's blind range
 
@@ -99,7 +99,6 @@ def train_denoiser(
     workers: int = 0,
     progress: bool = True,
 ) -> Path:
-    from bench.data import manifest_sha256
 
     out = Path(out)
     if not resume and (out / "train" / "checkpoint.pt").exists():
@@ -120,7 +119,4 @@ def train_denoiser(
     )
     if resume:
         trainer.load_checkpoint()
-    trainer.run(progress=progress)
-    data_record = {"folder": str(Path(data).resolve()), "manifest_sha256": manifest_sha256(data), "size": size}
-    save_denoiser(trainer.ema, out / "final", trainer.provenance(data_record))
-    return out / "final"
+    return trainer.run_and_save(save_denoiser, out, data_record(data, size), progress=progress)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bench.training import TrainConfig, Trainer, atomic_write_text, crop_batches
+from bench.training import TrainConfig, Trainer, atomic_write_text, crop_batches, data_record, replace_folder
 
 SCHEDULE = {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "num_train_timesteps": 1000}
 
@@ -68,28 +68,15 @@ def diffusion_loss(alphas_cumprod: Tensor) -> Any:
 
 
 def save_diffusers_prior(network: nn.Module, out_dir: Path, provenance: dict[str, Any]) -> None:
-    """Write unet/ (config.json + safetensors), scheduler/ and provenance.json.
-
-    The folder is written beside its destination and renamed into place, so a reader never sees half of it.
-    """
-    import shutil
-
+    """Write unet/ (config.json + safetensors), scheduler/ and provenance.json, renamed into place when complete."""
     from diffusers import DDPMScheduler
 
-    staging = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    network.save_pretrained(staging / "unet", safe_serialization=True)
-    DDPMScheduler(**SCHEDULE, prediction_type="epsilon", clip_sample=False).save_pretrained(staging / "scheduler")
-    atomic_write_text(staging / "provenance.json", json.dumps(provenance, indent=2) + "\n")
-    if out_dir.exists():
-        retired = out_dir.with_name(out_dir.name + ".old")
-        shutil.rmtree(retired, ignore_errors=True)
-        out_dir.rename(retired)
-        staging.rename(out_dir)
-        shutil.rmtree(retired)
-    else:
-        staging.rename(out_dir)
+    def write(folder: Path) -> None:
+        network.save_pretrained(folder / "unet", safe_serialization=True)
+        DDPMScheduler(**SCHEDULE, prediction_type="epsilon", clip_sample=False).save_pretrained(folder / "scheduler")
+        atomic_write_text(folder / "provenance.json", json.dumps(provenance, indent=2) + "\n")
+
+    replace_folder(out_dir, write)
 
 
 def train_prior(
@@ -104,8 +91,6 @@ def train_prior(
     progress: bool = True,
     data_note: dict[str, Any] | None = None,
 ) -> Path:
-    from bench.data import manifest_sha256
-
     out = Path(out)
     if not resume and (out / "train" / "checkpoint.pt").exists():
         raise FileExistsError(
@@ -127,16 +112,4 @@ def train_prior(
     if resume:
         trainer.load_checkpoint()
 
-    data_record = {
-        "folder": str(Path(data).resolve()),
-        "manifest_sha256": manifest_sha256(data),
-        "size": size,
-        **(data_note or {}),
-    }
-
-    def snapshot(step: int, ema: nn.Module) -> None:
-        save_diffusers_prior(ema, out / f"ema-step{step:07d}", trainer.provenance(data_record))
-
-    trainer.run(on_snapshot=snapshot, progress=progress)
-    save_diffusers_prior(trainer.ema, out / "final", trainer.provenance(data_record))
-    return out / "final"
+    return trainer.run_and_save(save_diffusers_prior, out, data_record(data, size, data_note), progress=progress)

@@ -82,6 +82,31 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def replace_folder(out_dir: Path, write: Callable[[Path], None]) -> None:
+    """Fill a staging folder with `write(staging)`, then rename it to `out_dir`: a reader never sees half of it."""
+    import shutil
+
+    staging = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    write(staging)
+    if out_dir.exists():
+        retired = out_dir.with_name(out_dir.name + ".old")
+        shutil.rmtree(retired, ignore_errors=True)
+        out_dir.rename(retired)
+        staging.rename(out_dir)
+        shutil.rmtree(retired)
+    else:
+        staging.rename(out_dir)
+
+
+def data_record(data: str | Path, size: int, note: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The provenance of a training set: its folder, manifest sha256 and crop size (plus any note)."""
+    from bench.data import manifest_sha256
+
+    return {"folder": str(Path(data).resolve()), "manifest_sha256": manifest_sha256(data), "size": size, **(note or {})}
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(
@@ -223,6 +248,19 @@ class Trainer:
                 self.save_checkpoint()
         bar.close()
         return self.state
+
+    def run_and_save(
+        self, save: Callable[[nn.Module, Path, dict[str, Any]], None], out: Path, data: dict[str, Any], progress=True
+    ) -> Path:
+        """Train, saving the EMA network with `save(network, folder, provenance)` at each snapshot step
+        (out/ema-step<k>) and at the end (out/final); returns out/final."""
+
+        def snapshot(step: int, ema: nn.Module) -> None:
+            save(ema, out / f"ema-step{step:07d}", self.provenance(data))
+
+        self.run(on_snapshot=snapshot, progress=progress)
+        save(self.ema, out / "final", self.provenance(data))
+        return out / "final"
 
     def provenance(self, data: dict[str, Any]) -> dict[str, Any]:
         return {
