@@ -39,21 +39,31 @@ def _list_solvers() -> None:
     import solvers
 
     print("\nsolvers (requires: operator capabilities; +noisy: extra needs at sigma > 0):")
+    width = max(map(len, solvers.available()))
     for name in solvers.available():
         solver = solvers.build(name)
         needs = ", ".join(sorted(c.value for c in solver.requires))
         noisy = ", ".join(sorted(c.value for c in solver.requires_when_noisy))
         grad = "; backprops through the network" if solver.backprop_through_network else ""
-        print(f"  {name:<9} {solver.summary}")
-        print(f"            requires: {needs}{f'; +noisy: {noisy}' if noisy else ''}{grad}")
+        print(f"  {name:<{width}}  {solver.summary}")
+        print(f"  {'':<{width}}  requires: {needs}{f'; +noisy: {noisy}' if noisy else ''}{grad}")
         defaults = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(solver.config).items())
-        print(f"            defaults: {defaults or '(none)'}")
+        print(f"  {'':<{width}}  defaults: {defaults or '(none)'}")
 
 
 def _cmd_matrix(args: argparse.Namespace) -> int:
     from bench.matrix import support_matrix
 
     print(support_matrix())
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from bench.report import latest_results, render_report
+
+    results = args.results or latest_results("results")
+    out = render_report(results, args.out, ci=args.ci)
+    print(f"report of {results} written to {out} (open {out / 'index.html'})")
     return 0
 
 
@@ -133,6 +143,7 @@ def _cmd_train_ddc(args: argparse.Namespace) -> int:
         device=base.device,
         amp_dtype=base.amp_dtype,
         max_wall_seconds=base.max_wall_seconds,
+        **({} if args.warmup_steps is None else {"warmup_steps": args.warmup_steps}),
     )
     final = train_ddc(
         args.prior,
@@ -143,11 +154,22 @@ def _cmd_train_ddc(args: argparse.Namespace) -> int:
         sigma_max=args.sigma_max,
         use_lpips=not args.no_lpips,
         y_to_image=args.y_to_image,
+        phi_channels=_int_list(args.phi_channels, "--phi-channels"),
         resume=args.resume,
         workers=args.workers,
     )
     print(f"trained DDC network written to {final} (use it with --set ddc.network={final})")
     return 0
+
+
+def _int_list(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise SystemExit(f"error: {flag} takes positive integers separated by commas, e.g. 32,64,128; got {text!r}")
+    return values
 
 
 def _add_training_options(
@@ -200,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
     matrix = commands.add_parser("matrix", help="print the solver x task support table (Markdown)")
     matrix.set_defaults(func=_cmd_matrix)
 
+    report = commands.add_parser("report", help="render a run's tables, figures and image grids (HTML, Markdown)")
+    report.add_argument("--results", help="run folder (default: the most recently modified one under results/)")
+    report.add_argument("--out", help="report folder, replaced as a whole (default: reports/<run folder name>)")
+    report.add_argument("--ci", action="store_true", help="add 95%% confidence intervals over images to the tables")
+    report.set_defaults(func=_cmd_report)
+
     train = commands.add_parser("train-prior", help="train a diffusion prior (a diffusers UNet2DModel) on photos")
     _add_training_options(train, steps=100_000, batch_size=32, lr=2e-4, size=64)
     train.set_defaults(func=_cmd_train_prior)
@@ -218,6 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
     ddc.add_argument("--sigma-max", type=float, default=0.05, help="y noise std u*2*sigma_max, u ~ U(0, 1)")
     ddc.add_argument("--no-lpips", action="store_true", help="train the paper's 'DDC w/o LPIPS' variant")
     ddc.add_argument("--y-to-image", choices=["replicate", "pinv"], default="replicate")
+    ddc.add_argument(
+        "--warmup-steps", type=int, default=None, help="linear learning-rate warm-up before the cosine (default: 1000)"
+    )
+    ddc.add_argument(
+        "--phi-channels",
+        default="32,64,128,128",
+        help="φ's UNet block widths, one per resolution level (default: %(default)s)",
+    )
     ddc.set_defaults(func=_cmd_train_ddc)
     return parser
 

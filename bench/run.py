@@ -48,7 +48,7 @@ DEFAULT_PRIOR = "natural64"
 DEFAULT_DATASET = "skimage-natural"
 DEFAULT_SOLVERS = "dps,ddnm"
 DEFAULT_SIGMA = "0.05"  # the DDC paper's main noise level, on the [0, 1] pixel scale
-DEFAULT_BATCH_SIZE = 4
+DEFAULT_BATCH_SIZE = 8  # the default dataset's 5 photos in one call: on a CPU a batch costs little more than 1
 # LPIPS' AlexNet trunk pools its input down five times: smaller images leave nothing to compare.
 LPIPS_MIN_SIZE = 32
 # FID/KID need a few images per set (the KID subsets hold n // 2 of them; see bench.metrics.fid_kid).
@@ -69,7 +69,11 @@ _CONFIG_KEYS = (
     "device",
     "dtype",
     "force",
+    "budget",
 )
+# --budget: "paper" runs every solver at its paper's defaults; "quick" lowers the few expensive ones (each
+# solver's `quick` options, e.g. DPS 1000 -> 100 steps); "auto" is quick on a CPU and paper on a GPU.
+BUDGETS = ("auto", "paper", "quick")
 
 
 class RunError(ValueError):
@@ -97,6 +101,7 @@ class RunSettings:
     dtype: str = "fp32"
     force: bool = False
     progress: bool = True
+    budget: str = "auto"
 
 
 def _parse_sigmas(value: Any) -> list[float]:
@@ -138,23 +143,19 @@ def _resolve_solvers(value: Any) -> list[str]:
 
 
 def _read_config(path: str | Path) -> dict[str, Any]:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10: the same parser ships as tomli
-        try:
-            import tomli as tomllib
-        except ModuleNotFoundError:
-            raise RunError("--config needs Python >= 3.11 or the tomli package (`pip install tomli`)") from None
-
+    """The settings of a TOML (.toml) or YAML (.yaml, .yml) experiment file, checked against _CONFIG_KEYS."""
     path = Path(path)
     if not path.is_file():
         raise RunError(f"config file '{path}' does not exist")
-    if path.suffix.lower() != ".toml":
-        raise RunError(f"config file '{path}' must be TOML (.toml)")
-    try:
-        config = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise RunError(f"config file '{path}' is not valid TOML: {error}") from None
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        config = _parse_toml(path)
+    elif suffix in (".yaml", ".yml"):
+        config = _parse_yaml(path)
+    else:
+        raise RunError(f"config file '{path}' must be TOML (.toml) or YAML (.yaml, .yml)")
+    if not isinstance(config, dict):
+        raise RunError(f"config file '{path}' must hold a table of settings (key = value), not {type(config).__name__}")
     config = {key.replace("-", "_"): value for key, value in config.items()}
     for key in config:
         if key not in _CONFIG_KEYS:
@@ -164,6 +165,29 @@ def _read_config(path: str | Path) -> dict[str, Any]:
             hint = f"; did you mean '{close}'?" if close else ""
             raise RunError(f"unknown key '{key}' in config file '{path}'{hint} (keys: {', '.join(_CONFIG_KEYS)})")
     return config
+
+
+def _parse_toml(path: Path) -> Any:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the same parser ships as tomli
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            raise RunError("TOML configs need Python >= 3.11 or the tomli package (`pip install tomli`)") from None
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise RunError(f"config file '{path}' is not valid TOML: {error}") from None
+
+
+def _parse_yaml(path: Path) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise RunError(f"config file '{path}' is not valid YAML: {error}") from None
 
 
 def settings_from_args(args: argparse.Namespace) -> RunSettings:
@@ -210,7 +234,29 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         dtype=str(pick("dtype", "fp32")),
         force=bool(args.force or config.get("force", False)),
         progress=not args.no_progress,
+        budget=_check_budget(pick("budget", "auto")),
     )
+
+
+def _check_budget(value: Any) -> str:
+    budget = str(value)
+    if budget not in BUDGETS:
+        raise RunError(f"--budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
+    return budget
+
+
+def budget_overrides(settings: RunSettings, device_kind: str) -> dict[str, dict[str, str]]:
+    """Per-solver options: the budget's (for "quick", each solver's `quick`) under the user's --set options."""
+    import solvers
+
+    budget = settings.budget
+    if budget == "auto":
+        budget = "quick" if device_kind == "cpu" else "paper"
+    merged: dict[str, dict[str, str]] = {}
+    for name in settings.solvers:
+        lowered = solvers.get(name).quick if budget == "quick" else {}
+        merged[name] = {**{key: str(value) for key, value in lowered.items()}, **settings.overrides.get(name, {})}
+    return merged
 
 
 def _check_writable(folder: Path) -> None:
@@ -350,7 +396,6 @@ def _prepare(settings: RunSettings, rank: int) -> tuple[_Context, list[Any]]:
     from bench.store import ResultStore
     from bench.units import enumerate_units
 
-    built = {name: solvers.build(name, **settings.overrides.get(name, {})) for name in settings.solvers}
     device = settings.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -362,6 +407,12 @@ def _prepare(settings: RunSettings, rank: int) -> tuple[_Context, list[Any]]:
         raise RunError(f"unknown device {device!r}; use cpu, cuda, cuda:<index> or auto") from None
     if kind == "cuda" and not torch.cuda.is_available():
         raise RunError(f"--device {device} asked for, but CUDA is not available here; use --device cpu")
+    options = budget_overrides(settings, kind)
+    built = {name: solvers.build(name, **options[name]) for name in settings.solvers}
+    lowered = {name: options[name] for name in settings.solvers if options[name] != settings.overrides.get(name, {})}
+    if lowered and rank == 0:
+        listed = "; ".join(f"{name}: {', '.join(f'{k}={v}' for k, v in o.items())}" for name, o in lowered.items())
+        print(f"budget quick ({kind}): {listed} (--budget paper for the papers' settings)", file=sys.stderr)
     prior = load_prior(settings.prior, device=device, dtype=settings.dtype)
     channels, height, width = prior.image_shape
     if height != width:
@@ -782,7 +833,13 @@ def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--device", help="cpu, cuda or auto (default: auto = cuda when available)")
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="network dtype (default: fp32)")
     parser.add_argument("--force", action="store_true", default=None, help="recompute units already done")
-    parser.add_argument("--config", help="TOML file with any of these options; the command line overrides it")
+    parser.add_argument(
+        "--budget",
+        choices=BUDGETS,
+        help="paper: every solver at its paper's settings; quick: fewer steps for the slow ones (DPS 100); "
+        "auto (default): quick on a CPU, paper on a GPU",
+    )
+    parser.add_argument("--config", help="TOML or YAML file with any of these options; the command line overrides it")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_cmd_run)
     return parser

@@ -236,6 +236,7 @@ def train_ddc(
     w_lpips: float = W_LPIPS,
     w_kl: float = W_KL,
     y_to_image: str = "replicate",
+    phi_channels: Sequence[int] = (32, 64, 128, 128),
     resume: bool = False,
     workers: int = 0,
     progress: bool = True,
@@ -256,7 +257,7 @@ def train_ddc(
     torch.manual_seed(config.seed)
     prior = load_prior(prior_spec, device=config.device)
     channels, size, _ = prior.image_shape
-    network = build_phi(size, channels)
+    network = build_phi(size, channels, phi_channels)
     weight_lpips = w_lpips if use_lpips else 0.0
     next_batch, generator = crop_batches(data, size, channels, config.seed, workers)
     description = {
@@ -268,6 +269,7 @@ def train_ddc(
         "w_lpips": weight_lpips,
         "w_kl": w_kl,
         "y_to_image": y_to_image,
+        "phi_block_out_channels": list(phi_channels),
     }
     trainer = Trainer(
         network,

@@ -46,6 +46,9 @@ class Solver:
     requires_when_noisy: ClassVar[frozenset[Cap]] = frozenset()  # extra needs for σ > 0 (e.g. DDNM+: svd)
     backprop_through_network: ClassVar[bool] = False
     summary: ClassVar[str] = ""
+    # Options that `bench run --budget quick` (the CPU default) lowers so that a laptop sees results in minutes;
+    # empty for methods that are already cheap. Explicit --set options win over them.
+    quick: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: SolverConfig | None = None, **overrides: Any):
         base = config if config is not None else self.Config()

@@ -183,3 +183,17 @@ class DDC(Solver):
             noise = randn_per_image(shape, generators, dtype=x.dtype, device=device)
             x = posterior_step(prior, x, dataclasses.replace(prediction, x0=x0_y), t, s, noise)
         return x.clamp(-1, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class DDCNoLpipsConfig(DDCConfig):
+    network: str = "natural64-nolpips"  # φ trained without the LPIPS term (`train-ddc --no-lpips`)
+
+
+@register
+class DDCNoLpips(DDC):
+    """The paper's "DDC w/o LPIPS" ablation as its own name, so one run can hold both variants side by side."""
+
+    name = "ddc-nolpips"
+    Config = DDCNoLpipsConfig
+    summary = "DDC with φ trained on MSE + KL only, without the LPIPS term (paper's 'DDC w/o LPIPS')"

@@ -42,6 +42,7 @@ class Uncond(Solver):
     name = "uncond"
     Config = UncondConfig
     summary = "ancestral DDPM sampling that ignores y (reference for the kurtosis figure)"
+    quick = {"steps": 100}
 
     def solve(
         self,

@@ -280,6 +280,36 @@ def test_run_config_file_is_overridden_by_the_command_line(tmp_path):
         parse("--config", str(config))
 
 
+def test_run_yaml_config_reads_like_the_toml_one(tmp_path):
+    config = tmp_path / "exp.yaml"
+    config.write_text("solvers: [pinv, ddnm]\nsigma: [0, 0.05]\nbatch-size: 8\nset: [ddnm.steps=5]\nbudget: paper\n")
+    settings = parse("--config", str(config), "--batch-size", "2")
+    assert settings.solvers == ["pinv", "ddnm"] and settings.sigmas == [0.0, 0.05] and settings.budget == "paper"
+    assert settings.batch_size == 2 and settings.overrides == {"ddnm": {"steps": "5"}}
+    config.write_text("solvers: [pinv\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        parse("--config", str(config))
+    config.write_text("- pinv\n")
+    with pytest.raises(ValueError, match="table of settings"):
+        parse("--config", str(config))
+    other = tmp_path / "exp.json"
+    other.write_text("{}")
+    with pytest.raises(ValueError, match=r"TOML \(\.toml\) or YAML"):
+        parse("--config", str(other))
+
+
+def test_budget_lowers_only_the_expensive_solvers_and_set_wins():
+    from bench.run import budget_overrides
+
+    settings = parse("--solvers", "dps,ddnm,uncond", "--set", "uncond.steps=7")
+    assert budget_overrides(settings, "cpu") == {"dps": {"steps": "100"}, "ddnm": {}, "uncond": {"steps": "7"}}
+    assert budget_overrides(settings, "cuda") == {"dps": {}, "ddnm": {}, "uncond": {"steps": "7"}}
+    paper = parse("--solvers", "dps", "--budget", "paper")
+    assert budget_overrides(paper, "cpu") == {"dps": {}}
+    quick = parse("--solvers", "dps", "--budget", "quick")
+    assert budget_overrides(quick, "cuda") == {"dps": {"steps": "100"}}
+
+
 @pytest.mark.slow
 def test_run_under_torchrun_with_two_processes_gives_the_rows_of_one(tmp_path, photos, capsys):
     dataset = few_photos(photos, tmp_path / "photos", 3)
