@@ -128,6 +128,7 @@ class DDC(Solver):
         if int(self.config.steps) < 1:
             raise SolverError(f"ddc: steps must be >= 1, got {self.config.steps}")
         self._phi = phi
+        self._trained_for: dict[str, Any] | None = None  # the prior spec φ was trained with, from its provenance
 
     def missing_weights(self) -> str | None:
         if self._phi is not None:
@@ -148,9 +149,21 @@ class DDC(Solver):
                     f"use --set ddc.y_to_image={trained_with}"
                 )
             self._phi = network
+            self._trained_for = provenance.get("prior") if isinstance(provenance.get("prior"), dict) else None
         if isinstance(self._phi, nn.Module):
             self._phi.to(device)
         return self._phi
+
+    def _check_prior(self, prior) -> None:
+        """φ corrects one prior's x̂₀: refuse a network whose provenance names another prior's weights."""
+        trained = (self._trained_for or {}).get("checkpoint_sha256")
+        current = prior.spec().get("checkpoint_sha256") if hasattr(prior, "spec") else None
+        if trained and current and trained != current:
+            raise SolverError(
+                f"ddc: the φ network '{self.config.network}' was trained for the prior with checkpoint sha256 "
+                f"{trained[:12]}…, not this one ({current[:12]}…); train one for this prior with "
+                "`python -m bench train-ddc --prior <spec>` and pass it with --set ddc.network=<folder>"
+            )
 
     def solve(
         self,
@@ -170,6 +183,7 @@ class DDC(Solver):
         self.check(op, sigma)
         shape, device = prior.image_shape, prior.device
         phi = self.phi(device)
+        self._check_prior(prior)
         y_image = measurement_to_image(y.to(device), op, self.config.y_to_image)
         ts = prior.timesteps(self.config.steps)
         x = randn_per_image(shape, generators, dtype=torch.float32, device=device)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from torch import nn
 import operators
 import solvers
 from bench.priors import load_prior
-from bench.train_ddc import build_phi, ddc_loss, ddc_train_config, kl_term, train_ddc
+from bench.train_ddc import build_phi, ddc_loss, ddc_train_config, kl_term, save_phi, train_ddc
 from bench.training import Trainer
 from solvers.base import SolverError
 from solvers.ddc import DDC, load_phi, measurement_to_image
@@ -185,3 +187,19 @@ def test_train_ddc_writes_a_folder_the_solver_loads(prior, tmp_path):
         )
     with pytest.raises(FileExistsError, match="--resume"):
         train_ddc("gaussian", DATA / "natural-train", tmp_path / "run", config=config, progress=False)
+
+
+def test_ddc_refuses_a_network_trained_for_another_prior(prior, tmp_path, monkeypatch):
+    folder = tmp_path / "phi"
+    network = build_phi(SHAPE[1], SHAPE[0], (8, 16))
+    save_phi(network, folder, {"y_to_image": "replicate", "prior": {"checkpoint_sha256": "a" * 64}})
+    op, y = measured("sr4", ["a"])
+    generators = operators.image_generators(0, ["a"], "s")
+    monkeypatch.setattr(prior, "spec", lambda: {"kind": "other", "checkpoint_sha256": "b" * 64}, raising=False)
+    with pytest.raises(SolverError, match="trained for the prior with checkpoint sha256 aaaaaaaaaaaa"):
+        DDC(network=str(folder)).solve(y, op, prior, sigma=0.05, generators=generators)
+    same = tmp_path / "same"
+    shutil.copytree(folder, same)
+    provenance = json.loads((same / "provenance.json").read_text())
+    (same / "provenance.json").write_text(json.dumps({**provenance, "prior": {"checkpoint_sha256": "b" * 64}}))
+    assert torch.isfinite(DDC(network=str(same)).solve(y, op, prior, sigma=0.05, generators=generators)).all()
