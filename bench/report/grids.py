@@ -1,0 +1,146 @@
+"""Image grids per task and σ: ground truth | measurement (A⁺y) | each method, a few images, from the PNGs.
+
+Composed with Pillow (fast, pixel-exact): small images are enlarged by an integer factor with nearest
+neighbour, so what is shown is what the solver produced; labels use matplotlib's bundled DejaVu Sans.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+
+from bench.report.figures import Figure
+from bench.report.load import sigma_label, sort_tasks
+
+__all__ = ["grid_figures"]
+
+TILE_MIN, TILE_MAX = 128, 256  # pixels: small images are enlarged up to this, large ones reduced
+GAP, HEADER, LEFT = 4, 40, 96
+BACKGROUND, EMPTY, INK = (255, 255, 255), (225, 225, 225), (30, 30, 30)
+MAX_IMAGES = 4
+
+
+def _font(size: int):
+    from matplotlib import font_manager
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
+    except OSError:  # no FreeType: Pillow's own font still draws ASCII
+        return ImageFont.load_default()
+
+
+def _tile_size(native: int) -> int:
+    if native >= TILE_MIN:
+        return min(native, TILE_MAX)
+    return native * -(-TILE_MIN // native)  # the smallest integer enlargement reaching TILE_MIN
+
+
+def _load(path: Path, size: int):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        if image.size == (size, size):
+            return image.copy()
+        enlarge = image.width < size
+        return image.resize((size, size), Image.Resampling.NEAREST if enlarge else Image.Resampling.LANCZOS)
+
+
+def _placeholder(size: int, text: str, font):
+    from PIL import Image, ImageDraw
+
+    tile = Image.new("RGB", (size, size), EMPTY)
+    ImageDraw.Draw(tile).text((size / 2, size / 2), text, fill=INK, font=font, anchor="mm")
+    return tile
+
+
+def _grid(columns: list[tuple[str, list[Path | str]]], ids: list[str], size: int):
+    """Columns of (header, one PNG path or placeholder text per image) -> one picture."""
+    from PIL import Image, ImageDraw
+
+    font, small = _font(13), _font(11)
+    width = LEFT + len(columns) * (size + GAP)
+    height = HEADER + len(ids) * (size + GAP)
+    canvas = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    chars = max(8, size // 8)
+    for c, (header, cells) in enumerate(columns):
+        x = LEFT + c * (size + GAP)
+        label = "\n".join(textwrap.wrap(header, chars)[:2])
+        draw.multiline_text((x + size / 2, HEADER / 2), label, fill=INK, font=font, anchor="mm", align="center")
+        for r, cell in enumerate(cells):
+            y = HEADER + r * (size + GAP)
+            tile = _load(cell, size) if isinstance(cell, Path) else _placeholder(size, cell, small)
+            canvas.paste(tile, (x, y))
+    for r, image_id in enumerate(ids):
+        y = HEADER + r * (size + GAP) + size / 2
+        draw.text((LEFT - 8, y), textwrap.shorten(image_id, 14, placeholder="…"), fill=INK, font=small, anchor="rm")
+    return canvas
+
+
+def grid_figures(images: Path, units: pd.DataFrame, methods: list[str], out: Path) -> list[Figure]:
+    """One grid per (task, σ) whose reference PNGs exist; `units` are the rows to show (no reference solvers)."""
+    figures = []
+    rank = {task: i for i, task in enumerate(sort_tasks(list(units["task"].unique())))}
+    for (task, sigma), rows in sorted(units.groupby(["task", "sigma"]), key=lambda g: (rank[g[0][0]], g[0][1])):
+        ids = sorted(i for i in rows["image_id"].unique() if (images / "reference" / f"{i}.png").is_file())
+        ids = ids[:MAX_IMAGES]
+        if not ids:
+            continue
+        folder = sigma_label(sigma)
+        columns: list[tuple[str, list[Path | str]]] = [
+            ("ground truth", [images / "reference" / f"{i}.png" for i in ids]),
+            ("measurement (A⁺y)", [_existing(images / "measurement" / task / folder / f"{i}.png") for i in ids]),
+        ]
+        columns += _solver_columns(images, rows, methods, task, folder, ids)
+        if len(columns) == 2:
+            continue
+        with _open(columns[0][1][0]) as first:
+            size = _tile_size(max(first.size))
+        path = out / f"{task}_sigma{folder}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _grid(columns, ids, size).save(path, format="PNG", optimize=False)
+        caption = f"{task}, σ = {folder}: ground truth, the measurement shown as A⁺y, each solver's reconstruction."
+        figures.append(Figure(path, f"{task} (σ = {folder})", caption))
+    return figures
+
+
+def _solver_columns(
+    images: Path, rows: pd.DataFrame, methods: list[str], task: str, folder: str, ids: list[str]
+) -> list[tuple[str, list[Path | str]]]:
+    """One column per solver that finished an image here.
+
+    PNGs are stored per solver, not per config, so with several configs of a solver the file on disk is the
+    latest computation's: the column is labelled by the method whose row is latest (or the solver's name and
+    "latest run" where the images disagree).
+    """
+    latest = rows.sort_values("part").drop_duplicates(["solver", "image_id"], keep="last")
+    order = {m: i for i, m in enumerate(methods)}
+    columns = []
+    for solver, mine in sorted(latest.groupby("solver"), key=lambda g: min(order.get(m, 0) for m in g[1]["method"])):
+        by_id = {r.image_id: r for r in mine.itertuples(index=False)}
+        if not any(r.status == "ok" for r in by_id.values()):
+            continue
+        cells: list[Path | str] = []
+        for i in ids:
+            row = by_id.get(i)
+            if row is None or row.status != "ok":
+                cells.append("missing" if row is None else row.status)
+            else:
+                cells.append(_existing(images / solver / task / folder / f"{i}.png"))
+        labels = {r.method for r in by_id.values()}
+        columns.append((labels.pop() if len(labels) == 1 else f"{solver} (latest run)", cells))
+    return columns
+
+
+def _existing(path: Path) -> Path | str:
+    return path if path.is_file() else "no PNG"
+
+
+def _open(path: Path):
+    from PIL import Image
+
+    return Image.open(path)

@@ -1,0 +1,463 @@
+"""Quality and runtime tables: pure functions from the store's DataFrames to Markdown, LaTeX, HTML and CSV.
+
+A table is first built as a grid of `Cell`s (value text, best/second mark, footnote), then rendered by one
+function per format, so bold, underline and footnotes land on the same cells in every format.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from bench.report.load import GROUP, finite, sigma_label, sort_tasks
+
+__all__ = [
+    "METRICS",
+    "Cell",
+    "Metric",
+    "Table",
+    "quality_summary",
+    "quality_table",
+    "runtime_summary",
+    "runtime_table",
+    "to_csv",
+    "to_html",
+    "to_latex",
+    "to_markdown",
+]
+
+# Two-sided 95% intervals.
+CONFIDENCE = 0.95
+UNSUPPORTED, UNFINISHED, UNAVAILABLE = "–", "…", "n/a"
+
+
+@dataclass(frozen=True)
+class Metric:
+    column: str
+    name: str
+    higher_is_better: bool
+    decimals: int
+    per_image: bool  # False: a set metric (FID/KID), one value per (method, task, σ)
+
+    @property
+    def header(self) -> str:
+        return f"{self.name}{'↑' if self.higher_is_better else '↓'}"
+
+
+METRICS = (
+    Metric("psnr", "PSNR", True, 2, True),
+    Metric("ssim", "SSIM", True, 3, True),
+    Metric("lpips", "LPIPS", False, 3, True),
+    Metric("fid", "FID", False, 1, False),
+    Metric("kid", "KID", False, 3, False),
+)
+
+
+@dataclass
+class Cell:
+    """One table cell: `text` is what is shown (and marked), `extra` follows it unmarked (a ± interval)."""
+
+    text: str
+    mark: str | None = None  # "best" or "second"
+    extra: str = ""
+    note: str | None = None  # footnote text
+    value: float | str | None = None  # what the CSV holds
+
+
+@dataclass
+class Table:
+    caption: str
+    header: list[str]  # one per column; the first columns are row labels
+    rows: list[list[Cell]]
+    groups: list[tuple[str, int]] = field(default_factory=list)  # (label, span) over the columns after `lead`
+    lead: int = 1  # label columns (left-aligned)
+    legend: list[str] = field(default_factory=list)
+    csv_header: list[str] | None = None
+    csv_rows: list[list[object]] | None = None
+
+
+# ----- quality ---------------------------------------------------------------------------------------------
+
+
+def quality_summary(units: pd.DataFrame, sets: pd.DataFrame, groups: pd.DataFrame, ci: bool = False) -> pd.DataFrame:
+    """Long table, one row per (method, task, σ, metric): mean, 95% half-width, n, state and note.
+
+    Per-image metrics are means over the group's ok images (pandas' mean; NaN values are skipped); diverged
+    images are left out, with a note. The interval is Student's t: t(0.975, n − 1) · s / √n with the sample
+    standard deviation s (ddof = 1), since groups hold few images; NaN below 2 images. FID and KID are
+    metrics of the whole set, so they get no interval. States: ok, unsupported, incomplete.
+    """
+    ok = units[units["status"] == "ok"]
+    groups = groups[groups["method"].isin(set(units["method"]))]
+    columns = [m.column for m in METRICS if m.per_image]
+    stats = ok.groupby(GROUP)[columns].agg(["mean", "std", "count"])
+    rows = []
+    set_rows = sets.set_index(GROUP) if not sets.empty else None
+    for group in groups.itertuples(index=False):
+        index = (group.method, group.task, group.sigma)
+        for metric in METRICS:
+            row = {"method": group.method, "task": group.task, "sigma": group.sigma, "metric": metric.column}
+            row.update(mean=math.nan, half_width=math.nan, n=0, state=group.state, note=None)
+            if group.state == "unsupported":
+                row["note"] = group.reason if isinstance(group.reason, str) else "not supported"
+            elif group.state == "complete" and metric.per_image and index in stats.index:
+                mean, std, n = (stats.loc[index, (metric.column, s)] for s in ("mean", "std", "count"))
+                row.update(mean=mean, n=int(n), half_width=_half_width(std, int(n)) if ci else math.nan)
+                if group.diverged:
+                    row["note"] = f"{group.diverged} of {group.diverged + group.ok} images diverged (left out)"
+            elif group.state == "complete" and metric.per_image:
+                row["note"] = "every image diverged"
+            elif group.state == "complete" and set_rows is not None and index in set_rows.index:
+                found = set_rows.loc[index]
+                row.update(mean=float(found[metric.column]), n=int(found["n_images"]))
+                if not finite(row["mean"]) and isinstance(found["note"], str):
+                    row["note"] = found["note"]
+            elif group.state == "complete":
+                row["note"] = "no FID/KID row in the store for this set"
+            rows.append(row)
+    return pd.DataFrame(rows, columns=[*GROUP, "metric", "mean", "half_width", "n", "state", "note"])
+
+
+def _half_width(std: float, n: int) -> float:
+    if n < 2 or not finite(std):
+        return math.nan
+    from scipy.special import stdtrit  # imported only for --ci (scipy is slow to import)
+
+    return float(stdtrit(n - 1, 0.5 + CONFIDENCE / 2) * std / math.sqrt(n))
+
+
+def quality_table(summary: pd.DataFrame, sigma: float, methods: list[str], ci: bool = False) -> Table:
+    """The paper-style table of one noise level: rows = methods, column groups = tasks × metrics."""
+    at = summary[summary["sigma"] == sigma]
+    tasks = sort_tasks(list(at["task"].unique()))
+    present = set(at["method"])
+    methods = [m for m in methods if m in present]
+    lookup = {(r.method, r.task, r.metric): r for r in at.itertuples(index=False)}
+    marks = _marks(at)
+    rows = []
+    csv_rows = []
+    for method in methods:
+        cells: list[Cell] = [Cell(method, value=method)]
+        csv_row: list[object] = [method]
+        for task in tasks:
+            for metric in METRICS:
+                cell = _quality_cell(lookup.get((method, task, metric.column)), metric, ci)
+                if cell.text == UNSUPPORTED and metric is not METRICS[0]:
+                    cell.note = None  # one footnote mark per task group is enough
+                cell.mark = marks.get((method, task, metric.column))
+                cells.append(cell)
+                csv_row.append(cell.value)
+                if ci and metric.per_image:
+                    found = lookup.get((method, task, metric.column))
+                    csv_row.append(found.half_width if found is not None and finite(found.half_width) else "")
+        rows.append(cells)
+        csv_rows.append(csv_row)
+    csv_header = ["method"]
+    for task in tasks:
+        for metric in METRICS:
+            csv_header.append(f"{task}_{metric.column}")
+            if ci and metric.per_image:
+                csv_header.append(f"{task}_{metric.column}_ci95")
+    return Table(
+        caption=f"Reconstruction quality at σ = {sigma_label(sigma)}",
+        header=["method"] + [metric.header for _ in tasks for metric in METRICS],
+        rows=rows,
+        groups=[(task, len(METRICS)) for task in tasks],
+        legend=_quality_legend(at, rows, ci),
+        csv_header=csv_header,
+        csv_rows=csv_rows,
+    )
+
+
+def _quality_cell(found: object, metric: Metric, ci: bool) -> Cell:
+    if found is None:
+        return Cell("", value="")  # this method never ran this task at this σ
+    # pandas reads a missing note back as NaN, not None
+    note = found.note if isinstance(found.note, str) else None
+    if found.state == "unsupported":
+        return Cell(UNSUPPORTED, note=note, value=UNSUPPORTED)
+    if found.state == "incomplete":
+        return Cell(UNFINISHED, value="")
+    if not finite(found.mean):
+        return Cell(UNAVAILABLE, note=note, value="")
+    extra = f" ± {found.half_width:.{metric.decimals}f}" if ci and finite(found.half_width) else ""
+    return Cell(f"{found.mean:.{metric.decimals}f}", extra=extra, note=note, value=float(found.mean))
+
+
+def _marks(at: pd.DataFrame) -> dict[tuple[str, str, str], str]:
+    """Best and second-best cell per (task, metric) column, ranked on the shown digits (ties share a mark)."""
+    marks = {}
+    for metric in METRICS:
+        column = at[(at["metric"] == metric.column) & (at["state"] == "complete")]
+        column = column[column["mean"].map(finite)]
+        for _task, rows in column.groupby("task"):
+            if len(rows) < 2:
+                continue  # nothing to compare against
+            shown = rows["mean"].round(metric.decimals)
+            ranked = sorted(set(shown), reverse=metric.higher_is_better)
+            for (method, task), value in zip(zip(rows["method"], rows["task"], strict=True), shown, strict=True):
+                if value == ranked[0]:
+                    marks[(method, task, metric.column)] = "best"
+                elif len(ranked) > 1 and value == ranked[1]:
+                    marks[(method, task, metric.column)] = "second"
+    return marks
+
+
+def _quality_legend(at: pd.DataFrame, rows: list[list[Cell]], ci: bool) -> list[str]:
+    texts = {cell.text for row in rows for cell in row[1:]}
+    counts = at.loc[(at["state"] == "complete") & (at["n"] > 0) & at["metric"].isin(["psnr"]), "n"]
+    images = ""
+    if len(counts):
+        low, high = int(counts.min()), int(counts.max())
+        images = f" over {low} images" if low == high else f" over {low}–{high} images"
+    legend = [f"Mean{images}; ↑ higher is better, ↓ lower is better; best in bold, second underlined."]
+    if ci:
+        legend.append("± half-width of the 95% Student-t interval over images; FID and KID are set metrics (none).")
+    if UNSUPPORTED in texts:
+        legend.append(f"{UNSUPPORTED} the solver does not support the task (the reason is in the footnote).")
+    if UNFINISHED in texts:
+        legend.append(f"{UNFINISHED} not finished: units missing or failed (see “Missing and failed”).")
+    if UNAVAILABLE in texts:
+        legend.append(f"{UNAVAILABLE} no value (see the footnote, where there is one).")
+    return legend
+
+
+# ----- runtime ---------------------------------------------------------------------------------------------
+
+
+def runtime_summary(units: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, device, dtype): NFE, seconds per image, network share, peak memory, over tasks and σ.
+
+    Times are means over the units that ran (ok or diverged); warm-up batches (a process' first batch of a
+    solver, whose time includes start-up) are left out when the method has other batches. Peak memory is the
+    largest over all its units.
+    """
+    ran = units[units["status"].isin(["ok", "diverged"]) & units["wall_s"].map(finite)]
+    rows = []
+    for (method, device, dtype), rows_ in ran.groupby(["method", "device", "dtype"], sort=False):
+        timed = rows_[~rows_["warmup"]] if (~rows_["warmup"]).any() else rows_
+        wall = float(timed["wall_s"].mean())
+        network = float(timed["network_s"].mean())
+        rows.append(
+            {
+                "method": method,
+                "device": device,
+                "dtype": dtype,
+                "images": len(rows_),
+                "nfe": float(rows_["nfe"].mean()),
+                "seconds": wall,
+                "network_share": network / wall if wall > 0 else math.nan,
+                "peak_mib": float(rows_["peak_memory_bytes"].max()) / 2**20,
+            }
+        )
+    columns = ["method", "device", "dtype", "images", "nfe", "seconds", "network_share", "peak_mib"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def runtime_table(summary: pd.DataFrame, methods: list[str]) -> Table:
+    """The paper's Table 4: one row per method (and per device/dtype where the runs differ)."""
+    order = {m: i for i, m in enumerate(methods)}
+    summary = summary.sort_values(
+        ["method", "device", "dtype"], key=lambda c: c.map(order) if c.name == "method" else c
+    )
+    split = summary["device"].nunique() > 1 or summary["dtype"].nunique() > 1
+    lead = ["method", "device", "dtype"] if split else ["method"]
+    header = [*lead, "NFE", "s / image", "network share", "peak memory (MiB)", "images"]
+    rows, csv_rows = [], []
+    for row in summary.itertuples(index=False):
+        labels = [Cell(str(getattr(row, name)), value=getattr(row, name)) for name in lead]
+        values = [
+            Cell(_nfe(row.nfe), value=row.nfe),
+            Cell(_seconds(row.seconds), value=row.seconds),
+            Cell(
+                f"{100 * row.network_share:.0f}%" if finite(row.network_share) else UNAVAILABLE, value=row.network_share
+            ),
+            Cell(f"{row.peak_mib:.0f}", value=row.peak_mib),
+            Cell(str(row.images), value=row.images),
+        ]
+        rows.append(labels + values)
+        csv_rows.append([c.value for c in labels + values])
+    cpu = summary["device"].astype(str).str.startswith("cpu").any()
+    legend = [
+        "NFE: network evaluations per image; s / image: solver seconds per image (metrics not counted), "
+        "mean over tasks and σ, warm-up batches left out; network share: time inside the network over solver time.",
+        "Peak memory: CUDA max_memory_allocated"
+        + ("; on CPU, the growth of the process' peak resident memory (a lower bound)." if cpu else "."),
+    ]
+    csv_header = [*lead, "nfe", "seconds_per_image", "network_share", "peak_memory_mib", "images"]
+    return Table(
+        "Runtime per method", header, rows, lead=len(lead), legend=legend, csv_header=csv_header, csv_rows=csv_rows
+    )
+
+
+def _nfe(value: float) -> str:
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
+
+
+def _seconds(value: float) -> str:
+    if not finite(value):
+        return UNAVAILABLE
+    for limit, digits in ((100, 0), (10, 1), (1, 2)):
+        if value >= limit:
+            return f"{value:.{digits}f}"
+    return f"{value:.3g}"
+
+
+# ----- rendering -------------------------------------------------------------------------------------------
+
+
+def _footnotes(table: Table) -> dict[str, str]:
+    """Each distinct note -> its letter (a, b, ...), in reading order."""
+    letters: dict[str, str] = {}
+    for row in table.rows:
+        for cell in row:
+            if cell.note and cell.note not in letters:
+                letters[cell.note] = _letter(len(letters))
+    return letters
+
+
+def _letter(i: int) -> str:
+    return chr(ord("a") + i) if i < 26 else _letter(i // 26 - 1) + chr(ord("a") + i % 26)
+
+
+def _render_cell(cell: Cell, letters: dict[str, str], escape: Callable[[str], str], style: dict[str, str]) -> str:
+    text = escape(cell.text)
+    if cell.mark:
+        text = style[cell.mark].format(text)
+    text += escape(cell.extra) if cell.extra else ""
+    if cell.note:
+        text += style["note"].format(letters[cell.note])
+    return text
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+_MD = {"best": "**{}**", "second": "<u>{}</u>", "note": "<sup>{}</sup>"}
+_TEX = {"best": "\\textbf{{{}}}", "second": "\\underline{{{}}}", "note": "\\textsuperscript{{{}}}"}
+_HTML = {"best": "<strong>{}</strong>", "second": "<u>{}</u>", "note": "<sup>{}</sup>"}
+
+
+def to_markdown(table: Table) -> str:
+    """GitHub Markdown: task groups flattened into the headers ("sr4 PSNR↑"), footnotes and legend below."""
+    letters = _footnotes(table)
+    header = list(table.header[: table.lead])
+    values = table.header[table.lead :]
+    spans = [label for label, span in table.groups for _ in range(span)] or [""] * len(values)
+    header += [f"{group} {name}".strip() for group, name in zip(spans, values, strict=True)]
+    lines = [
+        "| " + " | ".join(_md_escape(h) for h in header) + " |",
+        "| " + " | ".join(["---"] * table.lead + ["---:"] * len(values)) + " |",
+    ]
+    for row in table.rows:
+        lines.append("| " + " | ".join(_render_cell(c, letters, _md_escape, _MD) for c in row) + " |")
+    lines.append("")
+    lines += [f"<sup>{letter}</sup> {_md_escape(note)}  " for note, letter in letters.items()]
+    lines += [f"{_md_escape(text)}  " for text in table.legend]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+_LATEX_SPECIAL = {
+    "\\": "\\textbackslash{}",
+    "&": "\\&",
+    "%": "\\%",
+    "$": "\\$",
+    "#": "\\#",
+    "_": "\\_",
+    "{": "\\{",
+    "}": "\\}",
+    "~": "\\textasciitilde{}",
+    "^": "\\textasciicircum{}",
+    "–": "--",
+    "…": "\\ldots{}",
+    "↑": "$\\uparrow$",
+    "↓": "$\\downarrow$",
+    "±": "$\\pm$",
+    "σ": "$\\sigma$",
+    "⁺": "$^+$",
+    "“": "``",
+    "”": "''",
+    "<": "\\textless{}",
+    ">": "\\textgreater{}",
+}
+
+
+def latex_escape(text: str) -> str:
+    """Text for LaTeX: special characters escaped, the symbols used here spelled as LaTeX."""
+    return "".join(_LATEX_SPECIAL.get(char, char) for char in str(text))
+
+
+def to_latex(table: Table) -> str:
+    """A booktabs table (needs \\usepackage{booktabs,graphicx}), task groups as \\multicolumn headers."""
+    letters = _footnotes(table)
+    n = len(table.header)
+    spec = "l" * table.lead + "".join(" " + "r" * span for _, span in table.groups) if table.groups else ""
+    spec = spec or "l" * table.lead + "r" * (n - table.lead)
+    lines = [
+        "% requires \\usepackage{booktabs,graphicx}",
+        "\\begin{table}[t]",
+        "\\centering",
+        f"\\caption{{{latex_escape(table.caption)}}}",
+        "\\resizebox{\\linewidth}{!}{%",
+        f"\\begin{{tabular}}{{{spec}}}",
+        "\\toprule",
+    ]
+    if table.groups:
+        heads, rules, start = [], [], table.lead + 1
+        for label, span in table.groups:
+            heads.append(f"\\multicolumn{{{span}}}{{c}}{{{latex_escape(label)}}}")
+            rules.append(f"\\cmidrule(lr){{{start}-{start + span - 1}}}")
+            start += span
+        lines.append(" & " * table.lead + " & ".join(heads) + " \\\\")
+        lines.append(" ".join(rules))
+    lines.append(" & ".join(latex_escape(h) for h in table.header) + " \\\\")
+    lines.append("\\midrule")
+    for row in table.rows:
+        lines.append(" & ".join(_render_cell(c, letters, latex_escape, _TEX) for c in row) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}}"]
+    notes = [f"\\textsuperscript{{{letter}}} {latex_escape(note)}" for note, letter in letters.items()]
+    notes += [latex_escape(text) for text in table.legend]
+    if notes:
+        lines.append("\\par\\smallskip{\\footnotesize " + " \\\\\n".join(notes) + "\\par}")
+    lines.append("\\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+def to_html(table: Table) -> str:
+    """An HTML table (two header rows when there are task groups), footnotes and legend below it."""
+    letters = _footnotes(table)
+    out = ['<div class="table-wrap"><table>', f"<caption>{html.escape(table.caption)}</caption>", "<thead>"]
+    if table.groups:
+        out.append(
+            "<tr>"
+            + f'<th colspan="{table.lead}"></th>'
+            + "".join(f'<th colspan="{span}" class="group">{html.escape(label)}</th>' for label, span in table.groups)
+            + "</tr>"
+        )
+    left = ' class="label"'
+    heads = [f"<th{left if i < table.lead else ''}>{html.escape(h)}</th>" for i, h in enumerate(table.header)]
+    out.append("<tr>" + "".join(heads) + "</tr></thead><tbody>")
+    for row in table.rows:
+        cells = [_render_cell(c, letters, html.escape, _HTML) for c in row]
+        out.append(
+            "<tr>"
+            + "".join(f'<th class="label">{c}</th>' for c in cells[: table.lead])
+            + "".join(f"<td>{c}</td>" for c in cells[table.lead :])
+            + "</tr>"
+        )
+    out.append("</tbody></table></div>")
+    for note, letter in letters.items():
+        out.append(f'<p class="note"><sup>{letter}</sup> {html.escape(note)}</p>')
+    out += [f'<p class="note">{html.escape(text)}</p>' for text in table.legend]
+    return "\n".join(out) + "\n"
+
+
+def to_csv(table: Table) -> str:
+    """Full-precision values (not the rounded text); "–" marks unsupported pairs, empty cells have no value."""
+    frame = pd.DataFrame(table.csv_rows or [], columns=table.csv_header or table.header, dtype=object)
+    return frame.to_csv(index=False)
