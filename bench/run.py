@@ -16,7 +16,7 @@ batched call counted once); wall_s and network_s (the batch's solver time and ti
 and backward, divided by batch_size; CUDA is synchronised around them; metrics and trace bookkeeping are not
 counted); peak_memory_bytes (CUDA max_memory_allocated during the solve, or on CPU the growth of the process'
 peak RSS); warmup (True for a process' first batch of a solver, whose time includes one-off start-up costs);
-device, dtype, solver_version, solver_config, torch_version, bench_version, git_commit ("+dirty" when the
+device, rank (the torchrun process that computed it), dtype, solver_version, solver_config, torch_version, bench_version, git_commit ("+dirty" when the
 tracked files differ from the commit).
 
 Also written: reconstructions, clean references and measurements (shown as A⁺y) as PNG under
@@ -27,7 +27,8 @@ estimate; and FID/KID (table `sets`) of each (solver, task, σ) set once its uni
 from the saved PNGs against the references (NaN with a note below 4 images).
 
 Under torchrun (environment RANK, WORLD_SIZE) unit i belongs to rank i % WORLD_SIZE; each rank writes its own
-parts and rank 0 computes the set metrics and prints the summary once all ranks are finished.
+parts and rank 0 computes the set metrics and prints the summary once all ranks are finished. The end of a
+run merges the parts into one per table (`ResultStore.consolidate`), so later reads stay fast.
 """
 
 from __future__ import annotations
@@ -503,6 +504,7 @@ def _base_row(context: _Context, unit: Any) -> dict[str, Any]:
         "batch_size": 0,
         "warmup": False,
         "device": str(context.device),
+        "rank": context.store.rank,
         "dtype": context.settings.dtype,
         "solver_version": solver.version,
         "solver_config": _json(solver.spec()["config"]),
@@ -791,7 +793,7 @@ def run(settings: RunSettings) -> Any:
         if dist.rank != 0:
             return None
         _set_metrics(context, units)
-        context.store.compact()
+        context.store.consolidate()  # one part per table: later reads (resume, report) stay fast
         keys = {unit.key for unit in units}
         table = context.store.units()
         table = table[table["key"].isin(keys)] if not table.empty else table

@@ -14,9 +14,10 @@ commit record of the batch; traces whose unit part is missing (a kill in between
 
 Part names sort in writing order (they start with a nanosecond clock), so when a unit was computed more than
 once (a failed unit retried, or `--force`) the reader keeps its latest row: the tables have one row per key.
-`compact()`, run at the end of every run, then rewrites the older parts without the superseded rows (and
-their traces), so the files themselves never hold a unit twice once a run has finished. It only removes
-rows whose replacement is already committed, one atomic file at a time, so a kill during it loses nothing.
+`consolidate()`, run at the end of every run, merges the parts into one per table without the superseded rows
+(reading thousands of small parts is slow), so the files themselves never hold a unit twice once a run has
+finished. `compact()` removes the superseded rows from the parts in place, one atomic file at a time. Both
+only delete rows whose replacement is already committed, so a kill during them loses nothing.
 """
 
 from __future__ import annotations
@@ -176,6 +177,46 @@ class ResultStore:
                     remaining.to_parquet(buffer, index=False)
                     atomic_write_bytes(path, buffer.getvalue())
         return removed
+
+    def consolidate(self) -> int:
+        """Rewrite the committed parts as one part per table, without superseded rows; returns parts removed.
+
+        A run writes one small part per batch and reading thousands of them is slow, so the end of every run
+        merges them. The merged parts get a fresh (newest) stem and are written traces, units, then sets;
+        only then are the parts they replace deleted. A kill in between leaves rows twice, which readers
+        resolve to the identical merged row, and the next consolidation removes. Only the parts listed at the
+        start are touched: parts another process commits meanwhile are left as they are.
+        """
+        import pandas as pd
+
+        unit_parts = self.parts(UNITS)
+        committed = {path.stem for path in unit_parts}
+        trace_parts = [path for path in self.parts(TRACES) if path.stem in committed]
+        set_parts = self.parts(SETS)
+        if len(unit_parts) <= 1 and len(set_parts) <= 1:
+            return 0
+
+        def read(paths: list[Path]) -> pd.DataFrame:
+            frames = [pd.read_parquet(path).assign(part=path.stem) for path in paths]
+            frames = [frame for frame in frames if not frame.empty]
+            return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+        units = read(unit_parts)
+        units = units.drop_duplicates("key", keep="last") if not units.empty else units
+        traces = read(trace_parts)
+        if not traces.empty and not units.empty:
+            wanted = set(zip(units["key"], units["part"], strict=True))
+            traces = traces[[(k, p) in wanted for k, p in zip(traces["key"], traces["part"], strict=True)]]
+        sets = read(set_parts)
+        sets = sets.drop_duplicates("set_key", keep="last") if not sets.empty else sets
+
+        stem = self.new_stem()
+        for kind, table in ((TRACES, traces), (UNITS, units), (SETS, sets)):
+            if not table.empty:
+                self.write_part(kind, table.drop(columns="part").to_dict(orient="records"), stem=stem)
+        for path in [*unit_parts, *trace_parts, *set_parts]:
+            path.unlink(missing_ok=True)
+        return len(unit_parts) + len(trace_parts) + len(set_parts)
 
     def done_keys(self) -> set[str]:
         """Keys whose latest status is in `DONE_STATUSES` (skipped by a re-run)."""

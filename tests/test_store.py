@@ -137,5 +137,34 @@ def test_store_traces_follow_the_latest_unit_row(tmp_path):
     assert traces["kurtosis"].tolist() == [2.0]
 
 
+def test_store_consolidate_merges_parts_and_keeps_every_latest_row(tmp_path):
+    store = ResultStore(tmp_path)
+    stems = [store.new_stem() for _ in range(3)]
+    for i, stem in enumerate(stems):  # unit "a" computed three times, "b" once in the first batch
+        store.write_part("traces", [{"key": "a", "step": 0, "kurtosis": float(i)}], stem=stem)
+        store.write_part("units", [row("a", "ok", 10.0 + i), *([row("b", "failed")] if i == 0 else [])], stem=stem)
+    store.write_part("sets", [{"set_key": "s", "fid": 1.0}])
+    store.write_part("sets", [{"set_key": "s", "fid": 2.0}, {"set_key": "t", "fid": 3.0}])
+    in_flight = store.new_stem()  # another process' traces whose unit part is not committed yet
+    store.write_part("traces", [{"key": "c", "step": 0, "kurtosis": 9.0}], stem=in_flight)
+
+    def tables():
+        return (
+            store.units().drop(columns="part").set_index("key").sort_index(),
+            store.traces().drop(columns="part").reset_index(drop=True),
+            store.sets().drop(columns="part").set_index("set_key").sort_index(),
+        )
+
+    before = tables()
+    assert store.consolidate() == 3 + 3 + 2
+    after = tables()
+    for a, b in zip(before, after, strict=True):
+        pd.testing.assert_frame_equal(a, b)
+    assert after[0].loc["a", "psnr"] == 12.0 and after[1]["kurtosis"].tolist() == [2.0]
+    assert len(store.parts("units")) == 1 and len(store.parts("sets")) == 1
+    assert (tmp_path / "traces" / f"{in_flight}.parquet").exists()  # left for its own process to commit
+    assert store.consolidate() == 0
+
+
 def test_unit_group():
     assert Unit("dps", "sr4", 0.05, "x", "k").group == ("dps", "sr4", 0.05)
