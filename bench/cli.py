@@ -154,6 +154,7 @@ def _cmd_train_ddc(args: argparse.Namespace) -> int:
         sigma_max=args.sigma_max,
         use_lpips=not args.no_lpips,
         y_to_image=args.y_to_image,
+        clip_x0=not args.no_clip_x0,
         phi_channels=_int_list(args.phi_channels, "--phi-channels"),
         resume=args.resume,
         workers=args.workers,
@@ -246,6 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     ddc.add_argument("--sigma-max", type=float, default=0.05, help="y noise std u*2*sigma_max, u ~ U(0, 1)")
     ddc.add_argument("--no-lpips", action="store_true", help="train the paper's 'DDC w/o LPIPS' variant")
     ddc.add_argument("--y-to-image", choices=["replicate", "pinv"], default="replicate")
+    ddc.add_argument(
+        "--no-clip-x0",
+        action="store_true",
+        help="give φ the prior's x̂₀ unclipped, as the official code does (default: clipped to [-1, 1])",
+    )
     ddc.add_argument(
         "--warmup-steps", type=int, default=None, help="linear learning-rate warm-up before the cosine (default: 1000)"
     )

@@ -38,6 +38,7 @@ class DDCConfig(SolverConfig):
     steps: int = 5  # DDC paper Sec. 4 / Appendix B: 5 steps (official schedule 800, 600, 400, 200, 0)
     network: str = "natural64"  # φ weights: a folder under bench/assets/ddc-<name>/, or a path to such a folder
     y_to_image: str = "replicate"  # official code: adaptive average pooling to image size (nearest for SR)
+    clip_x0: bool = True  # φ sees x̂₀ clipped to [-1, 1], as natural64's φ was trained (bench.train_ddc.CLIP_X0)
 
 
 class DeltaNetwork(nn.Module):
@@ -148,6 +149,12 @@ class DDC(Solver):
                     f"ddc: the network at {self.config.network} was trained with y_to_image={trained_with}; "
                     f"use --set ddc.y_to_image={trained_with}"
                 )
+            clipped = bool(provenance.get("clip_x0", False))  # networks from before the option: unclipped
+            if provenance and clipped != bool(self.config.clip_x0):
+                raise SolverError(
+                    f"ddc: the network at {self.config.network} was trained with clip_x0={clipped}; "
+                    f"use --set ddc.clip_x0={str(clipped).lower()}"
+                )
             self._phi = network
             self._trained_for = provenance.get("prior") if isinstance(provenance.get("prior"), dict) else None
         if isinstance(self._phi, nn.Module):
@@ -191,7 +198,8 @@ class DDC(Solver):
             with torch.no_grad():
                 prediction = prior.predict(x, t)
                 t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=device)
-                x0_y = prediction.x0 - phi(prediction.x0, y_image.to(prediction.x0.dtype), t_batch)
+                x0_hat = prediction.x0.clamp(-1, 1) if self.config.clip_x0 else prediction.x0
+                x0_y = x0_hat - phi(x0_hat, y_image.to(x0_hat.dtype), t_batch)
             if callback is not None:
                 callback(step=i, t=t, x_t=x, eps=prediction.eps, x0=x0_y)
             noise = randn_per_image(shape, generators, dtype=x.dtype, device=device)

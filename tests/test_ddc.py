@@ -67,7 +67,10 @@ def test_ddc_counts_prior_and_phi_evaluations(prior, steps):
 def test_ddc_zero_phi_equals_uncond_on_the_same_schedule(prior):
     ids = ["a", "b", "c"]
     op, y = measured("gblur", ids)
-    ddc = DDC(phi=zero_phi).solve(y, op, prior, sigma=0.05, generators=operators.image_generators(3, ids, "s"))
+    # unclipped, as the official code feeds φ: exactly plain DDPM (clipping x̂₀ is a different sampler)
+    ddc = DDC(phi=zero_phi, clip_x0=False).solve(
+        y, op, prior, sigma=0.05, generators=operators.image_generators(3, ids, "s")
+    )
     uncond = solvers.build("uncond", steps=5).solve(
         y, op, prior, sigma=0.05, generators=operators.image_generators(3, ids, "s")
     )
@@ -185,6 +188,10 @@ def test_train_ddc_writes_a_folder_the_solver_loads(prior, tmp_path):
         DDC(network=str(folder), y_to_image="pinv").solve(
             y, op, prior, sigma=0.05, generators=operators.image_generators(0, ["a"], "s")
         )
+    with pytest.raises(SolverError, match="clip_x0=True"):
+        DDC(network=str(folder), clip_x0=False).solve(
+            y, op, prior, sigma=0.05, generators=operators.image_generators(0, ["a"], "s")
+        )
     with pytest.raises(FileExistsError, match="--resume"):
         train_ddc("gaussian", DATA / "natural-train", tmp_path / "run", config=config, progress=False)
 
@@ -192,7 +199,7 @@ def test_train_ddc_writes_a_folder_the_solver_loads(prior, tmp_path):
 def test_ddc_refuses_a_network_trained_for_another_prior(prior, tmp_path, monkeypatch):
     folder = tmp_path / "phi"
     network = build_phi(SHAPE[1], SHAPE[0], (8, 16))
-    save_phi(network, folder, {"y_to_image": "replicate", "prior": {"checkpoint_sha256": "a" * 64}})
+    save_phi(network, folder, {"y_to_image": "replicate", "clip_x0": True, "prior": {"checkpoint_sha256": "a" * 64}})
     op, y = measured("sr4", ["a"])
     generators = operators.image_generators(0, ["a"], "s")
     monkeypatch.setattr(prior, "spec", lambda: {"kind": "other", "checkpoint_sha256": "b" * 64}, raising=False)
