@@ -9,7 +9,9 @@ missing), on the 24 Kodak photos (centre square, bicubic to 64x64; never trained
 2. the steps ablation: ddc with 1, 2, 3, 5, 10, 20 steps at σ = 0.05;
 3. φ's measurement input, nearest-neighbour replication against A⁺y: two networks trained alike for the same
    number of steps (--replicate-net, --pinv-net), at σ = 0.05;
-4. speed: DPS on 16 photos (sr4, σ = 0.05; --dps-budget quick = 100 steps, paper = 1000) beside ddc.
+4. speed: DPS on 16 photos (sr4, σ = 0.05; --dps-budget quick = 100 steps, paper = 1000) beside ddc;
+5. unconditional sampling on 8 photos, the reference of the report's kurtosis figure.
+Render the store with `python -m bench report --results <out>`.
 Writes evaluation.md (Markdown tables) and evaluation.json into --docs.
 """
 
@@ -49,6 +51,8 @@ def run_all(out: Path, replicate_net: str | None, pinv_net: str | None, dps_budg
             sets = ["--set", f"ddc.network={network}", "--set", f"ddc.y_to_image={mode}"]
             bench_run(out, "--solvers", "ddc", "--tasks", TASKS, "--sigma", "0.05", *sets)
     bench_run(out, "--solvers", "dps", "--tasks", "sr4", "--sigma", "0.05", "--n-images", "16", "--budget", dps_budget)
+    # the Gaussian reference of the report's kurtosis figure (it ignores y, so one task is enough)
+    bench_run(out, "--solvers", "uncond", "--tasks", "sr4", "--sigma", "0.05", "--n-images", "8")
 
 
 def load_units(out: Path) -> pd.DataFrame:

@@ -7,6 +7,12 @@ and predicts a residual Δ that moves x̂₀ toward data consistency (paper Eq. 
 
 The reverse step is the DDPM posterior q(x_s | x_t, x̂₀,y) with the corrected estimate (paper Eq. 22), with the
 prior's learned variance where it has one. φ is trained by `python -m bench train-ddc` (bench/train_ddc.py).
+
+One departure from the official code, recorded in each network's provenance and checked when it loads: φ sees
+x̂₀ clipped to [-1, 1] (`clip_x0`, see bench.train_ddc.CLIP_X0); `--set ddc.clip_x0=false` runs a network
+trained on the unclipped x̂₀ as the official code does. Two names share this sampler: `ddc` (φ trained with
+the LPIPS term, bench/assets/ddc-natural64) and `ddc-nolpips` (the paper's "DDC w/o LPIPS" ablation,
+bench/assets/ddc-natural64-nolpips).
 """
 
 from __future__ import annotations
