@@ -48,7 +48,7 @@ def measurement(task: str, prior, sigma: float, ids=("a",), seed: int = 0):
 def test_solver_registry_and_declarations():
     names = solvers.available()
     assert names[:2] == ["uncond", "pinv"]
-    assert all(solvers.build(n).missing_weights() is None for n in names if n != "ddc")  # shipped weights
+    assert all(solvers.build(n).missing_weights() is None for n in names)  # every solver's weights ship
     for name in names:
         cls = solvers.get(name)
         assert cls.name == name and cls.summary
