@@ -172,7 +172,7 @@ def kurtosis_figure(
                 is_ref = method in references
                 _band(ax, here[here["method"] == method], method, REFERENCE_COLOR if is_ref else colors[method], is_ref)
             for method in sorted(references - present):
-                _band(ax, pooled[pooled["method"] == method], f"{method} (all runs)", REFERENCE_COLOR, True)
+                _band(ax, pooled[pooled["method"] == method], method, REFERENCE_COLOR, True)  # pooled over tasks
             ax.axhline(0.0, color="grey", linewidth=0.8, linestyle=":")
             ax.set_title(task)
             ax.set_xlabel("timestep t (sampling runs right to left)")
@@ -183,7 +183,8 @@ def kurtosis_figure(
         _finish(fig, axes, f"Excess kurtosis of the ε prediction, σ = {sigma_label(sigma)}")
         _save(fig, path)
     reference = (
-        "Black dashed: unconditional sampling, the reference."
+        "Black dashed: unconditional sampling, the reference (it ignores y, so a panel of a task it did not run "
+        "on shows it pooled over the tasks it ran on)."
         if references
         else "No unconditional (uncond) run is in the store, so there is no reference curve: add one with "
         "`--solvers uncond`."
