@@ -57,6 +57,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _read_parts(paths: Iterable[Path]) -> pd.DataFrame:
+    """The rows of these part files in order, each with column `part` (its file's stem)."""
+    import pandas as pd
+
+    frames = [pd.read_parquet(path).assign(part=path.stem) for path in paths]
+    frames = [frame for frame in frames if not frame.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
 class ResultStore:
     """The parquet tables of one run folder; `rank` only enters the names of the parts this process writes."""
 
@@ -93,17 +102,7 @@ class ResultStore:
         return sorted(p for p in folder.glob("part-*.parquet") if p.is_file())
 
     def _read_all(self, kind: str) -> pd.DataFrame:
-        import pandas as pd
-
-        frames = []
-        for path in self.parts(kind):
-            frame = pd.read_parquet(path)
-            frame["part"] = path.stem
-            frames.append(frame)
-        if not frames:
-            return pd.DataFrame()
-        frames = [f for f in frames if not f.empty]
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        return _read_parts(self.parts(kind))
 
     def raw_units(self) -> pd.DataFrame:
         """Every unit row ever written, duplicates (retries, --force) included, with the part it came from."""
@@ -187,7 +186,6 @@ class ResultStore:
         resolve to the identical merged row, and the next consolidation removes. Only the parts listed at the
         start are touched: parts another process commits meanwhile are left as they are.
         """
-        import pandas as pd
 
         unit_parts = self.parts(UNITS)
         committed = {path.stem for path in unit_parts}
@@ -196,18 +194,13 @@ class ResultStore:
         if len(unit_parts) <= 1 and len(set_parts) <= 1:
             return 0
 
-        def read(paths: list[Path]) -> pd.DataFrame:
-            frames = [pd.read_parquet(path).assign(part=path.stem) for path in paths]
-            frames = [frame for frame in frames if not frame.empty]
-            return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-        units = read(unit_parts)
+        units = _read_parts(unit_parts)
         units = units.drop_duplicates("key", keep="last") if not units.empty else units
-        traces = read(trace_parts)
+        traces = _read_parts(trace_parts)
         if not traces.empty and not units.empty:
             wanted = set(zip(units["key"], units["part"], strict=True))
             traces = traces[[(k, p) in wanted for k, p in zip(traces["key"], traces["part"], strict=True)]]
-        sets = read(set_parts)
+        sets = _read_parts(set_parts)
         sets = sets.drop_duplicates("set_key", keep="last") if not sets.empty else sets
 
         stem = self.new_stem()

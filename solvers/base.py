@@ -76,6 +76,20 @@ class Solver:
         generators: Sequence[torch.Generator],
         callback: StepCallback | None = None,
     ) -> Tensor:
+        """x̂ (B, C, H, W) in [-1, 1] from y (B, *op.measurement_shape): by default `solve_unclamped`, clamped."""
+        return self.solve_unclamped(y, op, prior, sigma=sigma, generators=generators, callback=callback).clamp(-1, 1)
+
+    def solve_unclamped(
+        self,
+        y: Tensor,
+        op: Operator,
+        prior: Any,
+        *,
+        sigma: float,
+        generators: Sequence[torch.Generator],
+        callback: StepCallback | None = None,
+    ) -> Tensor:
+        """The estimate before clamping to [-1, 1], for solvers whose tests check exact (unclamped) math."""
         raise NotImplementedError
 
     def missing_weights(self) -> str | None:

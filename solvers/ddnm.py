@@ -70,19 +70,6 @@ class DDNM(Solver):
     requires_when_noisy = frozenset({Cap.SVD})  # DDNM+ scales the correction per singular value
     summary = "DDNM: null-space consistency x̂0 − A⁺(A x̂0 − y); DDNM+ at σ > 0 (Wang et al. 2023)"
 
-    def solve(
-        self,
-        y: Tensor,
-        op: Operator,
-        prior,
-        *,
-        sigma: float,
-        generators: Sequence[torch.Generator],
-        callback: StepCallback | None = None,
-    ) -> Tensor:
-        """x̂ (B, C, H, W) in [-1, 1] from y (B, *op.measurement_shape); see the module docstring."""
-        return self.solve_unclamped(y, op, prior, sigma=sigma, generators=generators, callback=callback).clamp(-1, 1)
-
     def solve_unclamped(
         self,
         y: Tensor,

@@ -79,19 +79,6 @@ class DDRM(Solver):
     requires = frozenset({Cap.FORWARD, Cap.SVD})
     summary = "DDRM: per-singular-value variational sampling in A's spectral basis (Kawar et al. 2022)"
 
-    def solve(
-        self,
-        y: Tensor,
-        op: Operator,
-        prior,
-        *,
-        sigma: float,
-        generators: Sequence[torch.Generator],
-        callback: StepCallback | None = None,
-    ) -> Tensor:
-        """x̂ (B, C, H, W) in [-1, 1] from y (B, *op.measurement_shape); see the module docstring."""
-        return self.solve_unclamped(y, op, prior, sigma=sigma, generators=generators, callback=callback).clamp(-1, 1)
-
     def solve_unclamped(
         self,
         y: Tensor,
