@@ -112,17 +112,26 @@ def _cmd_train_prior(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_denoiser(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from bench.train_denoiser import train_denoiser
 
+    config = dataclasses.replace(
+        _train_config(args),
+        lr_schedule=args.lr_schedule,
+        **({} if args.warmup_steps is None else {"warmup_steps": args.warmup_steps}),
+    )
     final = train_denoiser(
         args.data,
         args.out,
         size=args.size,
         channels=args.channels,
-        config=_train_config(args),
+        config=config,
         resume=args.resume,
         sigma_max=args.sigma_max,
         workers=args.workers,
+        init=args.init,
+        bn_batches=args.bn_batches,
     )
     print(f"trained denoiser written to {final}")
     return 0
@@ -156,6 +165,11 @@ def _cmd_train_ddc(args: argparse.Namespace) -> int:
         y_to_image=args.y_to_image,
         clip_x0=not args.no_clip_x0,
         phi_channels=_int_list(args.phi_channels, "--phi-channels"),
+        timesteps=args.timesteps,
+        timestep_jitter=args.timestep_jitter,
+        sampler_steps=args.sampler_steps,
+        chain_fraction=args.chain_fraction,
+        init=args.init,
         resume=args.resume,
         workers=args.workers,
     )
@@ -238,6 +252,17 @@ def build_parser() -> argparse.ArgumentParser:
     denoiser.add_argument(
         "--sigma-max", type=float, default=55 / 255, help="noise levels drawn from [0, this] on the [0, 1] scale"
     )
+    denoiser.add_argument("--init", default=None, help="start from the DnCNN in this folder (e.g. bench/assets/dncnn)")
+    denoiser.add_argument(
+        "--bn-batches",
+        type=int,
+        default=32,
+        help="training batches over which the saved EMA's batch-norm statistics are recomputed (default: %(default)s)",
+    )
+    denoiser.add_argument("--warmup-steps", type=int, default=None, help="linear learning-rate warm-up (default: 500)")
+    denoiser.add_argument(
+        "--lr-schedule", choices=["constant", "cosine"], default="constant", help="after warm-up (default: constant)"
+    )
     denoiser.set_defaults(func=_cmd_train_denoiser)
 
     ddc = commands.add_parser("train-ddc", help="train DDC's data-consistency network (Algorithm 2) on photos")
@@ -260,6 +285,21 @@ def build_parser() -> argparse.ArgumentParser:
         default="32,64,128,128",
         help="φ's UNet block widths, one per resolution level (default: %(default)s)",
     )
+    ddc.add_argument(
+        "--timesteps",
+        choices=["uniform", "sampler"],
+        default="uniform",
+        help="t ~ U{0..T-1} as the paper's Alg. 2 (uniform), or only the sampler's timesteps (sampler)",
+    )
+    ddc.add_argument("--timestep-jitter", type=int, default=0, help="with --timesteps sampler: t moved by up to ±this")
+    ddc.add_argument("--sampler-steps", type=int, default=5, help="the sampler whose timesteps are trained (default 5)")
+    ddc.add_argument(
+        "--chain-fraction",
+        type=float,
+        default=0.0,
+        help="share of batches whose x_t comes from running the sampler with the current φ (default 0: Alg. 2)",
+    )
+    ddc.add_argument("--init", default=None, help="start from the φ weights in this folder (e.g. a shipped asset)")
     ddc.set_defaults(func=_cmd_train_ddc)
     return parser
 

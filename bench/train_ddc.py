@@ -31,6 +31,8 @@ DEFAULT_TASKS = ("sr4", "sr8", "gblur", "inpaint", "jpeg10", "denoise")  # the p
 # 1.0 and 1.1 clipped, so the few t > 800 (which the 5-step sampler never visits) dominate the loss. Clipping,
 # as guided-diffusion's samplers do (clip_denoised), keeps every t in proportion; --no-clip-x0 is the official.
 CLIP_X0 = True
+# Where φ is trained: "uniform" t ~ U{0..T-1} (Alg. 2), or "sampler": only the timesteps the sampler visits.
+TIMESTEPS = ("uniform", "sampler")
 SIGMA_MAX = 0.05  # official code: noise std u·2·0.05 on [-1, 1]; the paper's noise-robust model used 0.25
 W_LPIPS = 0.1  # paper Sec. 3.3: grid-searched weight of the LPIPS term
 W_KL = 1e-3  # paper Sec. 3.3: grid-searched weight of the KL term
@@ -138,6 +140,33 @@ class LossParts:
     kl: float = 0.0
 
 
+def training_measurement(op, x0: Tensor, noise_std: Tensor | float, noise: Tensor) -> Tensor:
+    """y = A(x₀) + noise_std·noise brought into the measurement space exactly as `Operator.measure` does.
+
+    noise_std is on the [-1, 1] scale (2σ), a number or one value per image broadcastable to y. Going through
+    `op.restrict` is what makes training's y match the runner's: inpainting's y is 0 on the pixels it does not
+    observe, noise included.
+    """
+    clean = op(x0)
+    return op.restrict(clean + noise_std * noise)
+
+
+def draw_sampler_timesteps(
+    schedule: Sequence[int], count: int, generator: torch.Generator, *, jitter: int = 0, num_timesteps: int = 1000
+) -> Tensor:
+    """`count` timesteps drawn uniformly from the sampler's `schedule`, each moved by up to ±jitter (kept in range).
+
+    The 5-step sampler visits 5 of the prior's 1000 timesteps; drawing t ~ U{0..999} (Alg. 2) spends 99.5% of
+    the samples elsewhere. Jitter widens each scheduled t into a small window, for a φ that tolerates nearby t.
+    """
+    device = generator.device
+    table = torch.tensor(list(schedule), dtype=torch.long, device=device)
+    t = table[torch.randint(0, table.numel(), (count,), generator=generator, device=device)]
+    if jitter:
+        t = t + torch.randint(-jitter, jitter + 1, (count,), generator=generator, device=device)
+    return t.clamp(0, num_timesteps - 1)
+
+
 def ddc_loss(
     prior,
     tasks: Sequence[str] = DEFAULT_TASKS,
@@ -147,6 +176,10 @@ def ddc_loss(
     w_kl: float = W_KL,
     y_to_image: str = "replicate",
     clip_x0: bool = True,
+    timesteps: str = "uniform",
+    timestep_jitter: int = 0,
+    sampler_steps: int = 5,
+    chain_fraction: float = 0.0,
     lpips_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
     parts: LossParts | None = None,
 ) -> Callable[[nn.Module, Tensor, torch.Generator], Tensor]:
@@ -155,9 +188,27 @@ def ddc_loss(
     x0: (B, C, H, W) clean crops in [-1, 1] at the prior's image shape. w_lpips = 0 trains "DDC w/o LPIPS" and
     loads no LPIPS network. clip_x0 clips the prior's x̂₀ to [-1, 1] before φ sees and corrects it (see
     CLIP_X0). All randomness comes from `generator`.
+
+    Where φ learns (see TIMESTEPS and the README's "Training φ"):
+    * timesteps="uniform": t ~ U{0..T-1} (Alg. 2); "sampler": t drawn from the `sampler_steps`-step sampler's
+      timesteps, ± timestep_jitter.
+    * chain_fraction: the share of batches whose x_t is the sampler's own, not the forward process's. Such a
+      batch draws one step k of the sampler, runs the sampler with the current φ (no gradients) from pure
+      noise through steps 0..k-1 on the batch's y, and trains φ at step k on where the chain arrived. Training
+      on the forward process only (0, Alg. 2) teaches φ small corrections around the true x_t, which the
+      sampler's drifted x_t never are (exposure bias).
     """
     import operators
-    from solvers.ddc import measurement_to_image
+    from solvers.ddc import corrected_prediction, measurement_to_image
+    from solvers.uncond import posterior_step
+
+    if timesteps not in TIMESTEPS:
+        raise ValueError(f"unknown timesteps '{timesteps}' (available: {', '.join(TIMESTEPS)})")
+    if not 0.0 <= chain_fraction <= 1.0:
+        raise ValueError(f"chain_fraction must be in [0, 1], got {chain_fraction}")
+    if timestep_jitter < 0:
+        raise ValueError(f"timestep_jitter must be >= 0, got {timestep_jitter}")
+    schedule = prior.timesteps(sampler_steps)
 
     if not tasks:
         raise ValueError("ddc_loss needs at least one task")
@@ -183,14 +234,31 @@ def ddc_loss(
         batch_seed = int(draw(torch.randint, 0, 2**31 - 1, (1,)).item())
         op = op_cache[task].for_images([str(i) for i in range(b)], seed=batch_seed)
 
-        t = draw(torch.randint, 0, prior.num_timesteps, (b,))
-        a_t = prior.alpha_bar(t, x0.dtype).to(device)
-        x_t = a_t.sqrt() * x0 + (1 - a_t).sqrt() * draw(torch.randn, x0.shape, dtype=x0.dtype)
+        from_chain = chain_fraction > 0 and float(draw(torch.rand, (1,)).item()) < chain_fraction
+        if from_chain:
+            k = int(draw(torch.randint, 0, len(schedule), (1,)).item())
+            t = torch.full((b,), schedule[k], dtype=torch.long, device=device)
+        elif timesteps == "sampler":
+            t = draw_sampler_timesteps(
+                schedule, b, generator, jitter=timestep_jitter, num_timesteps=prior.num_timesteps
+            ).to(device)
+        else:
+            t = draw(torch.randint, 0, prior.num_timesteps, (b,))
         with torch.no_grad():
-            clean = op(x0)
-            u = draw(torch.rand, (b,) + (1,) * (clean.ndim - 1), dtype=x0.dtype)
-            y = clean + u * 2.0 * sigma_max * draw(torch.randn, clean.shape, dtype=x0.dtype)
+            measured_shape = (b, *op.measurement_shape)
+            u = draw(torch.rand, (b,) + (1,) * (len(measured_shape) - 1), dtype=x0.dtype)
+            y = training_measurement(op, x0, u * 2.0 * sigma_max, draw(torch.randn, measured_shape, dtype=x0.dtype))
             y_image = measurement_to_image(y, op, y_to_image)
+            if from_chain:
+                x_t = draw(torch.randn, x0.shape, dtype=x0.dtype)  # x_T ~ N(0, I), as the sampler starts
+                for step in range(k):
+                    current, following = schedule[step], schedule[step + 1]
+                    corrected = corrected_prediction(prior, phi, x_t, current, y_image, clip_x0=clip_x0)
+                    noise = draw(torch.randn, x0.shape, dtype=x0.dtype)
+                    x_t = posterior_step(prior, x_t, corrected, current, following, noise)
+            else:
+                a_t = prior.alpha_bar(t, x0.dtype).to(device)
+                x_t = a_t.sqrt() * x0 + (1 - a_t).sqrt() * draw(torch.randn, x0.shape, dtype=x0.dtype)
             prediction = prior.predict(x_t, t)
         x0_hat = prediction.x0.clamp(-1, 1) if clip_x0 else prediction.x0
         x0_y = x0_hat - phi(x0_hat, y_image, t)
@@ -232,6 +300,32 @@ def save_phi(network: nn.Module, out_dir: Path, provenance: dict[str, Any]) -> N
     replace_folder(out_dir, write)
 
 
+def _initial_phi(folder: str | Path, prior) -> tuple[nn.Module, dict[str, Any]]:
+    """A trainable copy of the φ at `folder` (strictly loaded) and the record of where it came from."""
+    import hashlib
+
+    from solvers.ddc import load_phi
+
+    network, provenance = load_phi(folder)
+    trained = (
+        (provenance.get("prior") or {}).get("checkpoint_sha256") if isinstance(provenance.get("prior"), dict) else None
+    )
+    current = prior.spec().get("checkpoint_sha256") if hasattr(prior, "spec") else None
+    if trained and current and trained != current:
+        raise ValueError(f"--init {folder}: that φ was trained for another prior (checkpoint {trained[:12]}…)")
+    weights = Path(folder) / "unet" / "diffusion_pytorch_model.safetensors"
+    record = {
+        "folder": str(Path(folder)),
+        "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "steps": provenance.get("steps"),
+        "objective": provenance.get("objective"),
+        "timesteps": provenance.get("timesteps", "uniform"),
+        "chain_fraction": provenance.get("chain_fraction", 0.0),
+    }
+    network.train().requires_grad_(True)
+    return network, record
+
+
 def train_ddc(
     prior_spec: str,
     data: str | Path,
@@ -246,6 +340,11 @@ def train_ddc(
     y_to_image: str = "replicate",
     clip_x0: bool = CLIP_X0,
     phi_channels: Sequence[int] = (32, 64, 128, 128),
+    timesteps: str = "uniform",
+    timestep_jitter: int = 0,
+    sampler_steps: int = 5,
+    chain_fraction: float = 0.0,
+    init: str | Path | None = None,
     resume: bool = False,
     workers: int = 0,
     progress: bool = True,
@@ -255,6 +354,8 @@ def train_ddc(
 
     Build `config` with `ddc_train_config(...)` for the paper's optimiser settings. use_lpips=False trains the
     paper's "DDC w/o LPIPS" variant. Snapshots at config.snapshot_steps go to out/ema-step<k>/.
+    timesteps, timestep_jitter, sampler_steps and chain_fraction choose where φ learns (see `ddc_loss`);
+    `init` starts from the weights of a φ folder (its width replaces phi_channels), recorded in the provenance.
     """
     from bench.priors import load_prior
 
@@ -266,7 +367,12 @@ def train_ddc(
     torch.manual_seed(config.seed)
     prior = load_prior(prior_spec, device=config.device)
     channels, size, _ = prior.image_shape
-    network = build_phi(size, channels, phi_channels)
+    init_record = None
+    if init is not None:
+        network, init_record = _initial_phi(init, prior)
+        phi_channels = tuple(network.unet.config.block_out_channels)
+    else:
+        network = build_phi(size, channels, phi_channels)
     weight_lpips = w_lpips if use_lpips else 0.0
     next_batch, generator = crop_batches(data, size, channels, config.seed, workers)
     description = {
@@ -280,6 +386,15 @@ def train_ddc(
         "y_to_image": y_to_image,
         "clip_x0": clip_x0,
         "phi_block_out_channels": list(phi_channels),
+        "timesteps": timesteps,
+        "timestep_jitter": timestep_jitter,
+        "sampler_steps": sampler_steps,
+        "sampler_timesteps": prior.timesteps(sampler_steps) if timesteps == "sampler" or chain_fraction else None,
+        "chain_fraction": chain_fraction,
+        "x_t": "forward process (Alg. 2)"
+        if not chain_fraction
+        else f"sampler's own trajectory in {chain_fraction:.0%} of batches",
+        "init": init_record,
     }
     trainer = Trainer(
         network,
@@ -291,6 +406,10 @@ def train_ddc(
             w_kl=w_kl,
             y_to_image=y_to_image,
             clip_x0=clip_x0,
+            timesteps=timesteps,
+            timestep_jitter=timestep_jitter,
+            sampler_steps=sampler_steps,
+            chain_fraction=chain_fraction,
         ),
         next_batch,
         generator,

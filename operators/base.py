@@ -176,7 +176,14 @@ class Operator:
     def measure(self, x: Tensor, sigma: float, generators: Sequence[torch.Generator]) -> Tensor:
         """y = A(x) + n, n ~ N(0, (2 sigma)^2 I) (see `add_noise`), kept inside the measurement space."""
         with torch.no_grad():
-            return self._restrict(add_noise(self.forward(x), sigma, generators))
+            return self.restrict(add_noise(self.forward(x), sigma, generators))
+
+    def restrict(self, y: Tensor) -> Tensor:
+        """A noisy A(x) brought into the measurement space, as `measure` does (inpainting zeroes the pixels it
+        does not observe). Anything that builds its own measurements (DDC's training) goes through this, so its
+        y looks exactly like the runner's."""
+        self._check(y, self.measurement_shape, "measurement")
+        return self._restrict(y)
 
     def _restrict(self, y: Tensor) -> Tensor:
         """Project onto the measurement space (inpainting zeroes the unobserved pixels)."""

@@ -45,6 +45,8 @@ class DDCConfig(SolverConfig):
     network: str = "natural64"  # φ weights: a folder under bench/assets/ddc-<name>/, or a path to such a folder
     y_to_image: str = "replicate"  # official code: adaptive average pooling to image size (nearest for SR)
     clip_x0: bool = True  # φ sees x̂₀ clipped to [-1, 1], as natural64's φ was trained (bench.train_ddc.CLIP_X0)
+    # A φ trained at the sampler's timesteps only refuses other step counts; true runs it anyway (steps ablation).
+    off_schedule: bool = False
 
 
 class DeltaNetwork(nn.Module):
@@ -80,6 +82,19 @@ def measurement_to_image(y: Tensor, op: Operator, mode: str = "replicate") -> Te
     raise SolverError(
         f"ddc: cannot replicate a {measured} measurement of {op.task} to a {image} image; use --set ddc.y_to_image=pinv"
     )
+
+
+def corrected_prediction(prior, phi: nn.Module | Phi, x_t: Tensor, t: int, y_image: Tensor, *, clip_x0: bool):
+    """One call of the prior and one of φ at x_t: the prior's `Prediction` with x̂₀ replaced by x̂₀,y (Eq. 7).
+
+    Shared by the sampler and by training on the sampler's own trajectory (bench.train_ddc), so both take the
+    same step.
+    """
+    prediction = prior.predict(x_t, t)
+    t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
+    x0_hat = prediction.x0.clamp(-1, 1) if clip_x0 else prediction.x0
+    x0_y = x0_hat - phi(x0_hat, y_image.to(x0_hat.dtype), t_batch)
+    return dataclasses.replace(prediction, x0=x0_y)
 
 
 def network_folder(network: str) -> Path:
@@ -128,6 +143,7 @@ class DDC(Solver):
 
     def __init__(self, config: SolverConfig | None = None, *, phi: nn.Module | Phi | None = None, **overrides: Any):
         super().__init__(config, **overrides)
+        self._provenance: dict[str, Any] | None = None
         if self.config.y_to_image not in Y_TO_IMAGE:
             raise SolverError(
                 f"ddc: unknown y_to_image '{self.config.y_to_image}' (available: {', '.join(Y_TO_IMAGE)})"
@@ -162,6 +178,7 @@ class DDC(Solver):
                     f"use --set ddc.clip_x0={str(clipped).lower()}"
                 )
             self._phi = network
+            self._provenance = provenance
             self._trained_for = provenance.get("prior") if isinstance(provenance.get("prior"), dict) else None
         if isinstance(self._phi, nn.Module):
             self._phi.to(device)
@@ -199,18 +216,29 @@ class DDC(Solver):
         self._check_prior(prior)
         y_image = measurement_to_image(y.to(device), op, self.config.y_to_image)
         ts = prior.timesteps(self.config.steps)
+        self._check_schedule(ts)
         x = randn_per_image(shape, generators, dtype=torch.float32, device=device)
         for i, (t, s) in enumerate(zip(ts, [*ts[1:], -1], strict=True)):
             with torch.no_grad():
-                prediction = prior.predict(x, t)
-                t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=device)
-                x0_hat = prediction.x0.clamp(-1, 1) if self.config.clip_x0 else prediction.x0
-                x0_y = x0_hat - phi(x0_hat, y_image.to(x0_hat.dtype), t_batch)
+                corrected = corrected_prediction(prior, phi, x, t, y_image, clip_x0=self.config.clip_x0)
             if callback is not None:
-                callback(step=i, t=t, x_t=x, eps=prediction.eps, x0=x0_y)
+                callback(step=i, t=t, x_t=x, eps=corrected.eps, x0=corrected.x0)
             noise = randn_per_image(shape, generators, dtype=x.dtype, device=device)
-            x = posterior_step(prior, x, dataclasses.replace(prediction, x0=x0_y), t, s, noise)
+            x = posterior_step(prior, x, corrected, t, s, noise)
         return x.clamp(-1, 1)
+
+    def _check_schedule(self, timesteps: Sequence[int]) -> None:
+        """A φ trained only at the sampler's timesteps (`train-ddc --timesteps sampler`) has never seen others."""
+        trained = (self._provenance or {}).get("sampler_timesteps")
+        if trained is None or (self._provenance or {}).get("timesteps") != "sampler" or self.config.off_schedule:
+            return
+        unseen = sorted(set(timesteps) - set(trained), reverse=True)
+        if unseen:
+            raise SolverError(
+                f"ddc: the φ network '{self.config.network}' was trained only at the timesteps {trained} of the "
+                f"{len(trained)}-step sampler, and {self.config.steps} steps visit {unseen[:6]} too; run "
+                f"ddc.steps={len(trained)}, or --set ddc.off_schedule=true to run it off its training schedule"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

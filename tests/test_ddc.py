@@ -14,7 +14,16 @@ from torch import nn
 import operators
 import solvers
 from bench.priors import load_prior
-from bench.train_ddc import build_phi, ddc_loss, ddc_train_config, kl_term, save_phi, train_ddc
+from bench.train_ddc import (
+    build_phi,
+    ddc_loss,
+    ddc_train_config,
+    draw_sampler_timesteps,
+    kl_term,
+    save_phi,
+    train_ddc,
+    training_measurement,
+)
 from bench.training import Trainer
 from solvers.base import SolverError
 from solvers.ddc import DDC, load_phi, measurement_to_image
@@ -210,3 +219,108 @@ def test_ddc_refuses_a_network_trained_for_another_prior(prior, tmp_path, monkey
     provenance = json.loads((same / "provenance.json").read_text())
     (same / "provenance.json").write_text(json.dumps({**provenance, "prior": {"checkpoint_sha256": "b" * 64}}))
     assert torch.isfinite(DDC(network=str(same)).solve(y, op, prior, sigma=0.05, generators=generators)).all()
+
+
+# ----- where φ is trained (schedule-matched timesteps, the sampler's own x_t, y as the runner builds it) -----
+
+
+def test_schedule_matched_draws_only_the_samplers_timesteps(prior):
+    schedule = prior.timesteps(5)
+    generator = torch.Generator().manual_seed(0)
+    drawn = draw_sampler_timesteps(schedule, 4000, generator)
+    assert set(drawn.tolist()) == set(schedule)  # every scheduled t occurs, nothing else does
+    counts = torch.bincount(drawn)[schedule]
+    assert counts.min() > 700  # ~800 each: uniform over the schedule
+    jittered = draw_sampler_timesteps(schedule, 4000, generator, jitter=3, num_timesteps=prior.num_timesteps)
+    distance = (jittered.view(-1, 1) - torch.tensor(schedule).view(1, -1)).abs().amin(dim=1)
+    assert distance.max() <= 3 and (distance > 0).any() and jittered.min() >= 0
+
+
+@pytest.mark.parametrize("task", ["sr4", "sr8", "gblur", "inpaint", "jpeg10", "denoise"])
+def test_training_builds_y_exactly_as_the_runner_measures(task):
+    shape = (3, 32, 32)
+    ids = ["a", "b"]
+    op = operators.build(task, shape=shape).for_images(ids, seed=3)
+    x = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    sigma = 0.05
+    runner_y = op.measure(x, sigma, operators.image_generators(0, ids, "noise"))
+    generators = operators.image_generators(0, ids, "noise")
+    noise = operators.randn_per_image(op.measurement_shape, generators, dtype=torch.float32, device="cpu")
+    torch.testing.assert_close(training_measurement(op, x, 2 * sigma, noise), runner_y, rtol=0, atol=0)
+
+
+def test_inpainting_training_y_is_zero_where_the_mask_hides_pixels(prior):
+    seen = []
+
+    def recording_phi(x0, y_image, t):
+        seen.append(y_image.clone())
+        return torch.zeros_like(x0)
+
+    loss = ddc_loss(prior, ("inpaint",), w_lpips=0.0, sigma_max=0.05)
+    loss(recording_phi, torch.rand(2, *SHAPE) * 2 - 1, torch.Generator().manual_seed(1))
+    hidden = (seen[-1] == 0).float().mean().item()
+    assert hidden == pytest.approx(0.92, abs=0.05)  # the unobserved 92% carry no noise, as op.measure gives
+
+
+def test_chain_training_runs_the_sampler_up_to_the_trained_step(prior):
+    schedule = prior.timesteps(5)
+    calls: list[list[int]] = []
+
+    def recording_phi(x0, y_image, t):
+        calls[-1].append(int(t[0]))
+        assert (t == t[0]).all()
+        return torch.zeros_like(x0)
+
+    loss = ddc_loss(prior, ("sr4",), w_lpips=0.0, timesteps="sampler", chain_fraction=1.0)
+    generator = torch.Generator().manual_seed(0)
+    lengths = set()
+    for _ in range(12):
+        calls.append([])
+        loss(recording_phi, torch.rand(2, *SHAPE) * 2 - 1, generator)
+        assert calls[-1] == schedule[: len(calls[-1])]  # the chain's steps, then the trained one, in order
+        lengths.add(len(calls[-1]))
+    assert len(lengths) >= 3  # steps k = 0..4 are all drawn
+    with pytest.raises(ValueError, match="chain_fraction"):
+        ddc_loss(prior, ("sr4",), w_lpips=0.0, chain_fraction=1.5)
+    with pytest.raises(ValueError, match="timesteps"):
+        ddc_loss(prior, ("sr4",), w_lpips=0.0, timesteps="every")
+
+
+def test_a_schedule_matched_phi_refuses_other_step_counts(prior, tmp_path):
+    folder = tmp_path / "phi"
+    provenance = {"y_to_image": "replicate", "clip_x0": True, "timesteps": "sampler"}
+    save_phi(build_phi(SHAPE[1], SHAPE[0], (8, 16)), folder, {**provenance, "sampler_timesteps": prior.timesteps(5)})
+    op, y = measured("sr4", ["a"])
+    generators = operators.image_generators(0, ["a"], "s")
+    assert torch.isfinite(DDC(network=str(folder)).solve(y, op, prior, sigma=0.05, generators=generators)).all()
+    with pytest.raises(SolverError, match="off_schedule"):
+        DDC(network=str(folder), steps=10).solve(y, op, prior, sigma=0.05, generators=generators)
+    off = DDC(network=str(folder), steps=10, off_schedule=True)
+    assert torch.isfinite(off.solve(y, op, prior, sigma=0.05, generators=generators)).all()
+
+
+@pytest.mark.skipif(not (DATA / "natural-train").is_dir(), reason="needs ../shared/data/natural-train")
+def test_train_ddc_from_init_records_where_it_started(prior, tmp_path):
+    start = tmp_path / "start"
+    network = build_phi(SHAPE[1], SHAPE[0], (8, 16))
+    save_phi(network, start, {"y_to_image": "replicate", "clip_x0": True, "steps": 7})
+    config = ddc_train_config(steps=1, batch_size=2, lr=0.0, warmup_steps=1, checkpoint_every=10**6)
+    folder = train_ddc(
+        "gaussian",
+        DATA / "natural-train",
+        tmp_path / "run",
+        config=config,
+        tasks=("sr4",),
+        use_lpips=False,
+        timesteps="sampler",
+        chain_fraction=1.0,
+        init=start,
+        progress=False,
+    )
+    trained, provenance = load_phi(folder)
+    assert provenance["init"]["steps"] == 7 and len(provenance["init"]["weights_sha256"]) == 64
+    assert provenance["timesteps"] == "sampler" and provenance["chain_fraction"] == 1.0
+    assert provenance["sampler_timesteps"] == prior.timesteps(5)
+    assert provenance["phi_block_out_channels"] == [8, 16]
+    for a, b in zip(trained.state_dict().values(), network.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)  # lr 0: the weights are the init's, loaded strictly
