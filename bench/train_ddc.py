@@ -79,7 +79,13 @@ def phi_unet_config(size: int = 64, channels: int = 3, block_out_channels: Seque
     }
 
 
-def build_phi(size: int = 64, channels: int = 3, block_out_channels: Sequence[int] = (32, 64, 128, 128)) -> nn.Module:
+def build_phi(
+    size: int = 64,
+    channels: int = 3,
+    block_out_channels: Sequence[int] = (32, 64, 128, 128),
+    *,
+    output_dc: bool = False,
+) -> nn.Module:
     """A fresh φ (solvers.ddc.DeltaNetwork around a UNet2DModel) whose Δ starts at exactly 0.
 
     The output convolution is zero-initialised so training starts from x̂₀,y = x̂₀, the prior's own estimate,
@@ -92,7 +98,7 @@ def build_phi(size: int = 64, channels: int = 3, block_out_channels: Sequence[in
     unet = UNet2DModel(**phi_unet_config(size, channels, block_out_channels))
     nn.init.zeros_(unet.conv_out.weight)
     nn.init.zeros_(unet.conv_out.bias)
-    return DeltaNetwork(unet)
+    return DeltaNetwork(unet, output_dc=output_dc)
 
 
 def kl_term(x_prev: Tensor, x0: Tensor, alpha_bar_prev: Tensor) -> Tensor:
@@ -291,22 +297,37 @@ def ddc_loss(
 
 def save_phi(network: nn.Module, out_dir: Path, provenance: dict[str, Any]) -> None:
     """Write unet/ (diffusers config.json + safetensors) and provenance.json, renamed into place when complete."""
+    from safetensors.torch import save_file
+
+    from solvers.ddc import DC_WEIGHTS
+
     unet = network.unet if hasattr(network, "unet") else network
+    output_dc = bool(getattr(network, "output_dc", False))
 
     def write(folder: Path) -> None:
         unet.save_pretrained(folder / "unet", safe_serialization=True)
-        atomic_write_text(folder / "provenance.json", json.dumps(provenance, indent=2) + "\n")
+        if output_dc:
+            save_file({"dc_gain": network.dc_gain.detach().cpu().contiguous()}, str(folder / DC_WEIGHTS))
+        record = {**provenance, "output_dc": output_dc}
+        atomic_write_text(folder / "provenance.json", json.dumps(record, indent=2) + "\n")
 
     replace_folder(out_dir, write)
 
 
-def _initial_phi(folder: str | Path, prior) -> tuple[nn.Module, dict[str, Any]]:
-    """A trainable copy of the φ at `folder` (strictly loaded) and the record of where it came from."""
+def _initial_phi(folder: str | Path, prior, output_dc: bool) -> tuple[nn.Module, dict[str, Any]]:
+    """A trainable copy of the φ at `folder` (strictly loaded) and the record of where it came from.
+
+    output_dc=True on a network saved without it adds the mean-passing gain at zero (same Δ as the init).
+    """
     import hashlib
 
-    from solvers.ddc import load_phi
+    from solvers.ddc import DeltaNetwork, load_phi
 
     network, provenance = load_phi(folder)
+    if output_dc and not network.output_dc:
+        network = DeltaNetwork(network.unet, output_dc=True)
+    elif network.output_dc and not output_dc:
+        raise ValueError(f"--init {folder}: that φ passes the per-image mean (output_dc); train with --output-dc")
     trained = (
         (provenance.get("prior") or {}).get("checkpoint_sha256") if isinstance(provenance.get("prior"), dict) else None
     )
@@ -321,6 +342,8 @@ def _initial_phi(folder: str | Path, prior) -> tuple[nn.Module, dict[str, Any]]:
         "objective": provenance.get("objective"),
         "timesteps": provenance.get("timesteps", "uniform"),
         "chain_fraction": provenance.get("chain_fraction", 0.0),
+        "output_dc": provenance.get("output_dc", False),
+        "init": provenance.get("init"),  # the lineage, when the init was itself fine-tuned
     }
     network.train().requires_grad_(True)
     return network, record
@@ -345,6 +368,7 @@ def train_ddc(
     sampler_steps: int = 5,
     chain_fraction: float = 0.0,
     init: str | Path | None = None,
+    output_dc: bool = False,
     resume: bool = False,
     workers: int = 0,
     progress: bool = True,
@@ -369,10 +393,10 @@ def train_ddc(
     channels, size, _ = prior.image_shape
     init_record = None
     if init is not None:
-        network, init_record = _initial_phi(init, prior)
+        network, init_record = _initial_phi(init, prior, output_dc)
         phi_channels = tuple(network.unet.config.block_out_channels)
     else:
-        network = build_phi(size, channels, phi_channels)
+        network = build_phi(size, channels, phi_channels, output_dc=output_dc)
     weight_lpips = w_lpips if use_lpips else 0.0
     next_batch, generator = crop_batches(data, size, channels, config.seed, workers)
     description = {
@@ -395,6 +419,7 @@ def train_ddc(
         if not chain_fraction
         else f"sampler's own trajectory in {chain_fraction:.0%} of batches",
         "init": init_record,
+        "output_dc": output_dc,
     }
     trainer = Trainer(
         network,

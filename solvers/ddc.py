@@ -49,12 +49,34 @@ class DDCConfig(SolverConfig):
     off_schedule: bool = False
 
 
-class DeltaNetwork(nn.Module):
-    """φ as a diffusers UNet2DModel on [x̂₀, y_img] concatenated on channels, conditioned on the integer t."""
+DC_WEIGHTS = "output_dc.safetensors"  # the mean-passing gain of a φ built with output_dc=True
+DC_GAIN_SCALE = 10.0
 
-    def __init__(self, unet: nn.Module):
+
+class DeltaNetwork(nn.Module):
+    """φ as a diffusers UNet2DModel on [x̂₀, y_img] concatenated on channels, conditioned on the integer t.
+
+    output_dc=True lets each image's per-channel mean reach the output. A UNet2DModel ends with GroupNorm →
+    SiLU → conv; at φ's 64² size (16 channels in 16 groups) that GroupNorm is an instance norm, which removes
+    every feature channel's mean, so Δ cannot carry a per-image colour shift, and x̂₀,y kept the prior's colours
+    (measured: the features' per-image means have std 0.16 before that norm and 6·10⁻⁸ after). The option adds
+    γ ⊙ mean_hw(h) back after the norm, one gain per channel, zero at the start so that a network trained
+    without it computes the same Δ until training moves γ. γ = DC_GAIN_SCALE · dc_gain: Adam moves a parameter
+    by about the learning rate per step, and γ must reach order 1 within a short fine-tuning run.
+    """
+
+    def __init__(self, unet: nn.Module, *, output_dc: bool = False):
         super().__init__()
         self.unet = unet
+        self.output_dc = output_dc
+        if output_dc:
+            channels = unet.conv_norm_out.num_channels
+            self.dc_gain = nn.Parameter(torch.zeros(channels))
+            unet.conv_norm_out.register_forward_hook(self._pass_dc)
+
+    def _pass_dc(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
+        gain = DC_GAIN_SCALE * self.dc_gain.view(1, -1, 1, 1)
+        return output + gain * inputs[0].mean(dim=(2, 3), keepdim=True)
 
     def forward(self, x0: Tensor, y_image: Tensor, t: Tensor) -> Tensor:
         return self.unet(torch.cat([x0, y_image], dim=1), t).sample
@@ -131,7 +153,21 @@ def load_phi(folder: str | Path) -> tuple[DeltaNetwork, dict[str, Any]]:
     unet.load_state_dict(state, strict=True)
     provenance_path = folder / "provenance.json"
     provenance = json.loads(provenance_path.read_text()) if provenance_path.is_file() else {}
-    return DeltaNetwork(unet).eval().requires_grad_(False), provenance
+    output_dc = bool(provenance.get("output_dc", False))
+    network = DeltaNetwork(unet, output_dc=output_dc)
+    dc_path = folder / DC_WEIGHTS
+    if output_dc != dc_path.is_file():
+        raise SolverError(
+            f"ddc: {folder} is inconsistent: provenance.json says output_dc={output_dc} but {DC_WEIGHTS} is "
+            f"{'missing' if output_dc else 'present'}; re-save the network with bench.train_ddc.save_phi"
+        )
+    if output_dc:
+        extra = load_file(str(dc_path), device="cpu")
+        if set(extra) != {"dc_gain"} or extra["dc_gain"].shape != network.dc_gain.shape:
+            raise SolverError(f"ddc: {dc_path} must hold one tensor 'dc_gain' of shape {tuple(network.dc_gain.shape)}")
+        with torch.no_grad():
+            network.dc_gain.copy_(extra["dc_gain"])
+    return network.eval().requires_grad_(False), provenance
 
 
 @register

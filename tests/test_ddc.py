@@ -26,7 +26,7 @@ from bench.train_ddc import (
 )
 from bench.training import Trainer
 from solvers.base import SolverError
-from solvers.ddc import DDC, load_phi, measurement_to_image
+from solvers.ddc import DC_WEIGHTS, DDC, DeltaNetwork, load_phi, measurement_to_image
 
 SHAPE = (3, 16, 16)
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -324,3 +324,31 @@ def test_train_ddc_from_init_records_where_it_started(prior, tmp_path):
     assert provenance["phi_block_out_channels"] == [8, 16]
     for a, b in zip(trained.state_dict().values(), network.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)  # lr 0: the weights are the init's, loaded strictly
+
+
+def test_output_dc_lets_per_image_channel_means_reach_the_last_layer(tmp_path):
+    torch.manual_seed(0)
+    plain = build_phi(SHAPE[1], SHAPE[0], (8, 16))
+    nn.init.normal_(plain.unet.conv_out.weight, std=0.1)  # a trained-looking φ, not the zero-initialised one
+    x0, y_image = torch.randn(4, *SHAPE), torch.randn(4, *SHAPE) + torch.randn(4, 3, 1, 1)
+    t = torch.tensor([800, 600, 400, 0])
+    seen = {}
+    plain.unet.conv_act.register_forward_hook(lambda m, i, o: seen.update(features=i[0]))
+    with torch.no_grad():
+        before = plain(x0, y_image, t)
+    # the last GroupNorm is an instance norm at this width: every feature channel has mean 0 in every image
+    assert seen["features"].mean(dim=(2, 3)).abs().max() < 1e-5
+    with_dc = DeltaNetwork(plain.unet, output_dc=True)
+    with torch.no_grad():
+        torch.testing.assert_close(with_dc(x0, y_image, t), before, rtol=0, atol=0)  # zero gain: the same Δ
+        with_dc.dc_gain.fill_(0.1)
+        with_dc(x0, y_image, t)
+    assert seen["features"].mean(dim=(2, 3)).std(dim=0).min() > 1e-3  # now the means differ between images
+    save_phi(with_dc, tmp_path / "dc", {"y_to_image": "replicate", "clip_x0": True})
+    loaded, provenance = load_phi(tmp_path / "dc")
+    assert provenance["output_dc"] is True
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x0, y_image, t), with_dc(x0, y_image, t))
+    (tmp_path / "dc" / DC_WEIGHTS).unlink()
+    with pytest.raises(SolverError, match="output_dc=True"):
+        load_phi(tmp_path / "dc")
