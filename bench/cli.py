@@ -170,6 +170,7 @@ def _cmd_train_ddc(args: argparse.Namespace) -> int:
         sampler_steps=args.sampler_steps,
         chain_fraction=args.chain_fraction,
         init=args.init,
+        output_dc=args.output_dc,
         resume=args.resume,
         workers=args.workers,
     )
@@ -300,6 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of batches whose x_t comes from running the sampler with the current φ (default 0: Alg. 2)",
     )
     ddc.add_argument("--init", default=None, help="start from the φ weights in this folder (e.g. a shipped asset)")
+    ddc.add_argument(
+        "--output-dc",
+        action="store_true",
+        help="let the per-image channel means through φ's last normalisation, so Δ can shift colours (see DeltaNetwork)",
+    )
     ddc.set_defaults(func=_cmd_train_ddc)
     return parser
 
