@@ -8,6 +8,15 @@ source of image batches.
 Resuming is exact on one process: the checkpoint holds the weights, the EMA, the optimiser, the step and
 the states of both random generators (data and loss), so a run stopped at step k and resumed gives the same
 weights as an uninterrupted run (tested).
+
+Batch normalisation and the EMA: the EMA averages the parameters only; its buffers (batch-norm running
+statistics) are copied from the raw network each step. Those statistics belong to the raw weights, not to the
+averaged ones, and for a deep batch-normalised network (DnCNN) the mismatch compounds through the layers. A
+trainer of such a network passes `bn_recalibration_batches=k > 0`: the network that is saved is then a copy
+of the EMA whose batch-norm statistics are recomputed over k training batches, run through the loss (so the
+network sees its training inputs, noise included) in train mode with a cumulative average, as SWA does for
+its averaged weights (Izmailov et al. 2018, "Averaging Weights Leads to Wider Optima and Better
+Generalization", Sec. 3.2; `torch.optim.swa_utils.update_bn`). The default, 0, saves the EMA as it is.
 """
 
 from __future__ import annotations
@@ -68,6 +77,38 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.lerp_(p.detach(), 1.0 - decay)
     for e, b in zip(ema.buffers(), model.buffers(), strict=True):
         e.copy_(b)
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(
+    network: nn.Module,
+    loss_fn: Callable[[nn.Module, Tensor, torch.Generator], Tensor],
+    batches: Callable[[], Tensor],
+    n_batches: int,
+    generator: torch.Generator,
+) -> nn.Module:
+    """Recompute every batch-norm layer's running mean and variance of `network` (in place; returned) as the
+    plain average over `n_batches` batches of `batches()`, each run through `loss_fn` (which builds the
+    network's input from clean images) with the batch-norm layers in train mode; everything else stays in
+    eval mode and the weights are untouched. A network without batch norm is returned unchanged."""
+    norms = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or n_batches <= 0:
+        return network
+    was_training = network.training
+    network.eval()
+    momenta = []
+    for norm in norms:
+        momenta.append(norm.momentum)
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the batches
+        norm.train()
+    device = next(network.parameters()).device
+    for _ in range(n_batches):
+        loss_fn(network, batches().to(device), generator)
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+    network.train(was_training)
+    return network
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -142,8 +183,10 @@ class Trainer:
         out_dir: str | Path,
         *,
         description: dict[str, Any] | None = None,
+        bn_recalibration_batches: int = 0,
     ):
         self.config = config
+        self.bn_recalibration_batches = bn_recalibration_batches
         self.device = torch.device(config.device)
         self.network = network.to(self.device)
         self.ema = copy.deepcopy(self.network).eval().requires_grad_(False)
@@ -256,11 +299,32 @@ class Trainer:
         (out/ema-step<k>) and at the end (out/final); returns out/final."""
 
         def snapshot(step: int, ema: nn.Module) -> None:
-            save(ema, out / f"ema-step{step:07d}", self.provenance(data))
+            save(self.network_to_save(), out / f"ema-step{step:07d}", self.provenance(data))
 
         self.run(on_snapshot=snapshot, progress=progress)
-        save(self.ema, out / "final", self.provenance(data))
+        save(self.network_to_save(), out / "final", self.provenance(data))
         return out / "final"
+
+    def network_to_save(self) -> nn.Module:
+        """The EMA network; with `bn_recalibration_batches` > 0, a copy of it whose batch-norm statistics are
+        recomputed for its own weights (see the module docstring). The training run is not disturbed: the data
+        generator is restored afterwards and the loss noise comes from a generator of its own (seed + 2), so a
+        run with snapshots trains the same weights as one without."""
+        if self.bn_recalibration_batches <= 0:
+            return self.ema
+        data_state = self.data_generator.get_state()
+        generator = torch.Generator(device=self.device).manual_seed(self.config.seed + 2)
+        try:
+            network = recalibrate_batch_norm(
+                copy.deepcopy(self.ema),
+                self.loss_fn,
+                lambda: self.next_batch(self.config.batch_size),
+                self.bn_recalibration_batches,
+                generator,
+            )
+        finally:
+            self.data_generator.set_state(data_state)
+        return network
 
     def provenance(self, data: dict[str, Any]) -> dict[str, Any]:
         return {
