@@ -412,13 +412,18 @@ class Prior:
         log_tilde = coefficients.log_variance.to(device=frac.device, dtype=frac.dtype)
         return frac * log_beta + (1.0 - frac) * log_tilde
 
-    def timesteps(self, n: int, spacing: Literal["uniform", "linspace"] = "uniform") -> list[int]:
+    def timesteps(self, n: int, spacing: Literal["uniform", "linspace", "respace"] = "uniform") -> list[int]:
         """n distinct training timesteps in descending order, for an n-step sampler.
 
         "uniform" (default): t_i = i * (T // n), i = 0..n-1, the "uniform" skip of DDIM's code that DDNM,
             DDRM and DDC inherit (range(0, T, T // n) has exactly these n values when n divides T). For
             T = 1000, n = 5: [800, 600, 400, 200, 0]; the highest step is T - T // n, not T - 1.
         "linspace": round(i (T - 1) / (n - 1)), Improved DDPM's even spacing, which includes T - 1 and 0.
+        "respace": the set of guided-diffusion's `space_timesteps(T, str(n))` (respace.py, one section), which
+            ADM and the official DPS code sample on: an index that starts at 0.0 and grows by the float
+            stride (T - 1) / (n - 1) once per step, each value rounded by Python's `round` (halves to even);
+            {0} for n = 1. For T = 1000, n = 100: 999, 989, ..., 20, 10, 0. It is "linspace" except where the
+            summed stride lands within rounding error of a half: T = 1000, n = 21 has 499 here and 500 there.
         A sampler's last step goes from timesteps[-1] to -1, the clean image.
         """
         n = int(n)
@@ -433,8 +438,16 @@ class Prior:
             else:
                 stride = (self.num_timesteps - 1) / (n - 1)
                 steps = [int(round(i * stride)) for i in range(n)]
+        elif spacing == "respace":
+            # Accumulated, not multiplied: i * stride and the running sum differ in the last bit, which
+            # decides the rounding of values that are halves in exact arithmetic.
+            increment = 1.0 if n == 1 else (self.num_timesteps - 1) / (n - 1)
+            index, steps = 0.0, []
+            for _ in range(n):
+                steps.append(round(index))
+                index += increment
         else:
-            raise PriorError(f"unknown timestep spacing {spacing!r} (available: uniform, linspace)")
+            raise PriorError(f"unknown timestep spacing {spacing!r} (available: uniform, linspace, respace)")
         return steps[::-1]
 
     # ----- internals --------------------------------------------------------------------------
