@@ -45,7 +45,8 @@ def bench_run(out: Path, *args: str) -> None:
 def run_all(out: Path, replicate_net: str | None, pinv_net: str | None, dps_budget: str) -> None:
     bench_run(out, "--solvers", "pinv,ddc,ddc-nolpips", "--tasks", TASKS, "--sigma", "0,0.05")
     for steps in ABLATION_STEPS:
-        bench_run(out, "--solvers", "ddc", "--tasks", TASKS, "--sigma", "0.05", "--set", f"ddc.steps={steps}")
+        off = [] if steps == 5 else ["--set", "ddc.off_schedule=true"]  # the shipped φ is trained at 5 steps
+        bench_run(out, "--solvers", "ddc", "--tasks", TASKS, "--sigma", "0.05", "--set", f"ddc.steps={steps}", *off)
     if replicate_net and pinv_net:
         for network, mode in ((replicate_net, "replicate"), (pinv_net, "pinv")):
             sets = ["--set", f"ddc.network={network}", "--set", f"ddc.y_to_image={mode}"]
