@@ -112,9 +112,10 @@ def score(out: Path) -> tuple[dict, pd.DataFrame]:
         d, p = cast.get(("ddc", task), float("nan")), cast.get(("pinv", task), float("nan"))
         check(f"no colour cast on {task} (max channel-mean error ≤ A⁺y's)", d <= p, f"{d:.3f} vs {p:.3f}")
     ddc_rows = units[(units["solver"] == "ddc") & (units["task"] == "sr4") & ~units["warmup"]]
-    dps_rows = units[
-        (units["solver"] == "dps") & (units["task"] == "sr4") & (units["steps"] == 1000) & ~units["warmup"]
-    ]
+    dps_rows = units[(units["solver"] == "dps") & (units["task"] == "sr4") & (units["steps"] == 1000)]
+    # DPS-1000 runs one small batch in its own process, so its only batch is that process' first: a warm-up of
+    # a few prior calls against 1000 with a backward pass each, kept rather than leaving no timing at all
+    dps_rows = dps_rows[~dps_rows["warmup"]] if (~dps_rows["warmup"]).any() else dps_rows
     nfe = int(units[units["solver"] == "ddc"]["nfe"].max()) if len(ddc_rows) else -1
     ddc_s = float(ddc_rows["wall_s"].mean()) if len(ddc_rows) else float("nan")
     dps_s = float(dps_rows["wall_s"].mean()) if len(dps_rows) else float("nan")

@@ -136,7 +136,7 @@ def load_phi(folder: str | Path) -> tuple[DeltaNetwork, dict[str, Any]]:
     if not config_path.is_file() or not weights_path.is_file():
         raise SolverError(
             f"ddc: no trained φ network at {folder} (need unet/config.json and unet/diffusion_pytorch_model"
-            ".safetensors); DDC's weights are not shipped yet: train them with `python -m bench train-ddc` "
+            ".safetensors); train one with `python -m bench train-ddc` "
             "and pass the folder with --set ddc.network=<folder>"
         )
     from diffusers import UNet2DModel
