@@ -24,6 +24,19 @@ def kodak_photos() -> list[np.ndarray]:
     return [np.asarray(Image.open(p).convert("RGB")) for p in paths]
 
 
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory) -> Path:
+    """Three real photos from scikit-image's bundled data, downscaled to keep the tests quick."""
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("photos")
+    for name in ("astronaut", "coffee", "chelsea"):
+        image = Image.fromarray(getattr(data, name)())
+        image.thumbnail((96, 96), Image.BICUBIC)
+        image.save(folder / f"{name}.png")
+    return folder
+
+
 def to_tensor(photo: np.ndarray, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """uint8 (H, W, C) or (H, W) -> (1, C, H, W) in [-1, 1]."""
     array = photo[..., None] if photo.ndim == 2 else photo

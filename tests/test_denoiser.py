@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 from bench.cli import main
@@ -22,19 +20,6 @@ from bench.train_denoiser import DnCNN, denoising_loss, load_denoiser
 from bench.training import TrainConfig, Trainer, recalibrate_batch_norm
 
 ASSET = Path(__file__).resolve().parents[1] / "bench" / "assets" / "dncnn"
-
-
-@pytest.fixture(scope="module")
-def photo_folder(tmp_path_factory) -> Path:
-    """Three real photos from scikit-image's bundled data, downscaled to keep the tests quick."""
-    from skimage import data
-
-    folder = tmp_path_factory.mktemp("photos")
-    for name in ("astronaut", "coffee", "chelsea"):
-        image = Image.fromarray(getattr(data, name)())
-        image.thumbnail((96, 96), Image.BICUBIC)
-        image.save(folder / f"{name}.png")
-    return folder
 
 
 @torch.no_grad()

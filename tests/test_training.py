@@ -7,25 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 from bench.cli import main
 from bench.train_denoiser import DnCNN, denoising_loss, load_denoiser
 from bench.train_prior import diffusion_loss, linear_alphas_cumprod
-
-
-@pytest.fixture(scope="module")
-def photo_folder(tmp_path_factory) -> Path:
-    """Three real photos from scikit-image's bundled data, downscaled to keep the tests quick."""
-    from skimage import data
-
-    folder = tmp_path_factory.mktemp("photos")
-    for name in ("astronaut", "coffee", "chelsea"):
-        image = Image.fromarray(getattr(data, name)())
-        image.thumbnail((96, 96), Image.BICUBIC)
-        image.save(folder / f"{name}.png")
-    return folder
 
 
 def _train(argv: list[str]) -> int:
