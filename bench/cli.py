@@ -178,6 +178,36 @@ def _cmd_train_ddc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_bridge(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from bench.train_bridge import BRIDGE_OPTIMIZER, bridge_train_config, train_bridge
+
+    base = _train_config(args)
+    config = dataclasses.replace(
+        bridge_train_config(**{k: v for k, v in dataclasses.asdict(base).items() if k not in BRIDGE_OPTIMIZER}),
+        lr=base.lr,
+        **({} if args.warmup_steps is None else {"warmup_steps": args.warmup_steps}),
+    )
+    final = train_bridge(
+        args.task,
+        args.data,
+        args.out,
+        config=config,
+        size=args.size,
+        channels=args.channels,
+        sigma=args.sigma,
+        beta_max=args.beta_max,
+        block_out_channels=_int_list(args.bridge_channels, "--bridge-channels"),
+        cond_x1=args.cond_x1,
+        resume=args.resume,
+        workers=args.workers,
+    )
+    print(f"trained bridge written to {final} (use it with --set cddb.bridge={final}, or copy it to "
+          f"bench/assets/cddb-{args.task}-{args.size})")
+    return 0
+
+
 def _int_list(text: str, flag: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(","))
@@ -265,6 +295,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr-schedule", choices=["constant", "cosine"], default="constant", help="after warm-up (default: constant)"
     )
     denoiser.set_defaults(func=_cmd_train_denoiser)
+
+    bridge = commands.add_parser("train-bridge", help="train an I²SB bridge network for one task (for CDDB) on photos")
+    _add_training_options(bridge, steps=20_000, batch_size=16, lr=3e-4, size=64)
+    bridge.add_argument("--task", required=True, help="the one task this bridge inverts (e.g. jpeg10, sr4)")
+    bridge.add_argument(
+        "--sigma", type=float, default=0.0, help="measurement noise std on [0, 1] (default 0: the DDC paper's CDDB setting)"
+    )
+    bridge.add_argument("--beta-max", type=float, default=0.3, help="the bridge's β_max (I²SB: 0.3 for SR and JPEG)")
+    bridge.add_argument("--bridge-channels", default="32,64,128,128", help="UNet block widths (default: %(default)s)")
+    bridge.add_argument("--cond-x1", action="store_true", help="also give the network x₁ = A⁺y (I²SB --cond-x1)")
+    bridge.add_argument("--warmup-steps", type=int, default=None, help="linear learning-rate warm-up (default: 200)")
+    bridge.set_defaults(func=_cmd_train_bridge)
 
     ddc = commands.add_parser("train-ddc", help="train DDC's data-consistency network (Algorithm 2) on photos")
     _add_training_options(ddc, steps=160_000, batch_size=8, lr=1e-4, size=None)
