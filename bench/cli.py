@@ -45,6 +45,7 @@ def _list_solvers() -> None:
         needs = ", ".join(sorted(c.value for c in solver.requires))
         noisy = ", ".join(sorted(c.value for c in solver.requires_when_noisy))
         grad = "; backprops through the network" if solver.backprop_through_network else ""
+        grad += "" if solver.uses_prior else "; does not use the diffusion prior"
         print(f"  {name:<{width}}  {solver.summary}")
         print(f"  {'':<{width}}  requires: {needs}{f'; +noisy: {noisy}' if noisy else ''}{grad}")
         defaults = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(solver.config).items())

@@ -45,6 +45,9 @@ class Solver:
     requires: ClassVar[frozenset[Cap]] = frozenset({Cap.FORWARD})
     requires_when_noisy: ClassVar[frozenset[Cap]] = frozenset()  # extra needs for σ > 0 (e.g. DDNM+: svd)
     backprop_through_network: ClassVar[bool] = False
+    # False for methods that bring their own network instead (PnP-ADMM's denoiser, CDDB's bridges): the runner
+    # still passes the prior (for its device) and records it, and the callback reports their own network's calls.
+    uses_prior: ClassVar[bool] = True
     summary: ClassVar[str] = ""
     # Options that `bench run --budget quick` (the CPU default) lowers so that a laptop sees results in minutes;
     # empty for methods that are already cheap. Explicit --set options win over them.
@@ -58,7 +61,10 @@ class Solver:
         return self.requires | (self.requires_when_noisy if sigma > 0 else frozenset())
 
     def unsupported(self, op: Operator, sigma: float) -> str | None:
-        """None if this solver can run on `op` at noise level `sigma`, else the reason it cannot."""
+        """None if this solver can run on `op` at noise level `sigma`, else the reason it cannot.
+
+        The base class checks the declared capabilities; a solver whose trained weights are per task (CDDB's
+        bridges) also returns a reason where it has none, naming the command that trains them."""
         missing = self.required_capabilities(sigma) - op.capabilities
         if missing:
             names = ", ".join(sorted(c.value for c in missing))

@@ -95,6 +95,7 @@ class CDDB(Solver):
     name = "cddb"
     Config = CDDBConfig
     requires = frozenset({Cap.FORWARD, Cap.PINV, Cap.DIFFERENTIABLE})
+    uses_prior = False
     deep: bool = False  # differentiate through the bridge network (CDDB-deep)
     summary = "consistent direct diffusion bridge (Chung et al. 2023), 100 NFE; a bridge per task, no diffusion prior"
 

@@ -152,6 +152,7 @@ class PnPADMM(Solver):
     Config = PnPADMMConfig
     requires = frozenset({Cap.FORWARD, Cap.ADJOINT})
     backprop_through_network = False
+    uses_prior = False
     summary = "plug-and-play ADMM with a Gaussian denoiser (DnCNN); ignores the diffusion prior"
 
     config: PnPADMMConfig

@@ -23,7 +23,7 @@ SIGMAS = (0.0, 0.05)
 def quick(name: str) -> solvers.Solver:
     """The solver with as few steps / iterations as it allows, for plumbing tests."""
     fields = {f.name for f in dataclasses.fields(solvers.get(name).Config)}
-    overrides = {key: 2 for key in ("steps", "iterations") if key in fields}
+    overrides = {key: 2 for key in ("steps", "iterations", "nfe") if key in fields}
     if "off_schedule" in fields:  # a φ trained at its sampler's 5 timesteps refuses 2 steps unless told
         overrides["off_schedule"] = True
     return solvers.build(name, **overrides)
@@ -82,9 +82,11 @@ def test_solver_unsupported_pairs_name_the_missing_capability(name):
         for sigma in SIGMAS:
             reason = solver.unsupported(op, sigma)
             missing = solver.required_capabilities(sigma) - op.capabilities
-            assert (reason is None) == (not missing)
+            if missing:
+                assert reason and task in reason and all(c.value in reason for c in missing)
+            elif reason:  # only for want of per-task weights (no trained bridge at 16×16), with the fix named
+                assert not solver.uses_prior and "python -m bench train-" in reason, reason
             if reason:
-                assert task in reason and all(c.value in reason for c in missing)
                 with pytest.raises(SolverError):
                     solver.check(op, sigma)
 
@@ -112,7 +114,9 @@ def test_solver_runs_on_the_default_prior_for_every_supported_task(name, natural
             )
             assert out.shape == (1, *natural64.image_shape), (task, sigma)
             assert torch.isfinite(out).all() and out.abs().max() <= 1, (task, sigma)
-            assert len(calls) == natural64.stats.nfe, (task, sigma)
+            expected = natural64.stats.nfe if solver.uses_prior else getattr(solver.config, "nfe", 0)
+            assert len(calls) == expected, (task, sigma)
+            assert solver.uses_prior or natural64.stats.nfe == 0, (task, sigma)
             for call in calls:
                 assert set(call) == {"step", "t", "x_t", "eps", "x0"}
 
@@ -124,8 +128,11 @@ def test_solver_result_does_not_depend_on_the_batch(name, gaussian):
     if reason := solver.missing_weights():
         pytest.skip(reason)
     task = next(
-        t for t in ("sr4", "inpaint", "jpeg10") if not solver.unsupported(operators.build(t, (3, 16, 16)), 0.05)
+        (t for t in ("sr4", "inpaint", "jpeg10") if not solver.unsupported(operators.build(t, (3, 16, 16)), 0.05)),
+        None,
     )
+    if task is None:  # CDDB: its bridges are for 64×64 and σ = 0 (tests/test_cddb.py checks its batch independence)
+        pytest.skip(f"{name} has no trained weights for a 16×16 task at σ = 0.05")
     ids = ["p", "q", "r", "s"]
     op, _, y = measurement(task, gaussian, 0.05, ids=ids)
     batched = solver.solve(y, op, gaussian, sigma=0.05, generators=operators.image_generators(3, ids, "solver"))
