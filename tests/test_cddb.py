@@ -325,3 +325,17 @@ def test_bridges_ship_for_jpeg10_and_sr4():
         network, record = load_bridge(ASSETS / f"cddb-{task}-64")
         assert record["task"] == task and record["sigma"] == 0.0
         assert CDDB().unsupported(operators.build(task), 0.0) is None
+
+
+def test_train_bridge_command_line(photo_folder, tmp_path, capsys):
+    from bench.cli import main
+
+    code = main(
+        ["train-bridge", "--task", "sr4", "--data", str(photo_folder), "--out", str(tmp_path / "run"), "--size", "32",
+         "--steps", "2", "--batch-size", "2", "--bridge-channels", "8,16", "--warmup-steps", "1", "--sigma", "0.05"]
+    )  # fmt: skip
+    assert code == 0 and "--set cddb.bridge=" in capsys.readouterr().out
+    _, record = load_bridge(tmp_path / "run" / "final")
+    assert record["sigma"] == 0.05 and record["task"] == "sr4"
+    provenance = json.loads((tmp_path / "run" / "final" / "provenance.json").read_text())
+    assert provenance["train_config"]["lr_schedule"] == "cosine" and provenance["train_config"]["warmup_steps"] == 1
