@@ -11,10 +11,19 @@ import sys
 from collections.abc import Sequence
 
 
+LIST_SECTIONS = ("tasks", "solvers", "priors", "datasets", "metrics")
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     import operators
 
-    sections = args.what or ["tasks", "solvers", "priors", "datasets", "metrics"]
+    unknown = [name for name in args.what if name not in LIST_SECTIONS]
+    if unknown:
+        print(
+            f"error: bench list has no section {unknown[0]!r} (sections: {', '.join(LIST_SECTIONS)})", file=sys.stderr
+        )
+        return 2
+    sections = args.what or list(LIST_SECTIONS)
     if "tasks" in sections:
         print("tasks (forward operators; `all` = " + ", ".join(operators.PAPER_TASKS) + "):")
         for task in operators.available():
@@ -250,12 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
 
     listing = commands.add_parser("list", help="show the registered tasks, priors, datasets and metrics")
-    listing.add_argument(
-        "what",
-        nargs="*",
-        choices=["tasks", "solvers", "priors", "datasets", "metrics"],
-        help="sections to show (default: all)",
-    )
+    # Checked in _cmd_list: argparse of Python 3.11 tests an empty nargs="*" list against `choices` and fails.
+    listing.add_argument("what", nargs="*", default=[], help=f"sections to show: {', '.join(LIST_SECTIONS)} (default: all)")
     listing.set_defaults(func=_cmd_list)
 
     try:
@@ -371,6 +376,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        if os.environ.get("BENCH_DEBUG"):
+            raise
+        import errno
+
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" writing {error.filename}" if error.filename else ""
+            print(
+                f"error: the disk is full{where}. Every unit written before this point is kept (writes are atomic); "
+                "free some space and run the same command again: it resumes where it stopped.",
+                file=sys.stderr,
+            )
+        else:
+            print(f"error: {error}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -191,6 +191,21 @@ def _parse_yaml(path: Path) -> Any:
         raise RunError(f"config file '{path}' is not valid YAML: {error}") from None
 
 
+SEED_MAX = 2**63 - 1  # seeds are stored in int64 parquet columns
+
+
+def _integer(value: Any, name: str, *, minimum: int, maximum: int | None = None) -> int | None:
+    """An integer option from the command line or the config file, range-checked; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RunError(f"--{name} (or the config key '{name}') must be an integer, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise RunError(f"--{name} must be {bound}, got {value}")
+    return value
+
+
 def settings_from_args(args: argparse.Namespace) -> RunSettings:
     """Merge the command line over the --config file over the defaults, and check names and numbers."""
     import operators
@@ -202,7 +217,10 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         value = getattr(args, name)
         return value if value is not None else config.get(name, default)
 
-    sets = list(config.get("set", [])) + list(args.set or [])
+    config_sets = config.get("set", [])
+    if isinstance(config_sets, str) or not all(isinstance(item, str) for item in config_sets):
+        raise RunError(f"config key 'set' must be a list of 'solver.option=value' strings, got {config_sets!r}")
+    sets = list(config_sets) + list(args.set or [])
     overrides = solvers.parse_overrides(sets)
     solver_names = _resolve_solvers(pick("solvers", DEFAULT_SOLVERS))
     for name in overrides:
@@ -210,12 +228,12 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
             raise RunError(f"--set gives options for solver '{name}', which this run does not include")
     tasks_value = pick("tasks", "all")
     tasks = operators.resolve_tasks(",".join(_parse_names(tasks_value)))
-    n_images = pick("n_images", None)
-    if n_images is not None and int(n_images) < 1:
-        raise RunError(f"--n-images must be >= 1, got {n_images}")
-    batch_size = int(pick("batch_size", DEFAULT_BATCH_SIZE))
-    if batch_size < 1:
-        raise RunError(f"--batch-size must be >= 1, got {batch_size}")
+    n_images = _integer(pick("n_images", None), "n-images", minimum=1)
+    batch_size = _integer(pick("batch_size", DEFAULT_BATCH_SIZE), "batch-size", minimum=1)
+    seed = _integer(pick("seed", 0), "seed", minimum=0, maximum=SEED_MAX)
+    force = config.get("force", False) if not args.force else True
+    if not isinstance(force, bool):
+        raise RunError(f"config key 'force' must be true or false, got {force!r}")
     out = pick("out", None)
     if out is None:
         name = pick("name", None) or f"run-{datetime.date.today():%Y%m%d}"
@@ -227,13 +245,13 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         out=Path(out),
         prior=str(pick("prior", DEFAULT_PRIOR)),
         dataset=str(pick("dataset", DEFAULT_DATASET)),
-        n_images=None if n_images is None else int(n_images),
+        n_images=n_images,
         batch_size=batch_size,
-        seed=int(pick("seed", 0)),
+        seed=seed,
         overrides=overrides,
         device=str(pick("device", "auto")),
         dtype=str(pick("dtype", "fp32")),
-        force=bool(args.force or config.get("force", False)),
+        force=force,
         progress=not args.no_progress,
         budget=_check_budget(pick("budget", "auto")),
     )
@@ -804,9 +822,31 @@ def run(settings: RunSettings) -> Any:
         dist.close()
 
 
+def failure_report(table: Any, limit: int = 10) -> list[str]:
+    """One line per distinct failure reason of the failed units in `table`: solver/task/σ, count, reason."""
+    if table is None or table.empty:
+        return []
+    failed = table[table["status"] == "failed"]
+    lines = []
+    for (solver, task, sigma, error), group in failed.groupby(["solver", "task", "sigma", "error"], sort=False):
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "(no reason recorded)"
+        lines.append(f"  {solver}/{task}/σ={sigma_label(sigma)}: {len(group)} failed: {first_line}")
+    if len(lines) > limit:
+        lines = [*lines[:limit], f"  … and {len(lines) - limit} more reasons (the parquet 'error' column has them all)"]
+    return lines
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    run(settings)
+    summary = run(settings)
+    failed = int(summary["failed"].sum()) if summary is not None and len(summary) else 0
+    if failed:
+        from bench.store import ResultStore
+
+        table = ResultStore(settings.out).units()
+        print(f"{failed} unit(s) failed; a re-run retries them:", file=sys.stderr)
+        print("\n".join(failure_report(table[table["status"] == "failed"])), file=sys.stderr)
+        return 1
     return 0
 
 

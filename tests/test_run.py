@@ -4,6 +4,7 @@ LPIPS accepts) and crops of scikit-image's bundled photos."""
 from __future__ import annotations
 
 import math
+import re
 import os
 import signal
 import subprocess
@@ -147,8 +148,9 @@ def test_run_records_divergence_and_failures_and_retries_failed(tmp_path, photos
     monkeypatch.setattr(pinv, "solve", broken)
     out = tmp_path / "run"
     args = ["--solvers", "pinv", "--tasks", "sr4,jpeg10", "--sigma", "0", "--n-images", "2", "--batch-size", "2"]
-    code, stdout, _ = bench_run(capsys, out, photos, *args)
-    assert code == 0
+    code, stdout, err = bench_run(capsys, out, photos, *args)
+    assert code == 1  # a failed unit makes the run exit non-zero, with the reason printed
+    assert "2 unit(s) failed" in err and "pinv/jpeg10/σ=0: 2 failed: RuntimeError: simulated failure" in err
     table = ResultStore(out).units().set_index(["task", "image_id"])
     ids = sorted(set(table.index.get_level_values("image_id")))
     first, second = (table.loc[("sr4", i)] for i in ids)
@@ -229,6 +231,8 @@ def parse(*argv: str):
         (["--solvers", "dps", "--set", "dps.zta=1"], "did you mean 'zeta'"),
         (["--solvers", "dps", "--set", "ddnm.steps=3"], "does not include"),
         (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--seed", str(2**63)], "--seed must be between 0 and 9223372036854775807"),
+        (["--seed", "-1"], "--seed must be between 0"),
         (["--device", "gpu"], "unknown device 'gpu'"),
         (["--prior", "gausian"], "did you mean 'gaussian'"),
         (["--prior", "gaussian:32", "--dataset", "skimage-natral"], "did you mean 'skimage-natural'"),
@@ -338,3 +342,56 @@ def test_run_under_torchrun_with_two_processes_gives_the_rows_of_one(tmp_path, p
     parts = two.parts("units")
     assert main(["run", "--out", str(tmp_path / "two"), *args]) == 0
     assert "12 already done" in capsys.readouterr().err and two.parts("units") == parts
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('force = "no"\n', "config key 'force' must be true or false"),
+        ("n-images = 1.7\n", "must be an integer, got 1.7"),
+        ("n-images = true\n", "must be an integer, got True"),
+        ('set = "ddnm.steps=5"\n', "config key 'set' must be a list"),
+        ("seed = 99999999999999999999\n", "--seed must be between"),
+    ],
+)
+def test_run_config_values_are_type_checked_with_the_key_named(tmp_path, text, message):
+    config = tmp_path / "exp.toml"
+    config.write_text('solvers = "pinv,ddnm"\n' + text)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse("--config", str(config))
+
+
+def test_run_config_force_true_is_read_as_a_boolean(tmp_path):
+    config = tmp_path / "exp.toml"
+    config.write_text('solvers = "pinv"\nforce = true\n')
+    assert parse("--config", str(config)).force is True
+    config.write_text('solvers = "pinv"\nforce = false\n')
+    assert parse("--config", str(config)).force is False
+
+
+def test_a_full_disk_is_reported_with_how_to_resume(tmp_path, photos, capsys, monkeypatch):
+    import errno
+
+    def full(self, kind, rows, stem=None):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.root / kind))
+
+    monkeypatch.setattr(ResultStore, "write_part", full)
+    code, _, err = bench_run(capsys, tmp_path / "r", photos, "--solvers", "pinv", "--tasks", "sr4", "--n-images", "1")
+    assert code == 3 and "the disk is full" in err and "resumes where it stopped" in err and "Traceback" not in err
+
+
+def test_bench_list_without_a_section_lists_them_all(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert all(heading in out for heading in ("tasks (", "solvers (", "priors:", "datasets:", "metrics:"))
+    assert "does not use the diffusion prior" in out  # pnp-admm and the bridges
+    assert main(["list", "priors", "bogus"]) == 2
+    assert "no section 'bogus'" in capsys.readouterr().err
+
+
+def test_loading_a_prior_prints_no_dtype_warning(capfd):
+    from bench.priors import load_prior
+
+    prior = load_prior("natural64")
+    assert next(prior.network.parameters()).dtype == torch.float32
+    assert "should be kept in float32" not in capfd.readouterr().err

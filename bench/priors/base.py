@@ -253,7 +253,9 @@ class Prior:
         self.checkpoint_files = tuple(Path(p) for p in checkpoint_files)
         self._checkpoint_sha256: str | None = None
         self.dtype = resolve_dtype(dtype)
-        self.network = _freeze(network).to(dtype=self.dtype)
+        # nn.Module.to, not diffusers' override: that one warns about fp32-only modules on every cast, even to
+        # the dtype the weights already have, and this prior keeps none in fp32.
+        self.network = nn.Module.to(_freeze(network), dtype=self.dtype)
         self.device = torch.device("cpu")
         self.to(device)
         self.stats = PriorStats()
