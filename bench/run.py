@@ -433,6 +433,13 @@ def _prepare(settings: RunSettings, rank: int) -> tuple[_Context, list[Any]]:
         listed = "; ".join(f"{name}: {', '.join(f'{k}={v}' for k, v in o.items())}" for name, o in lowered.items())
         print(f"budget quick ({kind}): {listed} (--budget paper for the papers' settings)", file=sys.stderr)
     prior = load_prior(settings.prior, device=device, dtype=settings.dtype)
+    for name, solver in built.items():  # a step count the prior cannot serve fails here, not once per unit
+        steps = getattr(solver.config, "steps", None)
+        if solver.uses_prior and isinstance(steps, int) and steps > prior.num_timesteps:
+            raise RunError(
+                f"{name}.steps={steps} exceeds the {prior.num_timesteps} timesteps of prior '{settings.prior}'; "
+                f"use --set {name}.steps=<1..{prior.num_timesteps}>"
+            )
     channels, height, width = prior.image_shape
     if height != width:
         raise RunError(

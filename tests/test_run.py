@@ -233,6 +233,7 @@ def parse(*argv: str):
         (["--batch-size", "0"], "--batch-size must be >= 1"),
         (["--seed", str(2**63)], "--seed must be between 0 and 9223372036854775807"),
         (["--seed", "-1"], "--seed must be between 0"),
+        (["--solvers", "ddnm", "--set", "ddnm.steps=100000"], "ddnm.steps=100000 exceeds the 1000 timesteps"),
         (["--device", "gpu"], "unknown device 'gpu'"),
         (["--prior", "gausian"], "did you mean 'gaussian'"),
         (["--prior", "gaussian:32", "--dataset", "skimage-natral"], "did you mean 'skimage-natural'"),
