@@ -112,7 +112,7 @@ def _set_row(method: str, task: str, sigma: float, keys: list[str]) -> dict[str,
         "dataset": "toy",
         "seed": 0,
         "set_key": hashlib.sha256("".join(sorted(keys)).encode()).hexdigest(),
-        "n_images": len(keys),
+        "n_images": 100,  # a set large enough to be ranked (see SET_METRIC_MIN_IMAGES)
         "n_diverged": 0,
         "fid": _value(base, "fid", task, sigma, 0.0),
         "kid": _value(base, "kid", task, sigma, 0.0),
@@ -246,12 +246,27 @@ def test_best_is_bold_and_second_underlined_in_markdown_with_direction(store_roo
     assert cells[("ddc (steps=5)", "sr4 LPIPS↓")] == "**0.100**"
     assert cells[("ddrm", "sr4 LPIPS↓")] == "<u>0.200</u>"
     assert cells[("ddc (steps=5)", "sr4 FID↓")] == "**40.0**"
-    assert cells[("ddrm", "sr4 KID↓")] == "**0.050**"
+    assert cells[("ddrm", "sr4 KID↓")] == "**0.050** ± 0.010"
     assert cells[("ddc (steps=5)", "sr4 SSIM↑")] == "**0.700**"
     # jpeg10 without ddrm (unsupported): ranks among the other three
     assert cells[("ddc (steps=10)", "jpeg10 PSNR↑")] == "**25.00**"
     assert cells[("ddc (steps=5)", "jpeg10 PSNR↑")] == "<u>21.00</u>"
     assert "uncond" not in {row for row, _ in cells}
+
+
+def test_set_metrics_of_small_sets_carry_a_note_and_are_not_ranked(store_root: Path) -> None:
+    from bench.report.tables import SET_METRIC_MIN_IMAGES
+
+    summary, methods, _ = _summary(store_root)
+    small = summary.copy()
+    small.loc[small["metric"].isin(["fid", "kid"]), "n"] = 6
+    table = quality_table(small, 0.05, methods)
+    text = to_markdown(table)
+    cells = _md_cells(text)
+    assert cells[("ddc (steps=5)", "sr4 FID↓")].startswith("40.0<sup>")  # shown, footnoted, not bold
+    assert "**" not in cells[("ddrm", "sr4 KID↓")] and "± 0.010" in cells[("ddrm", "sr4 KID↓")]
+    assert f"unreliable below {SET_METRIC_MIN_IMAGES} images" in text
+    assert cells[("ddc (steps=10)", "sr4 PSNR↑")] == "**27.00**"  # per-image metrics are ranked as before
 
 
 def test_best_is_bold_and_second_underlined_in_latex(store_root: Path) -> None:

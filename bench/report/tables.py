@@ -32,6 +32,10 @@ __all__ = [
 
 # Two-sided 95% intervals.
 CONFIDENCE = 0.95
+# FID of a few images is dominated by its bias (it falls as the set grows) and KID by its variance: below this
+# many images a set metric is shown with a footnote and left out of the best / second marking. The DDC paper
+# scores 1,000 images; clean-fid's documentation warns against small sets.
+SET_METRIC_MIN_IMAGES = 50
 UNSUPPORTED, UNFINISHED, UNAVAILABLE = "–", "…", "n/a"
 
 
@@ -101,7 +105,7 @@ def quality_summary(units: pd.DataFrame, sets: pd.DataFrame, groups: pd.DataFram
         index = (group.method, group.task, group.sigma)
         for metric in METRICS:
             row = {"method": group.method, "task": group.task, "sigma": group.sigma, "metric": metric.column}
-            row.update(mean=math.nan, half_width=math.nan, n=0, state=group.state, note=None)
+            row.update(mean=math.nan, half_width=math.nan, n=0, state=group.state, note=None, set_std=math.nan)
             if group.state == "unsupported":
                 row["note"] = group.reason if isinstance(group.reason, str) else "not supported"
             elif group.state == "complete" and metric.per_image and index in stats.index:
@@ -114,12 +118,14 @@ def quality_summary(units: pd.DataFrame, sets: pd.DataFrame, groups: pd.DataFram
             elif group.state == "complete" and set_rows is not None and index in set_rows.index:
                 found = set_rows.loc[index]
                 row.update(mean=float(found[metric.column]), n=int(found["n_images"]))
+                if metric.column == "kid" and "kid_std" in found:
+                    row["set_std"] = float(found["kid_std"])
                 if not finite(row["mean"]) and isinstance(found["note"], str):
                     row["note"] = found["note"]
             elif group.state == "complete":
                 row["note"] = "no FID/KID row in the store for this set"
             rows.append(row)
-    return pd.DataFrame(rows, columns=[*GROUP, "metric", "mean", "half_width", "n", "state", "note"])
+    return pd.DataFrame(rows, columns=[*GROUP, "metric", "mean", "half_width", "n", "state", "note", "set_std"])
 
 
 def _half_width(std: float, n: int) -> float:
@@ -185,6 +191,11 @@ def _quality_cell(found: object, metric: Metric, ci: bool) -> Cell:
     if not finite(found.mean):
         return Cell(UNAVAILABLE, note=note, value="")
     extra = f" ± {found.half_width:.{metric.decimals}f}" if ci and finite(found.half_width) else ""
+    if not metric.per_image and note is None and 0 < found.n < SET_METRIC_MIN_IMAGES:
+        note = f"FID and KID of {found.n} images: unreliable below {SET_METRIC_MIN_IMAGES} images, so not ranked"
+    set_std = getattr(found, "set_std", math.nan)
+    if not metric.per_image and finite(set_std):
+        extra = f" ± {set_std:.{metric.decimals}f}"  # KID's std over its subsets
     return Cell(f"{found.mean:.{metric.decimals}f}", extra=extra, note=note, value=float(found.mean))
 
 
@@ -194,6 +205,8 @@ def _marks(at: pd.DataFrame) -> dict[tuple[str, str, str], str]:
     for metric in METRICS:
         column = at[(at["metric"] == metric.column) & (at["state"] == "complete")]
         column = column[column["mean"].map(finite)]
+        if not metric.per_image:
+            column = column[column["n"] >= SET_METRIC_MIN_IMAGES]
         for _task, rows in column.groupby("task"):
             if len(rows) < 2:
                 continue  # nothing to compare against
@@ -223,6 +236,9 @@ def _quality_legend(at: pd.DataFrame, rows: list[list[Cell]], ci: bool) -> list[
         legend.append(f"{UNFINISHED} not finished: units missing or failed (see “Missing and failed”).")
     if UNAVAILABLE in texts:
         legend.append(f"{UNAVAILABLE} no value (see the footnote, where there is one).")
+    kid = at[at["metric"] == "kid"]
+    if "set_std" in kid and kid["set_std"].map(finite).any():
+        legend.append("KID ± its standard deviation over subsets.")
     return legend
 
 
