@@ -663,16 +663,32 @@ def _save_images(
     first = batch[0]
     sigma = sigma_label(first.sigma)
     shown = bound.pinv(y) if bound.supports(operators.Cap.PINV) else None
+    folder = images / first.solver / first.task / sigma / _image_tag(context, first.solver)
     for b, unit in enumerate(batch):
         if finite[b]:
-            _save_png(estimate[b], images / unit.solver / unit.task / sigma / f"{unit.image_id}.png")
+            _save_png(estimate[b], folder / f"{unit.image_id}.png")
         reference = images / "reference" / f"{unit.image_id}.png"
         if not reference.exists():
             _save_png(clean[b], reference)
-        if shown is not None:
-            measurement = images / "measurement" / unit.task / sigma / f"{unit.image_id}.png"
-            if not measurement.exists():
-                _save_png(shown[b], measurement)
+        if shown is not None:  # the measurement depends on the seed (noise, masks): one folder per seed
+            _save_png(shown[b], measurement_path(images, unit.task, first.sigma, context.settings.seed, unit.image_id))
+
+
+def _image_tag(context: _Context, solver: str) -> str:
+    from bench.units import image_tag
+
+    built = context.solvers[solver]
+    return image_tag(built.version, _json(built.spec()["config"]), context.settings.seed)
+
+
+def reconstruction_path(images: Path, solver: str, task: str, sigma: float, tag: str, image_id: str) -> Path:
+    """Where a unit's reconstruction PNG is (`tag`: `bench.units.image_tag` of its config and seed)."""
+    return images / solver / task / sigma_label(sigma) / tag / f"{image_id}.png"
+
+
+def measurement_path(images: Path, task: str, sigma: float, seed: int, image_id: str) -> Path:
+    """Where the measurement of an image, shown as A⁺y, is for one seed."""
+    return images / "measurement" / task / sigma_label(sigma) / f"seed{int(seed)}" / f"{image_id}.png"
 
 
 def _set_metrics(context: _Context, units: list[Any]) -> None:
@@ -729,7 +745,8 @@ def _set_metrics(context: _Context, units: list[Any]) -> None:
 
             ids = tuple(u.image_id for u in ok)
             try:
-                estimates = torch.stack([load(folder / solver / task / sigma_label(sigma) / f"{i}.png") for i in ids])
+                tag = _image_tag(context, solver)
+                estimates = torch.stack([load(reconstruction_path(folder, solver, task, sigma, tag, i)) for i in ids])
                 if ids not in reference_features:  # the same clean set serves every group: one Inception pass
                     references = torch.stack([load(folder / "reference" / f"{i}.png") for i in ids])
                     reference_features[ids] = metrics.inception_features(references, context.device)

@@ -15,12 +15,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Unit", "canonical_json", "enumerate_units", "shard", "unit_key"]
+__all__ = ["Unit", "canonical_json", "enumerate_units", "image_tag", "shard", "unit_key"]
 
 
 def canonical_json(value: Any) -> str:
     """JSON with sorted keys and no whitespace; NaN/Inf are refused because they have no JSON spelling."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def image_tag(solver_version: int, solver_config: str, seed: int) -> str:
+    """The folder that keeps one configuration's reconstructions apart from another's (12 hex characters).
+
+    `solver_config` is the canonical JSON of the resolved config, as the result rows store it. PNGs live at
+    images/<solver>/<task>/<σ>/<tag>/<id>.png, so a second configuration or seed in the same output folder
+    never overwrites the first's images, and the grids and FID read the ones of the rows they show."""
+    return hashlib.sha256(f"{int(solver_version)}/{solver_config}/{int(seed)}".encode()).hexdigest()[:12]
 
 
 def unit_key(

@@ -50,20 +50,23 @@ def steps_of(config: str) -> int | None:
     return json.loads(config).get("steps")
 
 
-def channel_mean_error(out: Path, solver: str, task: str, image_id: str) -> float | None:
-    """The largest |mean over pixels of (estimate − truth)| over the channels, on [-1, 1], from the PNGs."""
+def channel_mean_error(out: Path, row) -> float | None:
+    """The largest |mean over pixels of (estimate − truth)| over the channels, on [-1, 1], from the PNGs of the
+    unit `row` (its own configuration's folder)."""
+    from bench.run import reconstruction_path
+    from bench.units import image_tag
+
     images = out / "images"
-    found = sorted((images / solver / task).glob(f"*/{image_id}.png")) or sorted(
-        (images / solver / task).glob(f"**/{image_id}.png")
-    )
-    reference = images / "reference" / f"{image_id}.png"
-    if not found or not reference.is_file():
+    tag = image_tag(row.solver_version, row.solver_config, row.seed)
+    estimate = reconstruction_path(images, row.solver, row.task, row.sigma, tag, row.image_id)
+    reference = images / "reference" / f"{row.image_id}.png"
+    if not estimate.is_file() or not reference.is_file():
         return None
 
     def load(path: Path) -> np.ndarray:
         return np.asarray(Image.open(path).convert("RGB"), dtype=np.float64) / 127.5 - 1.0
 
-    error = load(found[-1]) - load(reference)
+    error = load(estimate) - load(reference)
     return float(np.abs(error.reshape(-1, 3).mean(axis=0)).max())
 
 
@@ -76,7 +79,7 @@ def score(out: Path) -> tuple[dict, pd.DataFrame]:
     counts = main.groupby(["solver", "task"]).size()
     cast = {}
     for (solver, task), group in main[main["solver"].isin(["pinv", "ddc", "ddc-nolpips"])].groupby(["solver", "task"]):
-        errors = [channel_mean_error(out, solver, task, i) for i in group["image_id"]]
+        errors = [channel_mean_error(out, row) for row in group.itertuples(index=False)]
         errors = [e for e in errors if e is not None]
         cast[(solver, task)] = float(np.mean(errors)) if errors else float("nan")
 

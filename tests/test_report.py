@@ -20,6 +20,8 @@ from bench.cli import main
 from bench.report import ReportError, latest_results, render_report
 from bench.report.load import load_store, method_labels
 from bench.report.swap import MARKER
+from bench.run import measurement_path, reconstruction_path
+from bench.units import image_tag
 from bench.report.tables import (
     quality_summary,
     quality_table,
@@ -148,9 +150,10 @@ def make_store(
                     group.append(row)
                     folder = root / "images"
                     _png(folder / "reference" / f"{image_id}.png", IDS.index(image_id))
-                    _png(folder / "measurement" / task / f"{sigma:g}" / f"{image_id}.png", 10 + IDS.index(image_id))
+                    _png(measurement_path(folder, task, sigma, row["seed"], image_id), 10 + IDS.index(image_id))
                     if row["status"] == "ok":
-                        _png(folder / solver / task / f"{sigma:g}" / f"{image_id}.png", sum(map(ord, method)))
+                        tag = image_tag(row["solver_version"], row["solver_config"], row["seed"])
+                        _png(reconstruction_path(folder, solver, task, sigma, tag, image_id), sum(map(ord, method)))
                     if solver in ("ddc", "ddrm") and row["status"] == "ok":
                         traces += _traces(row, 0.5 if solver == "ddc" else 1.5)
                 units += group

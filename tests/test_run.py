@@ -21,7 +21,8 @@ from scipy import stats
 
 from bench.cli import build_parser, main
 from bench.data import SKIMAGE_NATURAL_COLOUR, _skimage_data_dir
-from bench.run import fisher_kurtosis, settings_from_args
+from bench.run import fisher_kurtosis, measurement_path, reconstruction_path, settings_from_args
+from bench.units import image_tag
 from bench.store import ResultStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,9 +86,10 @@ def test_run_records_rows_skips_done_units_and_summary_equals_parquet(tmp_path, 
 
     # images: reconstruction, reference and measurement (A⁺y) of every finished unit
     for row in ok.itertuples():
-        saved = out / "images" / row.solver / row.task / "0.05" / f"{row.image_id}.png"
+        tag = image_tag(row.solver_version, row.solver_config, row.seed)
+        saved = reconstruction_path(out / "images", row.solver, row.task, 0.05, tag, row.image_id)
         assert np.asarray(Image.open(saved)).shape == (32, 32, 3)
-        assert (out / "images" / "measurement" / row.task / "0.05" / f"{row.image_id}.png").is_file()
+        assert measurement_path(out / "images", row.task, 0.05, row.seed, row.image_id).is_file()
 
     # traces: one row per network evaluation and image, with the kurtosis of ε̂ and a residual
     traces = store.traces()
@@ -118,7 +120,9 @@ def test_run_records_rows_skips_done_units_and_summary_equals_parquet(tmp_path, 
 
     # a re-run computes nothing: no new part, no rewritten image
     parts = store.parts("units")
-    png = out / "images" / "ddnm" / "sr4" / "0.05" / f"{ok.iloc[0].image_id}.png"
+    first = ok[ok["solver"] == "ddnm"].iloc[0]
+    tag = image_tag(first.solver_version, first.solver_config, first.seed)
+    png = reconstruction_path(out / "images", "ddnm", "sr4", 0.05, tag, first.image_id)
     mtime = png.stat().st_mtime_ns
     code, again, err = bench_run(capsys, out, photos, *args)
     assert code == 0 and "18 already done" in err
@@ -156,7 +160,7 @@ def test_run_records_divergence_and_failures_and_retries_failed(tmp_path, photos
     first, second = (table.loc[("sr4", i)] for i in ids)
     assert first["status"] == "diverged" and "NaN" in first["error"] and math.isnan(first["psnr"])
     assert second["status"] == "ok" and second["psnr"] > 10
-    assert not (out / "images" / "pinv" / "sr4" / "0" / f"{ids[0]}.png").exists()
+    assert not list((out / "images" / "pinv" / "sr4" / "0").glob(f"*/{ids[0]}.png"))
     failed = table.loc["jpeg10"]
     assert (failed["status"] == "failed").all() and failed["error"].str.contains("simulated failure").all()
     assert summary_lines(stdout)[("pinv", "jpeg10", "0")][:5] == ["2", "0", "0", "2", "0"]
@@ -396,3 +400,25 @@ def test_loading_a_prior_prints_no_dtype_warning(capfd):
     prior = load_prior("natural64")
     assert next(prior.network.parameters()).dtype == torch.float32
     assert "should be kept in float32" not in capfd.readouterr().err
+
+
+def test_two_configs_and_two_seeds_keep_their_own_images(tmp_path, photos, capsys):
+    out = tmp_path / "r"
+    common = ["--solvers", "ddnm", "--tasks", "inpaint", "--sigma", "0.05", "--n-images", "1"]
+    for extra in (["--set", "ddnm.steps=2"], ["--set", "ddnm.steps=3"], ["--set", "ddnm.steps=3", "--seed", "7"]):
+        assert bench_run(capsys, out, photos, *common, *extra)[0] == 0
+    rows = ResultStore(out).units()
+    assert len(rows) == 3
+    paths = [
+        reconstruction_path(
+            out / "images", "ddnm", "inpaint", 0.05, image_tag(r.solver_version, r.solver_config, r.seed), r.image_id
+        )
+        for r in rows.itertuples()
+    ]
+    assert len(set(paths)) == 3 and all(p.is_file() for p in paths)
+    pixels = [np.asarray(Image.open(p)) for p in paths]
+    assert not np.array_equal(pixels[0], pixels[1]) and not np.array_equal(pixels[1], pixels[2])
+    # the measurement of each seed (its own inpainting mask and noise) is kept too
+    image_id = rows.iloc[0].image_id
+    masks = [np.asarray(Image.open(measurement_path(out / "images", "inpaint", 0.05, s, image_id))) for s in (0, 7)]
+    assert not np.array_equal(*masks)

@@ -83,6 +83,8 @@ def _grid(columns: list[tuple[str, list[Path | str]]], ids: list[str], size: int
 
 def grid_figures(images: Path, units: pd.DataFrame, methods: list[str], out: Path) -> list[Figure]:
     """One grid per (task, σ) whose reference PNGs exist; `units` are the rows to show (no reference solvers)."""
+    from bench.run import measurement_path
+
     figures = []
     rank = {task: i for i, task in enumerate(sort_tasks(list(units["task"].unique())))}
     for (task, sigma), rows in sorted(units.groupby(["task", "sigma"]), key=lambda g: (rank[g[0][0]], g[0][1])):
@@ -91,9 +93,10 @@ def grid_figures(images: Path, units: pd.DataFrame, methods: list[str], out: Pat
         if not ids:
             continue
         folder = sigma_label(sigma)
+        seed = int(rows.sort_values("part")["seed"].iloc[-1])  # the latest run's measurements
         columns: list[tuple[str, list[Path | str]]] = [
             ("ground truth", [images / "reference" / f"{i}.png" for i in ids]),
-            ("measurement (A⁺y)", [_existing(images / "measurement" / task / folder / f"{i}.png") for i in ids]),
+            ("measurement (A⁺y)", [_existing(measurement_path(images, task, sigma, seed, i)) for i in ids]),
         ]
         columns += _solver_columns(images, rows, methods, task, folder, ids)
         if len(columns) == 2:
@@ -111,16 +114,15 @@ def grid_figures(images: Path, units: pd.DataFrame, methods: list[str], out: Pat
 def _solver_columns(
     images: Path, rows: pd.DataFrame, methods: list[str], task: str, folder: str, ids: list[str]
 ) -> list[tuple[str, list[Path | str]]]:
-    """One column per solver that finished an image here.
+    """One column per method (a solver and its config) that finished an image here, read from that
+    configuration's own PNG folder (`bench.units.image_tag`), so two configs of a solver show side by side."""
+    from bench.run import reconstruction_path
+    from bench.units import image_tag
 
-    PNGs are stored per solver, not per config, so with several configs of a solver the file on disk is the
-    latest computation's: the column is labelled by the method whose row is latest (or the solver's name and
-    "latest run" where the images disagree).
-    """
-    latest = rows.sort_values("part").drop_duplicates(["solver", "image_id"], keep="last")
+    latest = rows.sort_values("part").drop_duplicates(["method", "image_id"], keep="last")
     order = {m: i for i, m in enumerate(methods)}
     columns = []
-    for solver, mine in sorted(latest.groupby("solver"), key=lambda g: min(order.get(m, 0) for m in g[1]["method"])):
+    for method, mine in sorted(latest.groupby("method"), key=lambda g: order.get(g[0], len(order))):
         by_id = {r.image_id: r for r in mine.itertuples(index=False)}
         if not any(r.status == "ok" for r in by_id.values()):
             continue
@@ -130,9 +132,9 @@ def _solver_columns(
             if row is None or row.status != "ok":
                 cells.append("missing" if row is None else row.status)
             else:
-                cells.append(_existing(images / solver / task / folder / f"{i}.png"))
-        labels = {r.method for r in by_id.values()}
-        columns.append((labels.pop() if len(labels) == 1 else f"{solver} (latest run)", cells))
+                tag = image_tag(row.solver_version, row.solver_config, row.seed)
+                cells.append(_existing(reconstruction_path(images, row.solver, task, row.sigma, tag, i)))
+        columns.append((method, cells))
     return columns
 
 
