@@ -11,10 +11,11 @@ does not depend on its batch, its rank or the units before it.
 
 Unit rows (table `units`): the key fields solver, task, sigma, prior, dataset, image_id, seed, key; status
 (ok, unsupported, failed, diverged) and error (the reason or the exception text); psnr, ssim, lpips (NaN below
-32x32 pixels, which LPIPS' AlexNet cannot take) and consistency (`bench.metrics`); nfe (network calls, a
-batched call counted once); wall_s and network_s (the batch's solver time and time inside the network, forward
-and backward, divided by batch_size; CUDA is synchronised around them; metrics and trace bookkeeping are not
-counted); peak_memory_bytes (CUDA max_memory_allocated during the solve, or on CPU the growth of the process'
+32x32 pixels, which LPIPS' AlexNet cannot take) and consistency (`bench.metrics`); nfe (the prior network's
+calls, a batched call counted once); own_nfe, own_networks and own_network_s (the calls, names and forward
+seconds per image of the solver's own networks: DDC's φ, PnP-ADMM's DnCNN, CDDB's bridge); wall_s and network_s
+(the batch's solver time and time inside the prior's network, forward and backward, divided by batch_size; CUDA
+is synchronised around them; metrics and trace bookkeeping are not counted); peak_memory_bytes (CUDA max_memory_allocated during the solve, or on CPU the growth of the process'
 peak RSS); warmup (True for a process' first batch of a solver, whose time includes one-off start-up costs);
 device, rank (the torchrun process that computed it), dtype, solver_version, solver_config, torch_version, bench_version, git_commit ("+dirty" when the
 tracked files differ from the commit).
@@ -523,8 +524,11 @@ def _base_row(context: _Context, unit: Any) -> dict[str, Any]:
         "lpips": math.nan,
         "consistency": math.nan,
         "nfe": 0,
+        "own_nfe": 0,
+        "own_networks": "",
         "wall_s": math.nan,
         "network_s": math.nan,
+        "own_network_s": math.nan,
         "peak_memory_bytes": 0,
         "batch_size": 0,
         "warmup": False,
@@ -587,6 +591,7 @@ def _run_batch(context: _Context, batch: list[Any]) -> tuple[list[dict[str, Any]
             tracing[0] += time.perf_counter() - began
 
         prior.reset_stats()
+        solver.reset_network_use()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         rss_before = _peak_rss_bytes()
@@ -600,6 +605,7 @@ def _run_batch(context: _Context, batch: list[Any]) -> tuple[list[dict[str, Any]
         else:
             peak = max(0, _peak_rss_bytes() - rss_before)  # growth of the process' peak RSS
         stats = prior.stats
+        own = solver.network_use
         estimate = estimate.detach()
         finite = torch.isfinite(estimate.reshape(len(ids), -1)).all(dim=1).tolist()
         safe = torch.nan_to_num(estimate, nan=0.0, posinf=1.0, neginf=-1.0)
@@ -615,8 +621,11 @@ def _run_batch(context: _Context, batch: list[Any]) -> tuple[list[dict[str, Any]
         for b, row in enumerate(rows):
             row.update(
                 nfe=int(stats.nfe),
+                own_nfe=sum(use.calls for use in own.values()),
+                own_networks=",".join(sorted(own)),
                 wall_s=wall / len(ids),
                 network_s=(stats.forward_seconds + stats.backward_seconds) / len(ids),
+                own_network_s=sum(use.seconds for use in own.values()) / len(ids),
                 peak_memory_bytes=peak,
                 batch_size=len(ids),
                 warmup=warmup,

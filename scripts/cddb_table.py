@@ -9,9 +9,9 @@ sr4 at σ = 0, the setting in which the DDC paper compares against CDDB. The bri
 its data-consistency step (λ > 0) beats the bridge alone (I²SB, λ = 0) in consistency ‖A(x̂) − y‖/√m.
 Writes table3.md and table3.json into --docs.
 
-NFE counts the network calls per image: the prior's for the diffusion solvers (and DDC's φ once per step
-beside it), the bridge's for i2sb and cddb, taken from the solver's config because the runner counts prior
-calls only. Seconds per image are the mean over batches after each solver's first (its warm-up).
+NFE counts the network calls per batch: the prior's (`nfe`) and the solver's own networks' (`own_nfe`: DDC's φ,
+the bridge of i2sb and cddb). Seconds per image are the mean over batches after each solver's first (its
+warm-up).
 """
 
 from __future__ import annotations
@@ -52,9 +52,11 @@ def table(out: Path) -> pd.DataFrame:
     result["n"] = grouped.size()
     timed = ok[~ok["warmup"].astype(bool)]
     result["s_per_image"] = timed.groupby(["task", "solver"])["wall_s"].mean()
-    config_nfe = ok.groupby(["task", "solver"])["solver_config"].first().map(lambda c: json.loads(c).get("nfe"))
-    prior_nfe = grouped["nfe"].first()
-    result["nfe"] = config_nfe.where(config_nfe.notna(), prior_nfe).astype(int)
+    result["nfe"] = grouped["nfe"].max().astype(int)
+    own = ok["own_nfe"] if "own_nfe" in ok else pd.Series(0, index=ok.index)
+    result["own_nfe"] = own.fillna(0).groupby([ok["task"], ok["solver"]]).max().astype(int)
+    names = ok["own_networks"] if "own_networks" in ok else pd.Series("", index=ok.index)
+    result["own_networks"] = names.fillna("").groupby([ok["task"], ok["solver"]]).max()
     sets = store.sets()
     if not sets.empty:
         sets = sets[(sets["sigma"] == 0)].set_index(["task", "solver"])
@@ -111,9 +113,11 @@ def markdown(frame: pd.DataFrame, results: list[dict]) -> str:
             fid = f"{r['fid']:.1f}" if "fid" in r and pd.notna(r["fid"]) else "–"
             kid = f"{r['kid']:.3f} ± {r['kid_std']:.3f}" if "kid" in r and pd.notna(r["kid"]) else "–"
             seconds = f"{r['s_per_image']:.3f}" if pd.notna(r["s_per_image"]) else "–"
+            prior, own = int(r["nfe"]), int(r["own_nfe"])
+            nfe = f"{prior} + {own} {r['own_networks']}" if prior and own else (f"{own} {r['own_networks']}" if own else f"{prior}")
             lines.append(
                 f"| {solver} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['lpips']:.3f} | {r['consistency']:.4f} | {fid} | "
-                f"{kid} | {seconds} | {int(r['nfe'])} | {int(r['n'])} |"
+                f"{kid} | {seconds} | {nfe} | {int(r['n'])} |"
             )
         lines.append("")
     lines += ["| target | result | figure |", "|---|---|---|"]

@@ -29,6 +29,15 @@ class StepCallback(Protocol):
     def __call__(self, *, step: int, t: int, x_t: Tensor, eps: Tensor, x0: Tensor) -> None: ...
 
 
+@dataclasses.dataclass
+class NetworkUse:
+    """Calls of one of a solver's own networks (φ, a denoiser, a bridge) and the seconds inside their forward
+    passes (CUDA synchronised), since the solver's last `reset_network_use`. The prior counts its own."""
+
+    calls: int = 0
+    seconds: float = 0.0
+
+
 class SolverError(ValueError):
     """Bad solver name, option or input: the message names the problem and the fix."""
 
@@ -56,6 +65,26 @@ class Solver:
     def __init__(self, config: SolverConfig | None = None, **overrides: Any):
         base = config if config is not None else self.Config()
         self.config = dataclasses.replace(base, **overrides) if overrides else base
+        self.network_use: dict[str, NetworkUse] = {}
+
+    def reset_network_use(self) -> None:
+        self.network_use = {}
+
+    def counted(self, name: str, network: Any) -> Any:
+        """`network` (any callable) wrapped so that its calls and forward seconds land in network_use[name]."""
+        import time
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            use = self.network_use.setdefault(name, NetworkUse())
+            _synchronize(args)
+            start = time.perf_counter()
+            out = network(*args, **kwargs)
+            _synchronize((out,))
+            use.calls += 1
+            use.seconds += time.perf_counter() - start
+            return out
+
+        return call
 
     def required_capabilities(self, sigma: float) -> frozenset[Cap]:
         return self.requires | (self.requires_when_noisy if sigma > 0 else frozenset())
@@ -110,6 +139,13 @@ class Solver:
         reason = self.unsupported(op, sigma)
         if reason:
             raise SolverError(reason)
+
+
+def _synchronize(values: Sequence[Any]) -> None:
+    for value in values:
+        if isinstance(value, Tensor) and value.is_cuda:
+            torch.cuda.synchronize(value.device)
+            return
 
 
 def check_inputs(name: str, y: Tensor, op: Operator, prior, generators: Sequence[torch.Generator]) -> None:

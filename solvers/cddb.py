@@ -200,6 +200,7 @@ class CDDB(Solver):
             raise SolverError(f"{self.name}: need one generator per image, got {len(generators)} for {y.shape[0]}")
         device = prior.device
         network, schedule = self.bridge(op, sigma, device)
+        network = self.counted("bridge", network)
         step_size = self.step_size(op.task)
         y = y.to(device=device, dtype=torch.float32)
         x1 = op.pinv(y)

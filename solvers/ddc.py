@@ -248,7 +248,7 @@ class DDC(Solver):
         check_inputs(self.name, y, op, prior, generators)
         self.check(op, sigma)
         shape, device = prior.image_shape, prior.device
-        phi = self.phi(device)
+        phi = self.counted("phi", self.phi(device))
         self._check_prior(prior)
         y_image = measurement_to_image(y.to(device), op, self.config.y_to_image)
         ts = prior.timesteps(self.config.steps)

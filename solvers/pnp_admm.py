@@ -218,7 +218,7 @@ class PnPADMM(Solver):
             raise SolverError(f"need one generator per image: got {len(generators)} for a batch of {y.shape[0]}")
         config = self.config
         device = prior.device
-        denoise = self.denoiser(device)
+        denoise = self.counted("dncnn", self.denoiser(device))
         noise_std = 2.0 * max(float(sigma), MEASUREMENT_NOISE_FLOOR)  # σ on [0, 1] -> std on [-1, 1]
         weight = config.rho * noise_std**2
         denoiser_sigma = 1.0 / (2.0 * math.sqrt(config.rho))  # the z-step's noise std, on the [0, 1] scale

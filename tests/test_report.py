@@ -347,7 +347,7 @@ def test_runtime_rows_split_by_device_and_dtype_only_where_runs_differ() -> None
         ["ddrm", "cuda:0", "bf16", "20"],
     ]
     single = runtime_table(runtime_summary(units[units["device"] == "cpu"]), ["ddrm"])
-    assert single.header[:2] == ["method", "NFE"]
+    assert single.header[:3] == ["method", "prior NFE", "other networks"]
 
 
 # ----- the rendered report ---------------------------------------------------------------------------------

@@ -422,3 +422,21 @@ def test_two_configs_and_two_seeds_keep_their_own_images(tmp_path, photos, capsy
     image_id = rows.iloc[0].image_id
     masks = [np.asarray(Image.open(measurement_path(out / "images", "inpaint", 0.05, s, image_id))) for s in (0, 7)]
     assert not np.array_equal(*masks)
+
+
+def test_solvers_own_networks_are_counted_in_the_rows_and_the_runtime_table(tmp_path, photos, capsys):
+    from bench.report.tables import runtime_summary, runtime_table
+
+    out = tmp_path / "r"
+    args = ["--solvers", "pnp-admm,pinv", "--tasks", "sr4", "--sigma", "0.05", "--n-images", "2"]
+    assert bench_run(capsys, out, photos, *args, "--set", "pnp-admm.iterations=3")[0] == 0
+    rows = ResultStore(out).units().set_index("solver")
+    pnp, pinv = rows.loc["pnp-admm"], rows.loc["pinv"]
+    assert (pnp["own_nfe"] == 3).all() and (pnp["own_networks"] == "dncnn").all() and (pnp["nfe"] == 0).all()
+    assert (pnp["own_network_s"] > 0).all() and (pnp["own_network_s"] <= pnp["wall_s"]).all()
+    assert (pinv["own_nfe"] == 0).all() and (pinv["own_networks"] == "").all()
+    units = ResultStore(out).units().assign(method=lambda t: t["solver"])
+    table = runtime_table(runtime_summary(units), ["pinv", "pnp-admm"])
+    cells = {row[0].text: [c.text for c in row] for row in table.rows}
+    assert cells["pnp-admm"][2] == "3 (dncnn)" and cells["pinv"][2] == "0"
+    assert cells["pnp-admm"][4] != "0%"  # the denoiser's time counts as network time

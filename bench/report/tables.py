@@ -257,7 +257,11 @@ def runtime_summary(units: pd.DataFrame) -> pd.DataFrame:
     for (method, device, dtype), rows_ in ran.groupby(["method", "device", "dtype"], sort=False):
         timed = rows_[~rows_["warmup"]] if (~rows_["warmup"]).any() else rows_
         wall = float(timed["wall_s"].mean())
-        network = float(timed["network_s"].mean())
+        own_seconds = timed["own_network_s"] if "own_network_s" in timed else pd.Series(dtype=float)
+        own_seconds = float(own_seconds.mean()) if own_seconds.map(finite).any() else 0.0
+        network = float(timed["network_s"].mean()) + own_seconds
+        own_nfe = rows_["own_nfe"] if "own_nfe" in rows_ else pd.Series(dtype=float)
+        names = rows_["own_networks"].dropna() if "own_networks" in rows_ else pd.Series(dtype=str)
         rows.append(
             {
                 "method": method,
@@ -265,12 +269,15 @@ def runtime_summary(units: pd.DataFrame) -> pd.DataFrame:
                 "dtype": dtype,
                 "images": len(rows_),
                 "nfe": float(rows_["nfe"].mean()),
+                "own_nfe": float(own_nfe.mean()) if own_nfe.map(finite).any() else 0.0,
+                "own_networks": ",".join(sorted({n for text in names for n in str(text).split(",") if n})),
                 "seconds": wall,
                 "network_share": network / wall if wall > 0 else math.nan,
                 "peak_mib": float(rows_["peak_memory_bytes"].max()) / 2**20,
             }
         )
-    columns = ["method", "device", "dtype", "images", "nfe", "seconds", "network_share", "peak_mib"]
+    columns = ["method", "device", "dtype", "images", "nfe", "own_nfe", "own_networks", "seconds", "network_share"]
+    columns.append("peak_mib")
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -282,12 +289,13 @@ def runtime_table(summary: pd.DataFrame, methods: list[str]) -> Table:
     )
     split = summary["device"].nunique() > 1 or summary["dtype"].nunique() > 1
     lead = ["method", "device", "dtype"] if split else ["method"]
-    header = [*lead, "NFE", "s / image", "network share", "peak memory (MiB)", "images"]
+    header = [*lead, "prior NFE", "other networks", "s / image", "network share", "peak memory (MiB)", "images"]
     rows, csv_rows = [], []
     for row in summary.itertuples(index=False):
         labels = [Cell(str(getattr(row, name)), value=getattr(row, name)) for name in lead]
         values = [
             Cell(_nfe(row.nfe), value=row.nfe),
+            Cell(f"{_nfe(row.own_nfe)} ({row.own_networks})" if row.own_nfe else "0", value=row.own_nfe),
             Cell(_seconds(row.seconds), value=row.seconds),
             Cell(
                 f"{100 * row.network_share:.0f}%" if finite(row.network_share) else UNAVAILABLE, value=row.network_share
@@ -299,12 +307,14 @@ def runtime_table(summary: pd.DataFrame, methods: list[str]) -> Table:
         csv_rows.append([c.value for c in labels + values])
     cpu = summary["device"].astype(str).str.startswith("cpu").any()
     legend = [
-        "NFE: network evaluations per image; s / image: solver seconds per image (metrics not counted), "
-        "mean over tasks and σ, warm-up batches left out; network share: time inside the network over solver time.",
+        "prior NFE: evaluations of the prior's network per batch; other networks: calls of the solver's own "
+        "networks (DDC's φ, PnP-ADMM's DnCNN, CDDB's bridge) per batch; s / image: solver seconds per image "
+        "(metrics not counted), mean over tasks and σ, warm-up batches left out; network share: time inside all "
+        "of these networks over solver time.",
         "Peak memory: CUDA max_memory_allocated"
         + ("; on CPU, the growth of the process' peak resident memory (a lower bound)." if cpu else "."),
     ]
-    csv_header = [*lead, "nfe", "seconds_per_image", "network_share", "peak_memory_mib", "images"]
+    csv_header = [*lead, "nfe", "own_nfe", "seconds_per_image", "network_share", "peak_memory_mib", "images"]
     return Table(
         "Runtime per method", header, rows, lead=len(lead), legend=legend, csv_header=csv_header, csv_rows=csv_rows
     )
