@@ -15,8 +15,8 @@ Unit rows (table `units`): the key fields solver, task, sigma, prior, dataset, i
 calls, a batched call counted once); own_nfe, own_networks and own_network_s (the calls, names and forward
 seconds per image of the solver's own networks: DDC's φ, PnP-ADMM's DnCNN, CDDB's bridge); wall_s and network_s
 (the batch's solver time and time inside the prior's network, forward and backward, divided by batch_size; CUDA
-is synchronised around them; metrics and trace bookkeeping are not counted); peak_memory_bytes (CUDA max_memory_allocated during the solve, or on CPU the growth of the process'
-peak RSS); warmup (True for a process' first batch of a solver, whose time includes one-off start-up costs);
+is synchronised around them; metrics and trace bookkeeping are not counted); peak_memory_bytes (CUDA max_memory_allocated during the solve, or on CPU the solve's peak of malloc'd
+memory in use above its start, sampled every 2 ms); warmup (True for a process' first batch of a solver, whose time includes one-off start-up costs);
 device, rank (the torchrun process that computed it), dtype, solver_version, solver_config, torch_version, bench_version, git_commit ("+dirty" when the
 tracked files differ from the commit).
 
@@ -35,6 +35,7 @@ run merges the parts into one per table (`ResultStore.consolidate`), so later re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import math
 import os
@@ -357,6 +358,71 @@ def _peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
 
 
+def _heap_reader():
+    """A function giving the bytes glibc's malloc has handed out and not taken back (mallinfo2: uordblks +
+    hblkhd), or None where glibc ≥ 2.33 is not there."""
+    import ctypes
+    import ctypes.util
+
+    class MallInfo2(ctypes.Structure):
+        names = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+        _fields_ = [(name, ctypes.c_size_t) for name in (*names, "keepcost")]
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallinfo2 = libc.mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = MallInfo2
+
+    def in_use() -> int:
+        info = mallinfo2()
+        return int(info.uordblks + info.hblkhd)
+
+    return in_use
+
+
+_HEAP: dict[str, Any] = {}  # the mallinfo2 reader, probed once
+
+
+class _HeapPeak:
+    """The peak of the heap in use above its level at the start, sampled every `interval` seconds by a thread
+    while the block runs: this block's own CPU memory, tensors included (torch's CPU allocator takes its memory
+    from malloc). The process' maximum RSS (ru_maxrss) only grows and freed memory stays resident, so a warm
+    process read 0 from it; where mallinfo2 is missing, that growth is the fallback (a lower bound)."""
+
+    def __init__(self, interval: float = 0.002) -> None:
+        self.interval = interval
+        self.peak = 0
+
+    def __enter__(self) -> _HeapPeak:
+        import threading
+
+        if "reader" not in _HEAP:
+            _HEAP["reader"] = _heap_reader()
+        self._in_use = _HEAP["reader"]
+        self.start_max = _peak_rss_bytes()
+        self.start = self._in_use() if self._in_use else 0
+        self.highest = self.start
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True) if self._in_use else None
+        if self.thread is not None:
+            self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self.done.wait(self.interval):
+            self.highest = max(self.highest, self._in_use())
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        if self.thread is None:
+            self.peak = max(0, _peak_rss_bytes() - self.start_max)
+            return
+        self.thread.join()
+        self.peak = max(0, max(self.highest, self._in_use()) - self.start)
+
+
 class _Distributed:
     """Rank and world size from torchrun's environment; a gloo group (for the final barrier) only when there are several."""
 
@@ -594,16 +660,17 @@ def _run_batch(context: _Context, batch: list[Any]) -> tuple[list[dict[str, Any]
         solver.reset_network_use()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        rss_before = _peak_rss_bytes()
+        heap = _HeapPeak() if device.type != "cuda" else contextlib.nullcontext()
         _sync(device)
-        start = time.perf_counter()
-        estimate = solver.solve(y, bound, prior, sigma=first.sigma, generators=generators, callback=record)
-        _sync(device)
-        wall = time.perf_counter() - start - tracing[0]
+        with heap:
+            start = time.perf_counter()
+            estimate = solver.solve(y, bound, prior, sigma=first.sigma, generators=generators, callback=record)
+            _sync(device)
+            wall = time.perf_counter() - start - tracing[0]
         if device.type == "cuda":
             peak = int(torch.cuda.max_memory_allocated(device))
         else:
-            peak = max(0, _peak_rss_bytes() - rss_before)  # growth of the process' peak RSS
+            peak = heap.peak  # the solve's own peak of CPU heap in use
         stats = prior.stats
         own = solver.network_use
         estimate = estimate.detach()

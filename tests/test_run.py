@@ -440,3 +440,10 @@ def test_solvers_own_networks_are_counted_in_the_rows_and_the_runtime_table(tmp_
     cells = {row[0].text: [c.text for c in row] for row in table.rows}
     assert cells["pnp-admm"][2] == "3 (dncnn)" and cells["pinv"][2] == "0"
     assert cells["pnp-admm"][4] != "0%"  # the denoiser's time counts as network time
+
+
+def test_cpu_peak_memory_is_the_solves_own_even_in_a_warm_process(tmp_path, photos, capsys):
+    args = ["--solvers", "ddnm", "--tasks", "sr4", "--sigma", "0.05", "--n-images", "3", "--batch-size", "1"]
+    assert bench_run(capsys, tmp_path / "r", photos, *args, "--set", "ddnm.steps=2")[0] == 0
+    rows = ResultStore(tmp_path / "r").units()
+    assert len(rows) == 3 and (rows["peak_memory_bytes"] > 0).all()  # later batches too, not only the first

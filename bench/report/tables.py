@@ -312,7 +312,7 @@ def runtime_table(summary: pd.DataFrame, methods: list[str]) -> Table:
         "(metrics not counted), mean over tasks and σ, warm-up batches left out; network share: time inside all "
         "of these networks over solver time.",
         "Peak memory: CUDA max_memory_allocated"
-        + ("; on CPU, the growth of the process' peak resident memory (a lower bound)." if cpu else "."),
+        + ("; on CPU, the solve's peak of heap memory in use above its start (sampled every 2 ms)." if cpu else "."),
     ]
     csv_header = [*lead, "nfe", "own_nfe", "seconds_per_image", "network_share", "peak_memory_mib", "images"]
     return Table(
