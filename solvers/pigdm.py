@@ -26,7 +26,9 @@ Choices, and why:
   at s_y = 0. "flat" guides ᾱ_t times more weakly, so hardly at all at high noise. The default is "flat":
   it reproduces the implementation behind the DDC paper's table and, on the analytic Gaussian prior, its
   sample mean is closer to the exact posterior mean (measured in tests/test_solver_pigdm.py).
-* s_y = 2σ: the noise std on the [-1, 1] scale (σ is on [0, 1], the project's convention).
+* s_y = 2σ: the noise std on the [-1, 1] scale (σ is on [0, 1], the project's convention), the paper's noisy
+  likelihood (Eq. 5). The public code uses the noiseless update at every σ; `likelihood="noiseless"` does the
+  same (s_y = 0), so "reproduces the public update" holds at σ = 0 by default and at every σ with that option.
 * The inverse. With the operator's SVD A = U S Vᵀ, Aᵀ (r_t² A Aᵀ + s_y² I)⁻¹ = V diag(s/(r_t² s² + s_y²)) Uᵀ,
   one division per singular value, so ΠGDM runs noisy on every SVD task, Gaussian deblurring included.
   At σ = 0 this is A⁺/r_t², and the operator's own pseudo-inverse is used instead, which discards singular
@@ -54,6 +56,7 @@ from . import register
 from .base import Solver, SolverConfig, SolverError, StepCallback
 
 X0_VARIANCES = ("flat", "paper")
+LIKELIHOODS = ("paper", "noiseless")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +65,8 @@ class PiGDMConfig(SolverConfig):
     eta: float = 1.0  # DDC paper, App. B ("as suggested"); ΠGDM's Algorithm 1 with η = 1
     guidance_weight: float = 1.0  # DDC paper, App. B: w = 1 (RED-diff's grad_term_weight)
     x0_variance: str = "flat"  # r_t²: "flat" (1-ᾱ_t)/ᾱ_t as RED-diff's code, or "paper" 1-ᾱ_t (see module doc)
+    # s_y in Eq. 5: "paper" 2σ; "noiseless" 0 whatever σ, as the public code (RED-diff's algos/pgdm.py) does
+    likelihood: str = "paper"
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
@@ -72,6 +77,8 @@ class PiGDMConfig(SolverConfig):
             raise SolverError(
                 f"pigdm.guidance_weight must be a finite number (default 1.0), got {self.guidance_weight!r}"
             )
+        if self.likelihood not in LIKELIHOODS:
+            raise SolverError(f"unknown pigdm.likelihood {self.likelihood!r} (available: {', '.join(LIKELIHOODS)})")
         if self.x0_variance not in X0_VARIANCES:
             raise SolverError(f"unknown pigdm.x0_variance {self.x0_variance!r} (available: {', '.join(X0_VARIANCES)})")
 
@@ -128,7 +135,8 @@ class PiGDM(Solver):
             raise SolverError(f"need one generator per image: got {len(generators)} for a batch of {y.shape[0]}")
         config = self.config
         shape, device = prior.image_shape, prior.device
-        noise_std = 2.0 * float(sigma)  # σ on [0, 1] -> std on [-1, 1]
+        # σ on [0, 1] -> std on [-1, 1]; the public code's update ignores the noise (likelihood="noiseless")
+        noise_std = 2.0 * float(sigma) if config.likelihood == "paper" else 0.0
         y = y.to(device=device, dtype=torch.float32)
         with torch.no_grad():
             y_pinv = op.pinv(y)

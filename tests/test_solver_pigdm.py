@@ -161,6 +161,22 @@ def test_pigdm_image_result_does_not_depend_on_batch(prior):
     torch.testing.assert_close(batch[2:3], alone, rtol=1e-5, atol=1e-5)
 
 
+def test_pigdm_noiseless_likelihood_is_the_public_update_at_every_sigma(prior):
+    """likelihood="noiseless" (the public code) ignores σ in the guidance: at σ = 0.05 it takes exactly the steps
+    of σ = 0 on the same y; the paper's likelihood does not."""
+    op = operators.build("sr4", shape=SHAPE).for_images(["a"], seed=0)
+    y = op.measure(prior.sample(1, torch.Generator().manual_seed(3)), 0.05, operators.image_generators(0, ["a"], "noise"))
+
+    def run(sigma: float, likelihood: str) -> torch.Tensor:
+        solver = solvers.build("pigdm", steps=8, likelihood=likelihood)
+        return solver.solve(y, op, prior, sigma=sigma, generators=_generators(1))
+
+    torch.testing.assert_close(run(0.05, "noiseless"), run(0.0, "paper"), rtol=0, atol=0)
+    assert not torch.equal(run(0.05, "paper"), run(0.0, "paper"))
+    with pytest.raises(SolverError, match="likelihood"):
+        solvers.build("pigdm", likelihood="public")
+
+
 def test_pigdm_runs_everywhere_and_declares_its_needs():
     solver = solvers.build("pigdm")
     assert solver.backprop_through_network
