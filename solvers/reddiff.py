@@ -27,7 +27,8 @@ Weights, and why:
 * The official code averages over the batch too. Here the loss is the sum over images of each image's loss:
   Adam's state is elementwise, so each image then follows exactly the trajectory it would follow alone.
 
-Adam uses the official code's betas (0.9, 0.99). The DDC paper (Appendix B) runs 100 steps with lr 0.5 and
+The estimate is μ after the last step (Alg. 1); the official code saves the last step's x̂₀, computed before
+that step (`output="x0"`). Adam uses the official code's betas (0.9, 0.99). The DDC paper (Appendix B) runs 100 steps with lr 0.5 and
 λ = 0.25; the official configuration file's default lr is 0.1.
 """
 
@@ -54,6 +55,9 @@ class RedDiffConfig(SolverConfig):
     steps: int = 100  # DDC paper, App. B
     lr: float = 0.5  # DDC paper, App. B (the official yaml's default is 0.1)
     lam: float = 0.25  # λ, DDC paper, App. B (= official `grad_term_weight`)
+    # The estimate returned: "mu", Alg. 1's μ after the last Adam step; "x0", the last step's Tweedie estimate
+    # x̂₀(x_t), computed before that step, which is what the official code saves.
+    output: str = "mu"
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
@@ -62,6 +66,8 @@ class RedDiffConfig(SolverConfig):
             raise SolverError(f"reddiff.lr must be a finite number > 0 (default 0.5), got {self.lr!r}")
         if not (math.isfinite(self.lam) and self.lam >= 0):
             raise SolverError(f"reddiff.lam must be a finite number >= 0 (default 0.25), got {self.lam!r}")
+        if self.output not in ("mu", "x0"):
+            raise SolverError(f"reddiff.output must be 'mu' (Alg. 1) or 'x0' (the official code), got {self.output!r}")
 
 
 def measured_entries(op: Operator) -> int:
@@ -126,4 +132,5 @@ class RedDiff(Solver):
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
             optimizer.step()
-        return mu.detach().clamp(-1, 1)
+        estimate = prediction.x0 if self.config.output == "x0" else mu.detach()
+        return estimate.clamp(-1, 1)

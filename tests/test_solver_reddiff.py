@@ -162,3 +162,17 @@ def test_reddiff_rejects_a_generator_count_that_does_not_match_the_batch(prior):
         solvers.build("reddiff", steps=2).solve(
             torch.zeros(2, *SHAPE), op, prior, sigma=0.0, generators=seeded_generators(1)
         )
+
+
+def test_reddiff_output_x0_is_the_last_tweedie_estimate_before_the_last_step():
+    prior = load_prior("gaussian")
+    op, _, y = problem(prior, "sr4", 0.05)
+    seen = []
+    official = solvers.build("reddiff", steps=6, output="x0").solve(
+        y, op, prior, sigma=0.05, generators=seeded_generators(1), callback=lambda **k: seen.append(k["x0"].clone())
+    )
+    paper = solvers.build("reddiff", steps=6).solve(y, op, prior, sigma=0.05, generators=seeded_generators(1))
+    torch.testing.assert_close(official, seen[-1].clamp(-1, 1), rtol=0, atol=0)
+    assert not torch.equal(official, paper)
+    with pytest.raises(SolverError, match="output"):
+        solvers.build("reddiff", output="last")
