@@ -310,13 +310,21 @@ SHIPPED = [task for task in ("jpeg10", "sr4") if (ASSETS / f"cddb-{task}-64" / "
 
 
 @pytest.mark.parametrize("task", SHIPPED)
-def test_shipped_bridge_beats_the_pseudo_inverse_on_held_out_photos(kodak_photos, task):
+def test_shipped_bridge_learned_its_task_on_held_out_photos(kodak_photos, task):
+    """The bridge's one-step estimate (NFE 1, x̂₀ from x₁) is closer to the truth than A⁺y, and with 25 steps the
+    data-consistency step (CDDB) explains y better than the bridge alone (I²SB). (At NFE 100 on all 24 photos
+    the README's table has CDDB below A⁺y in PSNR and above it in LPIPS: the sampler trades one for the other.)"""
     clean = _photos(kodak_photos, n=4)
     op = operators.build(task)
     y = op(clean)
-    x = solvers.build("cddb", nfe=25).solve(y, op, CPU, sigma=0.0, generators=generators(4))
+
+    def run(name: str, nfe: int) -> torch.Tensor:
+        return solvers.build(name, nfe=nfe).solve(y, op, CPU, sigma=0.0, generators=generators(4))
+
     error = lambda estimate: float((estimate - clean).square().mean())  # noqa: E731
-    assert error(x) < error(op.pinv(y).clamp(-1, 1))
+    assert error(run("cddb", 1)) < error(op.pinv(y).clamp(-1, 1))
+    residual = lambda estimate: float((op(estimate) - y).square().mean())  # noqa: E731
+    assert residual(run("cddb", 25)) < residual(run("i2sb", 25))
 
 
 def test_bridges_ship_for_jpeg10_and_sr4():
