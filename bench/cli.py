@@ -10,7 +10,6 @@ import os
 import sys
 from collections.abc import Sequence
 
-
 LIST_SECTIONS = ("tasks", "solvers", "priors", "datasets", "metrics")
 
 
@@ -213,8 +212,10 @@ def _cmd_train_bridge(args: argparse.Namespace) -> int:
         resume=args.resume,
         workers=args.workers,
     )
-    print(f"trained bridge written to {final} (use it with --set cddb.bridge={final}, or copy it to "
-          f"bench/assets/cddb-{args.task}-{args.size})")
+    print(
+        f"trained bridge written to {final} (use it with --set cddb.bridge={final}, or copy it to "
+        f"bench/assets/cddb-{args.task}-{args.size})"
+    )
     return 0
 
 
@@ -260,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = commands.add_parser("list", help="show the registered tasks, priors, datasets and metrics")
     # Checked in _cmd_list: argparse of Python 3.11 tests an empty nargs="*" list against `choices` and fails.
-    listing.add_argument("what", nargs="*", default=[], help=f"sections to show: {', '.join(LIST_SECTIONS)} (default: all)")
+    listing.add_argument(
+        "what", nargs="*", default=[], help=f"sections to show: {', '.join(LIST_SECTIONS)} (default: all)"
+    )
     listing.set_defaults(func=_cmd_list)
 
     try:
@@ -306,7 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_options(bridge, steps=20_000, batch_size=16, lr=3e-4, size=64)
     bridge.add_argument("--task", required=True, help="the one task this bridge inverts (e.g. jpeg10, sr4)")
     bridge.add_argument(
-        "--sigma", type=float, default=0.0, help="measurement noise std on [0, 1] (default 0: the DDC paper's CDDB setting)"
+        "--sigma",
+        type=float,
+        default=0.0,
+        help="measurement noise std on [0, 1] (default 0: the DDC paper's CDDB setting)",
     )
     bridge.add_argument("--beta-max", type=float, default=0.3, help="the bridge's β_max (I²SB: 0.3 for SR and JPEG)")
     bridge.add_argument("--bridge-channels", default="32,64,128,128", help="UNet block widths (default: %(default)s)")

@@ -94,7 +94,9 @@ def bridge_loss(op, schedule: BridgeSchedule, sigma: float):
 
     def loss(network: nn.Module, x0: Tensor, generator: torch.Generator) -> Tensor:
         b, device = x0.shape[0], generator.device
-        batch_op = op.for_images([str(i) for i in range(b)], seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        batch_op = op.for_images(
+            [str(i) for i in range(b)], seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        )
         measurement_noise = torch.randn((b, *batch_op.measurement_shape), generator=generator, device=device)
         with torch.no_grad():
             x1 = degraded_image(batch_op, x0, sigma, measurement_noise.to(x0.device, x0.dtype))
@@ -172,7 +174,9 @@ def train_bridge(
 
     out = Path(out)
     if not resume and (out / "train" / "checkpoint.pt").exists():
-        raise FileExistsError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+        raise FileExistsError(
+            f"{out} already holds a training run; pass --resume to continue it or choose another --out"
+        )
     if not (isinstance(sigma, int | float) and 0.0 <= sigma <= 1.0):
         raise ValueError(f"--sigma is a noise std on the [0, 1] pixel scale, in [0, 1]; got {sigma!r}")
     op = operators.build(task, shape=(channels, size, size))
@@ -198,7 +202,15 @@ def train_bridge(
         "block_out_channels": list(block_out_channels),
         "parameters": sum(p.numel() for p in network.parameters()),
     }
-    trainer = Trainer(network, bridge_loss(op, schedule, float(sigma)), next_batch, generator, config, out / "train", description=description)
+    trainer = Trainer(
+        network,
+        bridge_loss(op, schedule, float(sigma)),
+        next_batch,
+        generator,
+        config,
+        out / "train",
+        description=description,
+    )
     if resume:
         trainer.load_checkpoint()
     return trainer.run_and_save(save_bridge, out, data_record(data, size), progress=progress)

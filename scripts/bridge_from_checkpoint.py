@@ -48,7 +48,9 @@ def main() -> None:
         "cond_x1": args.cond_x1,
     }
     step = checkpoint["state"]["step"]
-    save_bridge(network, Path(args.out), {"bridge": bridge, "steps": step, "note": f"EMA from {run}/train/checkpoint.pt"})
+    save_bridge(
+        network, Path(args.out), {"bridge": bridge, "steps": step, "note": f"EMA from {run}/train/checkpoint.pt"}
+    )
     print(f"step {step} -> {args.out}")
 
 

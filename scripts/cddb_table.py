@@ -69,7 +69,8 @@ def checks(frame: pd.DataFrame) -> list[dict]:
     cell = frame.set_index(["task", "solver"])
     rows = []
     for task in TASKS:
-        def get(solver: str, metric: str) -> float:
+
+        def get(solver: str, metric: str, task: str = task) -> float:
             return float(cell.loc[(task, solver), metric]) if (task, solver) in cell.index else float("nan")
 
         rows.append(
@@ -114,7 +115,11 @@ def markdown(frame: pd.DataFrame, results: list[dict]) -> str:
             kid = f"{r['kid']:.3f} ± {r['kid_std']:.3f}" if "kid" in r and pd.notna(r["kid"]) else "–"
             seconds = f"{r['s_per_image']:.3f}" if pd.notna(r["s_per_image"]) else "–"
             prior, own = int(r["nfe"]), int(r["own_nfe"])
-            nfe = f"{prior} + {own} {r['own_networks']}" if prior and own else (f"{own} {r['own_networks']}" if own else f"{prior}")
+            nfe = (
+                f"{prior} + {own} {r['own_networks']}"
+                if prior and own
+                else (f"{own} {r['own_networks']}" if own else f"{prior}")
+            )
             lines.append(
                 f"| {solver} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['lpips']:.3f} | {r['consistency']:.4f} | {fid} | "
                 f"{kid} | {seconds} | {nfe} | {int(r['n'])} |"

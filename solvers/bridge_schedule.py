@@ -34,7 +34,9 @@ DEFAULT_BETA_MAX = 0.3  # I²SB / CDDB scripts for sr4 and JPEG (1.0 with the OT
 class BridgeSchedule:
     """The bridge's β's and the coefficients of its marginal and posterior, in float64 (used in float32)."""
 
-    def __init__(self, steps: int = DEFAULT_STEPS, beta_max: float = DEFAULT_BETA_MAX, beta_min: float = DEFAULT_BETA_MIN):
+    def __init__(
+        self, steps: int = DEFAULT_STEPS, beta_max: float = DEFAULT_BETA_MAX, beta_min: float = DEFAULT_BETA_MIN
+    ):
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2 or steps % 2:
             raise ValueError(f"bridge steps must be an even integer >= 2, got {steps!r}")
         for name, value in (("beta_max", beta_max), ("beta_min", beta_min)):

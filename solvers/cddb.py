@@ -61,7 +61,9 @@ class CDDBConfig(SolverConfig):
         if self.step_size is not None and not (
             isinstance(self.step_size, int | float) and not isinstance(self.step_size, bool) and self.step_size >= 0
         ):
-            raise SolverError(f"cddb.step_size must be a number >= 0 (or none for the task's default), got {self.step_size!r}")
+            raise SolverError(
+                f"cddb.step_size must be a number >= 0 (or none for the task's default), got {self.step_size!r}"
+            )
         if not isinstance(self.bridge, str) or not self.bridge:
             raise SolverError(f"cddb.bridge must be 'auto' or a folder, got {self.bridge!r}")
 
@@ -121,7 +123,9 @@ class CDDB(Solver):
         path = folder / BRIDGE_FILE
         if not path.is_file():
             c, h, w = op.input_shape
-            where = f"at {folder}" if self.config.bridge != "auto" else f"for {op.task} at {h}×{w} ({folder} is missing)"
+            where = (
+                f"at {folder}" if self.config.bridge != "auto" else f"for {op.task} at {h}×{w} ({folder} is missing)"
+            )
             return (
                 f"{self.name} has no trained bridge {where}; train one with `python -m bench train-bridge --task "
                 f"{op.task} --size {h} --data <photos> --out <dir>` and pass --set {self.name}.bridge=<dir>/final"

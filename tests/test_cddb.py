@@ -13,7 +13,7 @@ import torch
 
 import operators
 import solvers
-from bench.train_bridge import build_bridge_network, degraded_image, load_bridge, save_bridge, train_bridge
+from bench.train_bridge import degraded_image, load_bridge, train_bridge
 from bench.training import TrainConfig
 from solvers.bridge_schedule import BridgeSchedule
 from solvers.cddb import ASSETS, CDDB
@@ -75,7 +75,9 @@ def test_posterior_of_the_marginal_is_the_earlier_marginal():
     count = 40000
     x0, x1 = torch.full((count, 1), -0.5, dtype=torch.float64), torch.full((count, 1), 0.7, dtype=torch.float64)
     for m, n in ((100, 600), (400, 500), (0, 300)):
-        x_n = schedule.sample_marginal(x0, x1, torch.full((count,), n), torch.randn(x0.shape, generator=g, dtype=torch.float64))
+        x_n = schedule.sample_marginal(
+            x0, x1, torch.full((count,), n), torch.randn(x0.shape, generator=g, dtype=torch.float64)
+        )
         c0, cn, std = schedule.posterior(m, n)
         x_m = c0 * x0 + cn * x_n + std * torch.randn(x0.shape, generator=g, dtype=torch.float64)
         w0, w1, marginal_std = (float(v) for v in schedule.marginal(m))
@@ -128,7 +130,9 @@ def test_i2sb_with_the_exact_bridge_samples_the_gaussian_posterior():
     mean, cov, op, projection = _gaussian_case()
     schedule = BridgeSchedule()
     d = mean.numel()
-    truth = mean + torch.linalg.cholesky(cov) @ torch.randn(d, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    truth = mean + torch.linalg.cholesky(cov) @ torch.randn(
+        d, generator=torch.Generator().manual_seed(5), dtype=torch.float64
+    )
     y = op(truth.reshape(1, *SHAPE).float())
     m1, c1 = _conditional(mean, cov, projection, op.pinv(y).reshape(1, d).double())
 
@@ -222,7 +226,9 @@ def test_results_do_not_depend_on_the_batch(kodak_photos):
     solver = solvers.build("cddb", nfe=8)
     solver.bridge_fn = _blurring_bridge
     together = solver.solve(y, op, CPU, sigma=0.0, generators=generators(3))
-    alone = torch.cat([solver.solve(y[i : i + 1], op, CPU, sigma=0.0, generators=generators(1, offset=i)) for i in range(3)])
+    alone = torch.cat(
+        [solver.solve(y[i : i + 1], op, CPU, sigma=0.0, generators=generators(1, offset=i)) for i in range(3)]
+    )
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
 
 
@@ -254,9 +260,9 @@ def test_train_bridge_writes_a_strictly_loadable_bridge_with_its_record(tiny_bri
 
 
 def test_a_bridge_with_a_missing_key_is_an_error(tiny_bridge, tmp_path):
-    from safetensors.torch import load_file, save_file
-
     import shutil
+
+    from safetensors.torch import load_file, save_file
 
     broken = tmp_path / "broken"
     shutil.copytree(tiny_bridge, broken)
@@ -274,7 +280,12 @@ def test_train_bridge_resumes_exactly(photo_folder, tmp_path):
     straight = train_bridge("jpeg10", photo_folder, tmp_path / "a", **common)
     import dataclasses
 
-    train_bridge("jpeg10", photo_folder, tmp_path / "b", **{**common, "config": dataclasses.replace(config, max_wall_seconds=0.0)})
+    train_bridge(
+        "jpeg10",
+        photo_folder,
+        tmp_path / "b",
+        **{**common, "config": dataclasses.replace(config, max_wall_seconds=0.0)},
+    )
     resumed = train_bridge("jpeg10", photo_folder, tmp_path / "b", resume=True, **common)
     a, _ = load_bridge(straight)
     b, _ = load_bridge(resumed)

@@ -20,8 +20,6 @@ from bench.cli import main
 from bench.report import ReportError, latest_results, render_report
 from bench.report.load import load_store, method_labels
 from bench.report.swap import MARKER
-from bench.run import measurement_path, reconstruction_path
-from bench.units import image_tag
 from bench.report.tables import (
     quality_summary,
     quality_table,
@@ -31,7 +29,9 @@ from bench.report.tables import (
     to_latex,
     to_markdown,
 )
+from bench.run import measurement_path, reconstruction_path
 from bench.store import ResultStore
+from bench.units import image_tag
 
 REPO = Path(__file__).resolve().parents[1]
 IDS = ["alpha", "beta", "gamma"]

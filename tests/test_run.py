@@ -4,8 +4,8 @@ LPIPS accepts) and crops of scikit-image's bundled photos."""
 from __future__ import annotations
 
 import math
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,8 +22,8 @@ from scipy import stats
 from bench.cli import build_parser, main
 from bench.data import SKIMAGE_NATURAL_COLOUR, _skimage_data_dir
 from bench.run import fisher_kurtosis, measurement_path, reconstruction_path, settings_from_args
-from bench.units import image_tag
 from bench.store import ResultStore
+from bench.units import image_tag
 
 REPO = Path(__file__).resolve().parents[1]
 PRIOR = "gaussian:32"

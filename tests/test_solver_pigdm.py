@@ -165,7 +165,9 @@ def test_pigdm_noiseless_likelihood_is_the_public_update_at_every_sigma(prior):
     """likelihood="noiseless" (the public code) ignores σ in the guidance: at σ = 0.05 it takes exactly the steps
     of σ = 0 on the same y; the paper's likelihood does not."""
     op = operators.build("sr4", shape=SHAPE).for_images(["a"], seed=0)
-    y = op.measure(prior.sample(1, torch.Generator().manual_seed(3)), 0.05, operators.image_generators(0, ["a"], "noise"))
+    y = op.measure(
+        prior.sample(1, torch.Generator().manual_seed(3)), 0.05, operators.image_generators(0, ["a"], "noise")
+    )
 
     def run(sigma: float, likelihood: str) -> torch.Tensor:
         solver = solvers.build("pigdm", steps=8, likelihood=likelihood)
