@@ -190,14 +190,12 @@ def _cmd_train_ddc(args: argparse.Namespace) -> int:
 def _cmd_train_bridge(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from bench.train_bridge import BRIDGE_OPTIMIZER, bridge_train_config, train_bridge
+    from bench.train_bridge import BRIDGE_OPTIMIZER, train_bridge
 
-    base = _train_config(args)
-    config = dataclasses.replace(
-        bridge_train_config(**{k: v for k, v in dataclasses.asdict(base).items() if k not in BRIDGE_OPTIMIZER}),
-        lr=base.lr,
-        **({} if args.warmup_steps is None else {"warmup_steps": args.warmup_steps}),
-    )
+    optimizer = {k: v for k, v in BRIDGE_OPTIMIZER.items() if k != "lr"}  # --lr has its own default
+    if args.warmup_steps is not None:
+        optimizer["warmup_steps"] = args.warmup_steps
+    config = dataclasses.replace(_train_config(args), **optimizer)
     final = train_bridge(
         args.task,
         args.data,

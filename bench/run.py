@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import math
 import os
 import sys
@@ -358,6 +359,7 @@ def _peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
 
 
+@functools.cache
 def _heap_reader():
     """A function giving the bytes glibc's malloc has handed out and not taken back (mallinfo2: uordblks +
     hblkhd), or None where glibc ≥ 2.33 is not there."""
@@ -382,9 +384,6 @@ def _heap_reader():
     return in_use
 
 
-_HEAP: dict[str, Any] = {}  # the mallinfo2 reader, probed once
-
-
 class _HeapPeak:
     """The peak of the heap in use above its level at the start, sampled every `interval` seconds by a thread
     while the block runs: this block's own CPU memory, tensors included (torch's CPU allocator takes its memory
@@ -398,9 +397,7 @@ class _HeapPeak:
     def __enter__(self) -> _HeapPeak:
         import threading
 
-        if "reader" not in _HEAP:
-            _HEAP["reader"] = _heap_reader()
-        self._in_use = _HEAP["reader"]
+        self._in_use = _heap_reader()
         self.start_max = _peak_rss_bytes()
         self.start = self._in_use() if self._in_use else 0
         self.highest = self.start
@@ -464,6 +461,7 @@ class _Context:
     dataset: Any
     index_of: dict[str, int]
     solvers: dict[str, Any]
+    solver_configs: dict[str, str]  # each solver's resolved config as canonical JSON, as the rows store it
     ops: dict[str, Any]
     device: Any
     store: Any
@@ -533,8 +531,9 @@ def _prepare(settings: RunSettings, rank: int) -> tuple[_Context, list[Any]]:
         dataset = load_dataset(settings.dataset, size=height, channels=channels, n_images=settings.n_images)
     _check_writable(settings.out)
     ids = dataset.ids
+    specs = {name: solver.spec() for name, solver in built.items()}  # once: specs may hash weight files
     units = enumerate_units(
-        {name: solver.spec() for name, solver in built.items()},
+        specs,
         {task: op.spec() for task, op in ops.items()},
         settings.sigmas,
         prior.spec(),
@@ -553,6 +552,7 @@ def _prepare(settings: RunSettings, rank: int) -> tuple[_Context, list[Any]]:
         dataset=dataset,
         index_of={image_id: i for i, image_id in enumerate(ids)},
         solvers=built,
+        solver_configs={name: _json(spec["config"]) for name, spec in specs.items()},
         ops=ops,
         device=torch.device(device),
         store=ResultStore(settings.out, rank=rank),
@@ -602,7 +602,7 @@ def _base_row(context: _Context, unit: Any) -> dict[str, Any]:
         "rank": context.store.rank,
         "dtype": context.settings.dtype,
         "solver_version": solver.version,
-        "solver_config": _json(solver.spec()["config"]),
+        "solver_config": context.solver_configs[unit.solver],
         **context.versions,
     }
 
@@ -746,15 +746,16 @@ def _save_images(
         reference = images / "reference" / f"{unit.image_id}.png"
         if not reference.exists():
             _save_png(clean[b], reference)
-        if shown is not None:  # the measurement depends on the seed (noise, masks): one folder per seed
-            _save_png(shown[b], measurement_path(images, unit.task, first.sigma, context.settings.seed, unit.image_id))
+        if shown is not None:  # the measurement depends on the seed (noise, masks) only: one folder per seed
+            measurement = measurement_path(images, unit.task, first.sigma, context.settings.seed, unit.image_id)
+            if not measurement.exists():
+                _save_png(shown[b], measurement)
 
 
 def _image_tag(context: _Context, solver: str) -> str:
     from bench.units import image_tag
 
-    built = context.solvers[solver]
-    return image_tag(built.version, _json(built.spec()["config"]), context.settings.seed)
+    return image_tag(context.solvers[solver].version, context.solver_configs[solver], context.settings.seed)
 
 
 def reconstruction_path(images: Path, solver: str, task: str, sigma: float, tag: str, image_id: str) -> Path:
@@ -917,6 +918,10 @@ def run(settings: RunSettings) -> Any:
         table = table[table["key"].isin(keys)] if not table.empty else table
         summary = summarize(table)
         print(format_summary(summary))
+        failed = int(summary["failed"].sum()) if len(summary) else 0
+        if failed:
+            print(f"{failed} unit(s) failed; a re-run retries them:", file=sys.stderr)
+            print("\n".join(failure_report(table)), file=sys.stderr)
         return summary
     finally:
         dist.close()
@@ -938,16 +943,9 @@ def failure_report(table: Any, limit: int = 10) -> list[str]:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    summary = run(settings)
+    summary = run(settings)  # it prints each failure's reason
     failed = int(summary["failed"].sum()) if summary is not None and len(summary) else 0
-    if failed:
-        from bench.store import ResultStore
-
-        table = ResultStore(settings.out).units()
-        print(f"{failed} unit(s) failed; a re-run retries them:", file=sys.stderr)
-        print("\n".join(failure_report(table[table["status"] == "failed"])), file=sys.stderr)
-        return 1
-    return 0
+    return 1 if failed else 0
 
 
 def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:

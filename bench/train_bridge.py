@@ -33,10 +33,6 @@ DEFAULT_CHANNELS = (32, 64, 128, 128)
 BRIDGE_OPTIMIZER = {"lr": 3e-4, "weight_decay": 0.0, "ema_decay": 0.999, "warmup_steps": 200, "lr_schedule": "cosine"}
 
 
-def bridge_train_config(**overrides: Any) -> TrainConfig:
-    return TrainConfig(**{**BRIDGE_OPTIMIZER, **overrides})
-
-
 def bridge_unet_config(size: int, channels: int, block_out_channels: Sequence[int], cond_x1: bool) -> dict[str, Any]:
     blocks = list(block_out_channels)
     down = ["DownBlock2D"] * len(blocks)
@@ -80,6 +76,18 @@ def build_bridge_network(
     nn.init.zeros_(unet.conv_out.weight)
     nn.init.zeros_(unet.conv_out.bias)
     return BridgeNetwork(unet, cond_x1=cond_x1)
+
+
+def bridge_record(op, sigma: float, schedule: BridgeSchedule, cond_x1: bool) -> dict[str, Any]:
+    """What a bridge is for, as bridge.json stores it and `solvers.cddb` checks it."""
+    return {
+        "task": op.task,
+        "operator": op.spec(),
+        "image_shape": list(op.input_shape),
+        "sigma": float(sigma),
+        "schedule": schedule.spec(),
+        "cond_x1": cond_x1,
+    }
 
 
 def degraded_image(op, x0: Tensor, sigma: float, noise: Tensor) -> Tensor:
@@ -142,13 +150,13 @@ def load_bridge(folder: str | Path) -> tuple[BridgeNetwork, dict[str, Any]]:
     for key in ("task", "operator", "image_shape", "sigma", "schedule", "cond_x1"):
         if key not in record:
             raise ValueError(f"{record_path} has no '{key}'; re-save the bridge with bench.train_bridge.save_bridge")
+    from bench.weights import WeightsError, load_exact
+
     unet = UNet2DModel.from_config(json.loads(config_path.read_text()))
-    state = load_file(str(weights_path), device="cpu")
-    expected = unet.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{weights_path} does not fit its config: missing {missing[:8]}, unexpected {unexpected[:8]}")
-    unet.load_state_dict(state, strict=True)
+    try:
+        load_exact(unet, load_file(str(weights_path), device="cpu"))
+    except WeightsError as error:
+        raise ValueError(f"{weights_path} does not fit its config: {error}") from None
     network = BridgeNetwork(unet, cond_x1=bool(record["cond_x1"]))
     return network.eval().requires_grad_(False), record
 
@@ -186,14 +194,7 @@ def train_bridge(
     torch.manual_seed(config.seed)
     network = build_bridge_network(size, channels, block_out_channels, cond_x1=cond_x1)
     next_batch, generator = crop_batches(data, size, channels, config.seed, workers)
-    bridge = {
-        "task": task,
-        "operator": op.spec(),
-        "image_shape": [channels, size, size],
-        "sigma": float(sigma),
-        "schedule": schedule.spec(),
-        "cond_x1": cond_x1,
-    }
+    bridge = bridge_record(op, sigma, schedule, cond_x1)
     description = {
         "kind": "I2SB bridge network (for CDDB)",
         "objective": "MSE on (x_n - x0) / sigma_n, n ~ U{0..N-1}, x_n ~ q(x_n | x0, x1) (I2SB Alg. 1)",

@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import operators  # noqa: E402
-from bench.train_bridge import DEFAULT_CHANNELS, build_bridge_network, save_bridge  # noqa: E402
+from bench.train_bridge import DEFAULT_CHANNELS, bridge_record, build_bridge_network, save_bridge  # noqa: E402
 from solvers.bridge_schedule import DEFAULT_BETA_MAX, BridgeSchedule  # noqa: E402
 
 
@@ -39,14 +39,7 @@ def main() -> None:
     network = build_bridge_network(args.size, args.channels, widths, cond_x1=args.cond_x1)
     network.load_state_dict(checkpoint["ema"], strict=True)
     op = operators.build(args.task, shape=(args.channels, args.size, args.size))
-    bridge = {
-        "task": args.task,
-        "operator": op.spec(),
-        "image_shape": [args.channels, args.size, args.size],
-        "sigma": args.sigma,
-        "schedule": BridgeSchedule(beta_max=args.beta_max).spec(),
-        "cond_x1": args.cond_x1,
-    }
+    bridge = bridge_record(op, args.sigma, BridgeSchedule(beta_max=args.beta_max), args.cond_x1)
     step = checkpoint["state"]["step"]
     save_bridge(
         network, Path(args.out), {"bridge": bridge, "steps": step, "note": f"EMA from {run}/train/checkpoint.pt"}

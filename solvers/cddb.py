@@ -27,7 +27,6 @@ JPEG operator's straight-through gradient is that of the codec without rounding 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -70,10 +69,6 @@ class CDDBConfig(SolverConfig):
 
 def bridge_folder(bridge: str, task: str, size: int) -> Path:
     return ASSETS / f"cddb-{task}-{size}" if bridge == "auto" else Path(bridge)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _fit(record: dict[str, Any], op: Operator, sigma: float) -> str | None:
@@ -149,19 +144,21 @@ class CDDB(Solver):
         return None
 
     def spec(self) -> dict[str, Any]:
+        from bench.priors.base import file_sha256
+
         spec = super().spec()
         if self.bridge_fn is not None:
             spec["bridge"] = f"callable:{getattr(self.bridge_fn, '__qualname__', type(self.bridge_fn).__name__)}"
         elif self.config.bridge == "auto":
             spec["bridge_sha256"] = {
-                folder.name: _sha256(folder / "unet" / "diffusion_pytorch_model.safetensors")
+                folder.name: file_sha256(folder / "unet" / "diffusion_pytorch_model.safetensors")
                 for folder in sorted(ASSETS.glob("cddb-*"))
                 if (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file()
             }
         else:
             weights = Path(self.config.bridge) / "unet" / "diffusion_pytorch_model.safetensors"
             if weights.is_file():
-                spec["bridge_sha256"] = _sha256(weights)
+                spec["bridge_sha256"] = file_sha256(weights)
         return spec
 
     def bridge(self, op: Operator, sigma: float, device: torch.device) -> tuple[BridgeFn, BridgeSchedule]:
