@@ -68,7 +68,14 @@ def add_noise(y: Tensor, sigma: float, generators: Sequence[torch.Generator]) ->
         )
     if sigma == 0.0:
         return y
-    return y + 2.0 * sigma * randn_per_image(y.shape[1:], generators, dtype=y.dtype, device=y.device)
+    return y + noise_std(sigma) * randn_per_image(y.shape[1:], generators, dtype=y.dtype, device=y.device)
+
+
+def noise_std(sigma: Any) -> Any:
+    """The noise std on the [-1, 1] image scale of noise level σ on the [0, 1] pixel scale: 2σ.
+
+    Takes a float or a tensor of σ values; every 2σ conversion of the project goes through here."""
+    return 2.0 * sigma
 
 
 def check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
@@ -111,6 +118,13 @@ class SVD:
     def singulars_like(self, z: Tensor) -> Tensor:
         """The singular values in z's dtype and device, broadcastable against (B, M)."""
         return self.singulars.to(dtype=z.dtype, device=z.device)
+
+    def discarded(self, cutoff: float) -> Tensor:
+        """True where a singular value counts as zero under an absolute `cutoff`, shaped like `singulars`.
+
+        Plain rule: s < cutoff. A separable operator overrides it to apply the cutoff to its 1-D factors, which is
+        what the official DDRM and DDNM operators do (their `ZERO = 3e-2`)."""
+        return self.singulars < cutoff
 
 
 class Operator:

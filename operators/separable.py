@@ -94,7 +94,16 @@ class _KroneckerSVD(SVD):
         self.perm = torch.cat([flat.nonzero().flatten(), (~flat).nonzero().flatten()])
         self.inverse_perm = torch.argsort(self.perm)
         self.singulars = grid[:mh, :mw].expand(c, mh, mw).flatten().clone()
+        self._factor_singulars = (sh, sw)
         self._cache: dict[tuple[Any, ...], Tensor] = {}
+
+    def discarded(self, cutoff: float) -> Tensor:
+        """Components whose row or column singular value is below `cutoff`: the official DDRM/DDNM rule, which
+        zeroes 1-D singular values below 3e-2 before forming their products."""
+        sh, sw = self._factor_singulars
+        c = self.op.input_shape[0]
+        grid = (sh[:, None] < cutoff) | (sw[None, :] < cutoff)
+        return grid.expand(c, *grid.shape).flatten()
 
     def _mat(self, name: str, like: Tensor) -> Tensor:
         key = (name, like.dtype, like.device)

@@ -31,6 +31,14 @@ _PIXEL_VARIANCE = (2 * 0.226) ** 2
 # strongly correlated across channels, so luminance dominates.
 _COMPONENT_SHARES = (0.90, 0.06, 0.04)
 
+# The "lowvar" variant: a prior that is far from the default in every respect the tests rely on. Its mean varies
+# across the image (a diagonal ramp and a bump, different per channel), its spectrum falls faster,
+# λ ∝ (1 + u² + v²)^-1.5, and its pixel std is about 0.1, so that its samples stay inside [-1, 1], where solvers
+# that clamp their output (unconditional sampling) can be compared with the exact law they should sample.
+_LOWVAR_PIXEL_VARIANCE = 0.1**2
+_LOWVAR_SPECTRUM_POWER = 1.5
+VARIANTS = ("photo", "lowvar")
+
 # Dense posteriors build a D x D matrix; beyond this many pixels that stops being cheap.
 _MAX_DENSE_PIXELS = 4096
 
@@ -136,6 +144,9 @@ class GaussianPrior(Prior):
     per-pixel variance of share_k * C * 0.204 (each RGB pixel then has variance ≈ 0.2, std ≈ 0.45, as in
     photos). The network is the exact denoiser (no weights); the schedule is DDPM's linear one by default.
     Samples are Gaussian and so are not confined to [-1, 1].
+
+    `variant="lowvar"` is a second, deliberately different prior (see `_LOWVAR_PIXEL_VARIANCE`): a mean that
+    varies over the image, a steeper power law and pixel std ≈ 0.1.
     """
 
     def __init__(
@@ -148,10 +159,13 @@ class GaussianPrior(Prior):
         beta_end: float = DDPM_BETA_END,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | str = torch.float32,
+        variant: str = "photo",
     ) -> None:
         size, channels = int(size), int(channels)
         if size < 2:
             raise PriorError(f"Gaussian prior image size must be at least 2, got {size}")
+        if variant not in VARIANTS:
+            raise PriorError(f"unknown Gaussian prior variant {variant!r} (available: {', '.join(VARIANTS)})")
         colour = opponent_colour_matrix(channels)
         if channels == 3:
             mean_values = [2.0 * m - 1.0 for m in _RGB_MEAN_01]
@@ -160,11 +174,21 @@ class GaussianPrior(Prior):
             mean_values = [2.0 * sum(_RGB_MEAN_01) / 3 - 1.0]
             variances = [_PIXEL_VARIANCE]
         freq = torch.arange(size, dtype=torch.float64)
-        spectrum = 1.0 / (1.0 + freq[:, None] ** 2 + freq[None, :] ** 2)
+        power = _LOWVAR_SPECTRUM_POWER if variant == "lowvar" else 1.0
+        spectrum = (1.0 + freq[:, None] ** 2 + freq[None, :] ** 2) ** -power
         spectrum = spectrum / spectrum.mean()  # mean 1, so component k's mean pixel variance is variances[k]
         self._mean64 = (
             torch.tensor(mean_values, dtype=torch.float64)[:, None, None].expand(channels, size, size).clone()
         )
+        if variant == "lowvar":
+            variances = [share * channels * _LOWVAR_PIXEL_VARIANCE for share in _COMPONENT_SHARES[:channels]]
+            if channels == 1:
+                variances = [_LOWVAR_PIXEL_VARIANCE]
+            position = (torch.arange(size, dtype=torch.float64) + 0.5) / size  # pixel centres in (0, 1)
+            ramp = position[:, None] - position[None, :]  # -1 .. 1 along the anti-diagonal
+            bump = torch.cos(math.pi * position[:, None]) * torch.cos(math.pi * position[None, :])
+            per_channel = [(0.4, 0.2), (-0.3, 0.25), (0.1, -0.3)][:channels]
+            self._mean64 = self._mean64 * 0.5 + torch.stack([a * ramp + b * bump for a, b in per_channel])
         self._eigenvalues64 = torch.tensor(variances, dtype=torch.float64)[:, None, None] * spectrum
         self._colour64 = colour
         self._dct64 = dct_matrix(size)
@@ -173,7 +197,7 @@ class GaussianPrior(Prior):
             "image_shape": [channels, size, size],
             "mean": [round(v, 6) for v in mean_values],
             "component_variances": [round(v, 6) for v in variances],
-            "spectrum": "1/(1+u^2+v^2), opponent colour x orthonormal DCT-II",
+            "spectrum": f"1/(1+u^2+v^2){'' if power == 1.0 else f'^{power}'}, opponent colour x orthonormal DCT-II",
             "schedule": {
                 "beta_schedule": "linear",
                 "beta_start": beta_start,
@@ -181,6 +205,9 @@ class GaussianPrior(Prior):
                 "num_train_timesteps": num_timesteps,
             },
         }
+        if variant != "photo":  # the default's spec (and so its result keys) stays as it was
+            config["variant"] = variant
+            config["mean"] = "per-channel ramp and bump: 0.5·channel mean + a·(h − w) + b·cos(πh)cos(πw)"
         network = GaussianDenoiser(self._mean64, self._eigenvalues64, colour, torch.cumprod(1.0 - betas, 0))
         super().__init__(
             network, betas, (channels, size, size), kind="gaussian", config=config, device=device, dtype=dtype
