@@ -131,6 +131,11 @@ class Solver:
         """Why this solver cannot run for lack of trained weights, or None when it has what it needs."""
         return None
 
+    def nfe(self) -> int | None:
+        """Prior network evaluations per image that this config implies (one call on a batch counts once), or
+        None where the solver does not declare it; `bench validate` checks it against the prior's own count."""
+        return None
+
     def spec(self) -> dict[str, Any]:
         """The solver's identity for result keys: name, version and resolved config."""
         return {"solver": self.name, "version": self.version, "config": dataclasses.asdict(self.config)}

@@ -177,6 +177,9 @@ class DDC(Solver):
     requires = frozenset({Cap.FORWARD, Cap.PINV})
     summary = "learned data-consistency correction of the Tweedie estimate (Chen et al. 2024), 5 steps"
 
+    def nfe(self) -> int:
+        return self.config.steps  # one prior call per step
+
     def __init__(self, config: SolverConfig | None = None, *, phi: nn.Module | Phi | None = None, **overrides: Any):
         super().__init__(config, **overrides)
         self._provenance: dict[str, Any] | None = None

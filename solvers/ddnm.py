@@ -70,6 +70,9 @@ class DDNM(Solver):
     requires_when_noisy = frozenset({Cap.SVD})  # DDNM+ scales the correction per singular value
     summary = "DDNM: null-space consistency x̂0 − A⁺(A x̂0 − y); DDNM+ at σ > 0 (Wang et al. 2023)"
 
+    def nfe(self) -> int:
+        return self.config.steps  # one prior call per step
+
     def solve_unclamped(
         self,
         y: Tensor,

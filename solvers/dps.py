@@ -162,6 +162,9 @@ class DPS(Solver):
 
     config: DPSConfig
 
+    def nfe(self) -> int:
+        return self.config.steps  # one prior call per step
+
     def solve(
         self,
         y: Tensor,

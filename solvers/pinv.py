@@ -26,6 +26,9 @@ class Pinv(Solver):
     requires = frozenset({Cap.PINV})
     summary = "A⁺y, the measurement's pseudo-inverse (no prior)"
 
+    def nfe(self) -> int:
+        return 0
+
     def solve(
         self,
         y: Tensor,

@@ -44,6 +44,9 @@ class Uncond(Solver):
     summary = "ancestral DDPM sampling that ignores y (reference for the kurtosis figure)"
     quick = {"steps": 100}
 
+    def nfe(self) -> int:
+        return self.config.steps  # one prior call per step
+
     def solve(
         self,
         y: Tensor,
