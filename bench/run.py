@@ -664,7 +664,7 @@ def _run_batch(context: _Context, batch: list[Any]) -> tuple[list[dict[str, Any]
         _sync(device)
         with heap:
             start = time.perf_counter()
-            estimate = solver.solve(y, bound, prior, sigma=first.sigma, generators=generators, callback=record)
+            estimate = solver.reconstruct(y, bound, prior, sigma=first.sigma, generators=generators, callback=record)
             _sync(device)
             wall = time.perf_counter() - start - tracing[0]
         if device.type == "cuda":

@@ -89,7 +89,7 @@ def main() -> None:
                 "delta": channel_mean(prior_x0 - x0),
             }
 
-        solver.solve(
+        solver.reconstruct(
             y,
             op,
             prior,

@@ -1,12 +1,14 @@
 """The solver contract.
 
 A solver is a frozen config (defaults from the DDC paper's Appendix B, each citing its source) plus a
-`solve` method. It declares the operator capabilities it needs, for every noise level and additionally for
-σ > 0, and whether it backpropagates through the prior's network. The runner asks `unsupported(op, sigma)`
-first and records the reason instead of crashing.
+`solve` method, the one method a solver overrides. It declares the operator capabilities it needs, for every
+noise level and additionally for σ > 0, and whether it backpropagates through the prior's network. The runner
+asks `unsupported(op, sigma)` first and records the reason instead of crashing, then calls `reconstruct`,
+which checks the inputs, calls `solve` and clamps its estimate to [-1, 1]; `solve` may return values outside
+[-1, 1] (tests check exact, unclamped identities on it).
 
-Shapes and ranges: y is (B, *op.measurement_shape), the estimate x̂ is (B, C, H, W) in [-1, 1]. σ is on the
-[0, 1] pixel scale, so the measurement noise std on the [-1, 1] image scale is 2σ (see `operators`).
+Shapes and ranges: y is (B, *op.measurement_shape), the estimate x̂ is (B, C, H, W). σ is on the [0, 1] pixel
+scale, so the measurement noise std on the [-1, 1] image scale is 2σ (`noise_std`).
 Image b's randomness comes only from generators[b], so its result does not depend on the batch.
 """
 
@@ -101,6 +103,28 @@ class Solver:
             return f"{self.name} needs {names}{noisy}, which {op.task} does not provide"
         return None
 
+    def reconstruct(
+        self,
+        y: Tensor,
+        op: Operator,
+        prior: Any,
+        *,
+        sigma: float,
+        generators: Sequence[torch.Generator],
+        callback: StepCallback | None = None,
+    ) -> Tensor:
+        """x̂ (B, C, H, W) in [-1, 1] from y (B, *op.measurement_shape): the checked, clamped `solve`.
+
+        A SolverError names what does not fit: an operator this solver cannot serve at σ, a measurement of the
+        wrong shape, a generator count other than the batch size, a prior whose images or timesteps do not fit.
+        """
+        self.check(op, sigma)
+        check_inputs(self.name, y, op, prior if self.uses_prior else None, generators)
+        reason = self.prior_mismatch(prior)
+        if reason:
+            raise SolverError(reason)
+        return self.solve(y, op, prior, sigma=sigma, generators=generators, callback=callback).clamp(-1, 1)
+
     def solve(
         self,
         y: Tensor,
@@ -111,21 +135,16 @@ class Solver:
         generators: Sequence[torch.Generator],
         callback: StepCallback | None = None,
     ) -> Tensor:
-        """x̂ (B, C, H, W) in [-1, 1] from y (B, *op.measurement_shape): by default `solve_unclamped`, clamped."""
-        return self.solve_unclamped(y, op, prior, sigma=sigma, generators=generators, callback=callback).clamp(-1, 1)
+        """The method itself: x̂ (B, C, H, W), not yet clamped, from inputs `reconstruct` has checked."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement solve")
 
-    def solve_unclamped(
-        self,
-        y: Tensor,
-        op: Operator,
-        prior: Any,
-        *,
-        sigma: float,
-        generators: Sequence[torch.Generator],
-        callback: StepCallback | None = None,
-    ) -> Tensor:
-        """The estimate before clamping to [-1, 1], for solvers whose tests check exact (unclamped) math."""
-        raise NotImplementedError
+    def prior_mismatch(self, prior: Any) -> str | None:
+        """Why this config cannot run on `prior`, or None: a step count above the prior's timesteps."""
+        steps = getattr(self.config, "steps", None)
+        total = getattr(prior, "num_timesteps", None)
+        if self.uses_prior and isinstance(steps, int) and isinstance(total, int) and steps > total:
+            return f"{self.name}.steps={steps} exceeds the {total} timesteps of the prior"
+        return None
 
     def missing_weights(self) -> str | None:
         """Why this solver cannot run for lack of trained weights, or None when it has what it needs."""
@@ -154,8 +173,10 @@ def _synchronize(values: Sequence[Any]) -> None:
 
 
 def check_inputs(name: str, y: Tensor, op: Operator, prior, generators: Sequence[torch.Generator]) -> None:
-    """Clear errors for a measurement, prior or generator list that does not fit the operator."""
-    if tuple(prior.image_shape) != tuple(op.input_shape):
+    """Clear errors for a measurement, prior or generator list that does not fit the operator.
+
+    `prior` None skips the image-shape check, for solvers that take only the device from it."""
+    if prior is not None and tuple(prior.image_shape) != tuple(op.input_shape):
         raise SolverError(
             f"{name}: the prior makes {tuple(prior.image_shape)} images but the operator expects "
             f"{tuple(op.input_shape)}; build the operator with shape={tuple(prior.image_shape)}"

@@ -194,14 +194,9 @@ class CDDB(Solver):
         generators: Sequence[torch.Generator],
         callback: StepCallback | None = None,
     ) -> Tensor:
-        """CDDB Alg. 1 from x₁ = A⁺y; returns x at bridge step 0, clamped to [-1, 1]. `prior` gives only the device.
+        """CDDB Alg. 1 from x₁ = A⁺y; returns x at bridge step 0. `prior` gives only the device.
 
         The callback receives the network's output as eps and x̂₀ (before the data-consistency step) as x0."""
-        self.check(op, sigma)
-        if not isinstance(y, Tensor) or tuple(y.shape[1:]) != tuple(op.measurement_shape):
-            raise SolverError(f"{self.name}: y must have shape (B, {', '.join(map(str, op.measurement_shape))})")
-        if len(generators) != y.shape[0]:
-            raise SolverError(f"{self.name}: need one generator per image, got {len(generators)} for {y.shape[0]}")
         device = prior.device
         network, schedule = self.bridge(op, sigma, device)
         network = self.counted("bridge", network)
@@ -232,7 +227,7 @@ class CDDB(Solver):
                     gradient = self._residual_gradient(y, op, x0_leaf, x0_leaf)
                     x_m = x_m - c0 * step_size * gradient
             x = x_m.detach()
-        return x.clamp(-1, 1)
+        return x
 
     @staticmethod
     def _residual_gradient(y: Tensor, op: Operator, x0: Tensor, wrt: Tensor) -> Tensor:

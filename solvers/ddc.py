@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from operators import Cap, Operator, randn_per_image
 
 from . import register
-from .base import Solver, SolverConfig, SolverError, StepCallback, check_inputs
+from .base import Solver, SolverConfig, SolverError, StepCallback
 from .uncond import posterior_step
 
 ASSETS = Path(__file__).resolve().parents[1] / "bench" / "assets"
@@ -248,8 +248,6 @@ class DDC(Solver):
 
         The callback receives the prior's ε̂ and the corrected estimate x̂₀,y as x0.
         """
-        check_inputs(self.name, y, op, prior, generators)
-        self.check(op, sigma)
         shape, device = prior.image_shape, prior.device
         phi = self.counted("phi", self.phi(device))
         self._check_prior(prior)
@@ -264,7 +262,7 @@ class DDC(Solver):
                 callback(step=i, t=t, x_t=x, eps=corrected.eps, x0=corrected.x0)
             noise = randn_per_image(shape, generators, dtype=x.dtype, device=device)
             x = posterior_step(prior, x, corrected, t, s, noise)
-        return x.clamp(-1, 1)
+        return x
 
     def _check_schedule(self, timesteps: Sequence[int]) -> None:
         """A φ trained only at the sampler's timesteps (`train-ddc --timesteps sampler`) has never seen others."""

@@ -44,9 +44,10 @@ import torch
 from torch import Tensor
 
 from operators import Cap, Operator, randn_per_image
+from operators.base import noise_std
 
 from . import register
-from .base import Solver, SolverConfig, SolverError, StepCallback, check_inputs, spectral_measurement
+from .base import Solver, SolverConfig, SolverError, StepCallback, spectral_measurement
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +74,7 @@ class DDNM(Solver):
     def nfe(self) -> int:
         return self.config.steps  # one prior call per step
 
-    def solve_unclamped(
+    def solve(
         self,
         y: Tensor,
         op: Operator,
@@ -85,12 +86,10 @@ class DDNM(Solver):
     ) -> Tensor:
         """The estimate before the final clamp to [-1, 1] (B, C, H, W): the last x̂0|y, which satisfies
         A x̂ = y for noise-free linear measurements (clamping would break that)."""
-        self.check(op, sigma)
-        check_inputs(self.name, y, op, prior, generators)
         eta = self.config.eta
         shape, device = prior.image_shape, prior.device
         y = y.to(device=device, dtype=torch.float32)
-        sigma_y = 2.0 * float(sigma)  # σ is on [0, 1]; the noise std on the [-1, 1] scale is 2σ
+        sigma_y = noise_std(float(sigma))
         if sigma_y > 0:
             with torch.no_grad():
                 s, u_y = spectral_measurement(op, y)

@@ -39,9 +39,10 @@ import torch
 from torch import Tensor
 
 from operators import Cap, Operator, randn_per_image
+from operators.base import noise_std
 
 from . import register
-from .base import Solver, SolverConfig, SolverError, StepCallback, check_inputs, spectral_measurement
+from .base import Solver, SolverConfig, SolverError, StepCallback, spectral_measurement
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +83,7 @@ class DDRM(Solver):
     def nfe(self) -> int:
         return self.config.steps  # one prior call per step
 
-    def solve_unclamped(
+    def solve(
         self,
         y: Tensor,
         op: Operator,
@@ -94,13 +95,11 @@ class DDRM(Solver):
     ) -> Tensor:
         """The estimate before the final clamp to [-1, 1] (B, C, H, W): the sampler's own output, which
         reproduces noise-free measurements exactly."""
-        self.check(op, sigma)
-        check_inputs(self.name, y, op, prior, generators)
         eta, eta_b = self.config.eta, self.config.eta_b
         svd, device = op.svd, prior.device
         n = math.prod(op.input_shape)
         y = y.to(device=device, dtype=torch.float32)
-        sigma_y = 2.0 * float(sigma)  # σ is on [0, 1]; the noise std on the [-1, 1] scale is 2σ
+        sigma_y = noise_std(float(sigma))
         with torch.no_grad():
             s, u_y = spectral_measurement(op, y)
         if sigma_y > 0:

@@ -175,13 +175,10 @@ class DPS(Solver):
         generators: Sequence[torch.Generator],
         callback: StepCallback | None = None,
     ) -> Tensor:
-        """Algorithm 1 of DPS on y (B, *op.measurement_shape); returns x̂ (B, C, H, W) in [-1, 1].
+        """Algorithm 1 of DPS on y (B, *op.measurement_shape); returns x̂ (B, C, H, W).
 
         σ (on the [0, 1] scale) is not used by the update; image b's noise comes from generators[b] only.
         """
-        self.check(op, sigma)
-        if len(generators) != y.shape[0]:
-            raise SolverError(f"need one generator per image: got {len(generators)} for a batch of {y.shape[0]}")
         shape, device = prior.image_shape, prior.device
         y = y.to(device=device, dtype=torch.float32)
         ts = prior.timesteps(self.config.steps, self.config.spacing)
@@ -199,4 +196,4 @@ class DPS(Solver):
             noise = randn_per_image(shape, generators, dtype=x.dtype, device=device)
             with torch.no_grad():
                 x = posterior_step(prior, x, prediction, t, s, noise) - zeta * guidance
-        return x.clamp(-1, 1)
+        return x

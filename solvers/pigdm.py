@@ -51,6 +51,7 @@ import torch
 from torch import Tensor
 
 from operators import Cap, Operator, randn_per_image
+from operators.base import noise_std
 
 from . import register
 from .base import Solver, SolverConfig, SolverError, StepCallback
@@ -128,18 +129,15 @@ class PiGDM(Solver):
         generators: Sequence[torch.Generator],
         callback: StepCallback | None = None,
     ) -> Tensor:
-        """Algorithm 1 of ΠGDM on y (B, *op.measurement_shape); returns x̂ (B, C, H, W) in [-1, 1].
+        """Algorithm 1 of ΠGDM on y (B, *op.measurement_shape); returns x̂ (B, C, H, W).
 
         σ is the measurement noise on the [0, 1] scale (std 2σ on [-1, 1]); image b's draws come from
         generators[b] only.
         """
-        self.check(op, sigma)
-        if len(generators) != y.shape[0]:
-            raise SolverError(f"need one generator per image: got {len(generators)} for a batch of {y.shape[0]}")
         config = self.config
         shape, device = prior.image_shape, prior.device
         # σ on [0, 1] -> std on [-1, 1]; the public code's update ignores the noise (likelihood="noiseless")
-        noise_std = 2.0 * float(sigma) if config.likelihood == "paper" else 0.0
+        s_y = noise_std(float(sigma)) if config.likelihood == "paper" else 0.0
         y = y.to(device=device, dtype=torch.float32)
         with torch.no_grad():
             y_pinv = op.pinv(y)
@@ -152,7 +150,7 @@ class PiGDM(Solver):
             with torch.enable_grad():
                 x = x.detach().requires_grad_(True)
                 prediction = prior.predict(x, t)
-                direction = _likelihood_direction(y, op, prediction.x0.detach(), r2, noise_std, y_pinv)
+                direction = _likelihood_direction(y, op, prediction.x0.detach(), r2, s_y, y_pinv)
                 # Eq. 7: the vector-Jacobian product (∂x̂₀/∂x_t)ᵀ direction; rows are independent images.
                 (score,) = torch.autograd.grad((direction * prediction.x0).sum(), x)
             x = x.detach()
@@ -165,4 +163,4 @@ class PiGDM(Solver):
             c2 = math.sqrt(max(1.0 - ab_s - c1 * c1, 0.0))
             noise = randn_per_image(shape, generators, dtype=x.dtype, device=device)
             x = math.sqrt(ab_s) * x0_guided + c1 * noise + c2 * eps
-        return x.clamp(-1, 1)
+        return x

@@ -40,4 +40,4 @@ class Pinv(Solver):
         callback: StepCallback | None = None,
     ) -> Tensor:
         with torch.no_grad():
-            return op.pinv(y).clamp(-1, 1)
+            return op.pinv(y)

@@ -45,6 +45,7 @@ import torch
 from torch import Tensor
 
 from operators import Cap, Operator
+from operators.base import noise_std
 
 from . import register
 from .base import Solver, SolverConfig, SolverError, StepCallback
@@ -211,19 +212,16 @@ class PnPADMM(Solver):
         generators: Sequence[torch.Generator],
         callback: StepCallback | None = None,
     ) -> Tensor:
-        """Plug-and-play ADMM on y (B, *op.measurement_shape); returns x̂ (B, C, H, W) in [-1, 1].
+        """Plug-and-play ADMM on y (B, *op.measurement_shape); returns x̂ (B, C, H, W).
 
         `prior` gives only the image shape and device; `generators` are unused (the method is deterministic)
         and `callback` is never called (there is no network of the diffusion prior to report).
         """
-        self.check(op, sigma)
-        if len(generators) != y.shape[0]:
-            raise SolverError(f"need one generator per image: got {len(generators)} for a batch of {y.shape[0]}")
         config = self.config
         device = prior.device
         denoise = self.counted("dncnn", self.denoiser(device))
-        noise_std = 2.0 * max(float(sigma), MEASUREMENT_NOISE_FLOOR)  # σ on [0, 1] -> std on [-1, 1]
-        weight = config.rho * noise_std**2
+        s_y = noise_std(max(float(sigma), MEASUREMENT_NOISE_FLOOR))
+        weight = config.rho * s_y**2
         denoiser_sigma = 1.0 / (2.0 * math.sqrt(config.rho))  # the z-step's noise std, on the [0, 1] scale
         y = y.to(device=device, dtype=torch.float32)
         with torch.no_grad():
@@ -236,4 +234,4 @@ class PnPADMM(Solver):
                 z = denoise(x + u, denoiser_sigma)
                 u = u + x - z
         # z is the denoiser's output, the regularised iterate (x and z agree at convergence).
-        return z.clamp(-1, 1)
+        return z

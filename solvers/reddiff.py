@@ -105,13 +105,10 @@ class RedDiff(Solver):
         generators: Sequence[torch.Generator],
         callback: StepCallback | None = None,
     ) -> Tensor:
-        """Algorithm 1 of RED-diff on y (B, *op.measurement_shape); returns μ (B, C, H, W) clamped to [-1, 1].
+        """Algorithm 1 of RED-diff on y (B, *op.measurement_shape); returns μ (B, C, H, W).
 
         σ (on the [0, 1] scale) is not used: λ carries the noise level (see the module docstring).
         """
-        self.check(op, sigma)
-        if len(generators) != y.shape[0]:
-            raise SolverError(f"need one generator per image: got {len(generators)} for a batch of {y.shape[0]}")
         shape, device = prior.image_shape, prior.device
         y = y.to(device=device, dtype=torch.float32)
         data_scale = 0.5 / measured_entries(op)
@@ -136,4 +133,4 @@ class RedDiff(Solver):
                 loss.backward()
             optimizer.step()
         estimate = prediction.x0 if self.config.output == "x0" else mu.detach()
-        return estimate.clamp(-1, 1)
+        return estimate

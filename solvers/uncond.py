@@ -67,4 +67,4 @@ class Uncond(Solver):
                 callback(step=i, t=t, x_t=x, eps=prediction.eps, x0=prediction.x0)
             noise = randn_per_image(shape, generators, dtype=x.dtype, device=device)
             x = posterior_step(prior, x, prediction, t, s, noise)
-        return x.clamp(-1, 1)
+        return x

@@ -27,7 +27,7 @@ def problem(prior, task: str, sigma: float, seed: int = 1):
 def repeated_solve(solver, prior, task: str, y: torch.Tensor, sigma: float, n: int = DRAWS) -> torch.Tensor:
     """n solutions for the same y in one batch (the same inpainting mask for all: one image id)."""
     batch_op = operators.build(task, shape=SHAPE).for_images(["x"] * n, seed=0)
-    return solver.solve(y.expand(n, *y.shape[1:]), batch_op, prior, sigma=sigma, generators=seeded_generators(n))
+    return solver.reconstruct(y.expand(n, *y.shape[1:]), batch_op, prior, sigma=sigma, generators=seeded_generators(n))
 
 
 def posterior_error(prior, op, y: torch.Tensor, sigma: float) -> Callable[[torch.Tensor], float]:

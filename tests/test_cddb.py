@@ -151,7 +151,7 @@ def test_i2sb_with_the_exact_bridge_samples_the_gaussian_posterior():
     count = 500
     solver = solvers.build("i2sb", nfe=500, clip_x0=False)
     solver.bridge_fn = exact_bridge
-    samples = solver.solve(y.expand(count, *y.shape[1:]), op, CPU, sigma=0.0, generators=generators(count))
+    samples = solver.reconstruct(y.expand(count, *y.shape[1:]), op, CPU, sigma=0.0, generators=generators(count))
     flat = samples.reshape(count, d).double()
     # mean, in the posterior's own metric on the directions it leaves uncertain: χ²(rank) / count on average
     values, vectors = torch.linalg.eigh(c1)
@@ -199,7 +199,7 @@ def test_data_consistency_step_lowers_the_residual_on_photos(kodak_photos, task)
     def final_residual(name: str) -> float:
         solver = solvers.build(name, nfe=20)
         solver.bridge_fn = _blurring_bridge
-        x = solver.solve(y, op, CPU, sigma=0.0, generators=generators(2))
+        x = solver.reconstruct(y, op, CPU, sigma=0.0, generators=generators(2))
         return float((op(x) - y).square().mean().sqrt())
 
     plain, consistent, deep = final_residual("i2sb"), final_residual("cddb"), final_residual("cddb-deep")
@@ -215,7 +215,7 @@ def test_step_size_zero_is_i2sb_exactly(kodak_photos):
     for name, extra in (("i2sb", {}), ("cddb", {"step_size": 0.0})):
         solver = solvers.build(name, nfe=10, **extra)
         solver.bridge_fn = _blurring_bridge
-        runs.append(solver.solve(y, op, CPU, sigma=0.0, generators=generators(2)))
+        runs.append(solver.reconstruct(y, op, CPU, sigma=0.0, generators=generators(2)))
     assert torch.equal(runs[0], runs[1])
 
 
@@ -225,9 +225,9 @@ def test_results_do_not_depend_on_the_batch(kodak_photos):
     y = op(clean)
     solver = solvers.build("cddb", nfe=8)
     solver.bridge_fn = _blurring_bridge
-    together = solver.solve(y, op, CPU, sigma=0.0, generators=generators(3))
+    together = solver.reconstruct(y, op, CPU, sigma=0.0, generators=generators(3))
     alone = torch.cat(
-        [solver.solve(y[i : i + 1], op, CPU, sigma=0.0, generators=generators(1, offset=i)) for i in range(3)]
+        [solver.reconstruct(y[i : i + 1], op, CPU, sigma=0.0, generators=generators(1, offset=i)) for i in range(3)]
     )
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
 
@@ -301,9 +301,9 @@ def test_solver_finds_the_bridge_and_refuses_other_tasks_sizes_and_noise(tiny_br
     assert "(3, 32, 32) images" in solver.unsupported(operators.build("sr4", shape=(3, 64, 64)), 0.0)
     assert "σ = 0" in solver.unsupported(sr4, 0.05) and "--sigma 0.05" in solver.unsupported(sr4, 0.05)
     y = sr4(torch.zeros(1, 3, 32, 32))
-    assert solver.solve(y, sr4, CPU, sigma=0.0, generators=generators(1)).shape == (1, 3, 32, 32)
+    assert solver.reconstruct(y, sr4, CPU, sigma=0.0, generators=generators(1)).shape == (1, 3, 32, 32)
     with pytest.raises(solvers.SolverError, match="σ = 0"):
-        solver.solve(y, sr4, CPU, sigma=0.05, generators=generators(1))
+        solver.reconstruct(y, sr4, CPU, sigma=0.05, generators=generators(1))
     missing = solvers.build("cddb").unsupported(operators.build("inpaint"), 0.0)
     assert "train-bridge --task inpaint --size 64" in missing
 
@@ -330,7 +330,7 @@ def test_shipped_bridge_learned_its_task_on_held_out_photos(kodak_photos, task):
     y = op(clean)
 
     def run(name: str, nfe: int) -> torch.Tensor:
-        return solvers.build(name, nfe=nfe).solve(y, op, CPU, sigma=0.0, generators=generators(4))
+        return solvers.build(name, nfe=nfe).reconstruct(y, op, CPU, sigma=0.0, generators=generators(4))
 
     error = lambda estimate: float((estimate - clean).square().mean())  # noqa: E731
     assert error(run("cddb", 1)) < error(op.pinv(y).clamp(-1, 1))

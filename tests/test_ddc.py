@@ -58,7 +58,7 @@ def test_ddc_counts_prior_and_phi_evaluations(prior, steps):
         return torch.zeros_like(x0)
 
     prior.reset_stats()
-    DDC(phi=phi, steps=steps).solve(
+    DDC(phi=phi, steps=steps).reconstruct(
         y,
         op,
         prior,
@@ -77,10 +77,10 @@ def test_ddc_zero_phi_equals_uncond_on_the_same_schedule(prior):
     ids = ["a", "b", "c"]
     op, y = measured("gblur", ids)
     # unclipped, as the official code feeds φ: exactly plain DDPM (clipping x̂₀ is a different sampler)
-    ddc = DDC(phi=zero_phi, clip_x0=False).solve(
+    ddc = DDC(phi=zero_phi, clip_x0=False).reconstruct(
         y, op, prior, sigma=0.05, generators=operators.image_generators(3, ids, "s")
     )
-    uncond = solvers.build("uncond", steps=5).solve(
+    uncond = solvers.build("uncond", steps=5).reconstruct(
         y, op, prior, sigma=0.05, generators=operators.image_generators(3, ids, "s")
     )
     torch.testing.assert_close(ddc, uncond, rtol=0, atol=1e-6)
@@ -94,7 +94,7 @@ def test_ddc_last_step_returns_the_corrected_estimate(prior):
     def phi(x0, y_image, t):  # x̂₀,y = x̂₀ − (x̂₀ − y) = y
         return x0 - y_image
 
-    out = DDC(phi=phi).solve(y, op, prior, sigma=0.0, generators=operators.image_generators(0, ["a", "b"], "s"))
+    out = DDC(phi=phi).reconstruct(y, op, prior, sigma=0.0, generators=operators.image_generators(0, ["a", "b"], "s"))
     torch.testing.assert_close(out, target, rtol=0, atol=1e-5)
 
 
@@ -155,9 +155,9 @@ def test_ddc_batch_independence(prior):
     def phi(x0, y_image, t):
         return 0.1 * conv(torch.cat([x0, y_image], 1)) * (t.view(-1, 1, 1, 1) / 1000)
 
-    batch = DDC(phi=phi).solve(y, op, prior, sigma=0.05, generators=operators.image_generators(2, ids, "s"))
+    batch = DDC(phi=phi).reconstruct(y, op, prior, sigma=0.05, generators=operators.image_generators(2, ids, "s"))
     single_op = operators.build("inpaint", shape=SHAPE).for_images(ids[1:2], seed=0)
-    alone = DDC(phi=phi).solve(
+    alone = DDC(phi=phi).reconstruct(
         y[1:2], single_op, prior, sigma=0.05, generators=operators.image_generators(2, ids[1:2], "s")
     )
     torch.testing.assert_close(alone[0], batch[1], rtol=0, atol=1e-5)
@@ -166,7 +166,7 @@ def test_ddc_batch_independence(prior):
 def test_ddc_missing_weights_and_bad_options_are_clear_errors(prior, tmp_path):
     op, y = measured("sr4", ["a"])
     with pytest.raises(SolverError, match="train-ddc"):
-        DDC(network=str(tmp_path / "nothing")).solve(
+        DDC(network=str(tmp_path / "nothing")).reconstruct(
             y, op, prior, sigma=0.05, generators=operators.image_generators(0, ["a"], "s")
         )
     with pytest.raises(SolverError, match="y_to_image"):
@@ -191,14 +191,14 @@ def test_train_ddc_writes_a_folder_the_solver_loads(prior, tmp_path):
     network, provenance = load_phi(folder)
     assert provenance["y_to_image"] == "replicate" and provenance["steps"] == 2 and provenance["w_lpips"] == 0.0
     op, y = measured("sr4", ["a"])
-    out = DDC(network=str(folder)).solve(y, op, prior, sigma=0.05, generators=operators.image_generators(0, ["a"], "s"))
+    out = DDC(network=str(folder)).reconstruct(y, op, prior, sigma=0.05, generators=operators.image_generators(0, ["a"], "s"))
     assert out.shape == (1, *SHAPE) and torch.isfinite(out).all()
     with pytest.raises(SolverError, match="y_to_image=replicate"):
-        DDC(network=str(folder), y_to_image="pinv").solve(
+        DDC(network=str(folder), y_to_image="pinv").reconstruct(
             y, op, prior, sigma=0.05, generators=operators.image_generators(0, ["a"], "s")
         )
     with pytest.raises(SolverError, match="clip_x0=True"):
-        DDC(network=str(folder), clip_x0=False).solve(
+        DDC(network=str(folder), clip_x0=False).reconstruct(
             y, op, prior, sigma=0.05, generators=operators.image_generators(0, ["a"], "s")
         )
     with pytest.raises(FileExistsError, match="--resume"):
@@ -213,12 +213,12 @@ def test_ddc_refuses_a_network_trained_for_another_prior(prior, tmp_path, monkey
     generators = operators.image_generators(0, ["a"], "s")
     monkeypatch.setattr(prior, "spec", lambda: {"kind": "other", "checkpoint_sha256": "b" * 64}, raising=False)
     with pytest.raises(SolverError, match="trained for the prior with checkpoint sha256 aaaaaaaaaaaa"):
-        DDC(network=str(folder)).solve(y, op, prior, sigma=0.05, generators=generators)
+        DDC(network=str(folder)).reconstruct(y, op, prior, sigma=0.05, generators=generators)
     same = tmp_path / "same"
     shutil.copytree(folder, same)
     provenance = json.loads((same / "provenance.json").read_text())
     (same / "provenance.json").write_text(json.dumps({**provenance, "prior": {"checkpoint_sha256": "b" * 64}}))
-    assert torch.isfinite(DDC(network=str(same)).solve(y, op, prior, sigma=0.05, generators=generators)).all()
+    assert torch.isfinite(DDC(network=str(same)).reconstruct(y, op, prior, sigma=0.05, generators=generators)).all()
 
 
 # ----- where φ is trained (schedule-matched timesteps, the sampler's own x_t, y as the runner builds it) -----
@@ -292,11 +292,11 @@ def test_a_schedule_matched_phi_refuses_other_step_counts(prior, tmp_path):
     save_phi(build_phi(SHAPE[1], SHAPE[0], (8, 16)), folder, {**provenance, "sampler_timesteps": prior.timesteps(5)})
     op, y = measured("sr4", ["a"])
     generators = operators.image_generators(0, ["a"], "s")
-    assert torch.isfinite(DDC(network=str(folder)).solve(y, op, prior, sigma=0.05, generators=generators)).all()
+    assert torch.isfinite(DDC(network=str(folder)).reconstruct(y, op, prior, sigma=0.05, generators=generators)).all()
     with pytest.raises(SolverError, match="off_schedule"):
-        DDC(network=str(folder), steps=10).solve(y, op, prior, sigma=0.05, generators=generators)
+        DDC(network=str(folder), steps=10).reconstruct(y, op, prior, sigma=0.05, generators=generators)
     off = DDC(network=str(folder), steps=10, off_schedule=True)
-    assert torch.isfinite(off.solve(y, op, prior, sigma=0.05, generators=generators)).all()
+    assert torch.isfinite(off.reconstruct(y, op, prior, sigma=0.05, generators=generators)).all()
 
 
 @pytest.mark.skipif(not (DATA / "natural-train").is_dir(), reason="needs ../shared/data/natural-train")

@@ -47,7 +47,7 @@ def draws(solver, prior, task: str, y: torch.Tensor, sigma: float, n: int = SAMP
     op = bind(task, ["img"] * n)
     gens = image_generators(0, [f"draw-{i}" for i in range(n)], "sampler")
     ys = y.expand(n, *y.shape[1:]).contiguous()
-    return solver.solve_unclamped(ys, op, prior, sigma=sigma, generators=gens).double()
+    return solver.solve(ys, op, prior, sigma=sigma, generators=gens).double()
 
 
 def dense(apply, n_in: int) -> torch.Tensor:
@@ -201,7 +201,7 @@ def test_ddnm_noise_free_estimate_satisfies_a_x_equals_y(prior, task):
     (the Gaussian prior's images leave [-1, 1], and clamping would move A x̂)."""
     ids = ("a", "b")
     op, y = measurement(prior, task, 0.0, ids)
-    x_hat = solvers.build("ddnm").solve_unclamped(
+    x_hat = solvers.build("ddnm").solve(
         y, op, prior, sigma=0.0, generators=image_generators(0, list(ids), "s")
     )
     torch.testing.assert_close(op(x_hat), y, rtol=0, atol=2e-5)
@@ -211,7 +211,7 @@ def test_ddnm_noise_free_gblur_is_consistent_on_the_pinv_range(prior):
     """For blur A⁺ drops singular values below 3e-2 max s (the operator's rcond): A⁺(A x̂ − y) = 0 holds,
     A x̂ = y only up to the dropped components."""
     op, y = measurement(prior, "gblur", 0.0)
-    x_hat = solvers.build("ddnm").solve_unclamped(y, op, prior, sigma=0.0, generators=image_generators(0, ["i"], "s"))
+    x_hat = solvers.build("ddnm").solve(y, op, prior, sigma=0.0, generators=image_generators(0, ["i"], "s"))
     assert op.pinv(op(x_hat) - y).abs().max() < 1e-4
     assert (op(x_hat) - y).abs().max() < 0.05 * (op(prior.mean[None].float()) - y).abs().max()
 
@@ -221,7 +221,7 @@ def test_ddnm_noise_free_jpeg_runs_through_its_decoder_pinv(prior):
     pseudo-inverse; the result still re-encodes to (nearly) y. Measured ‖JPEG(x̂) − y‖: 0.0, 1.79, 0.0 for three
     sampler seeds, against 9.87 for the prior mean and 14-17 for unconditional samples."""
     op, y = measurement(prior, "jpeg10", 0.0)
-    x_hat = solvers.build("ddnm").solve(y, op, prior, sigma=0.0, generators=image_generators(0, ["i"], "s"))
+    x_hat = solvers.build("ddnm").reconstruct(y, op, prior, sigma=0.0, generators=image_generators(0, ["i"], "s"))
     assert torch.isfinite(x_hat).all() and x_hat.abs().max() <= 1
     assert (op(x_hat) - y).norm() < 0.3 * (op(prior.mean[None].float()) - y).norm()
 
@@ -232,10 +232,10 @@ def test_ddnm_plus_equals_ddrm_with_eta_b_1_on_denoising(prior):
     ids = ("a", "b", "c")
     op, y = measurement(prior, "denoise", 0.05, ids)
     gens = lambda: image_generators(0, list(ids), "sampler")  # noqa: E731
-    ddnm = solvers.build("ddnm").solve_unclamped(y, op, prior, sigma=0.05, generators=gens())
+    ddnm = solvers.build("ddnm").solve(y, op, prior, sigma=0.05, generators=gens())
     ddrm = solvers.build("ddrm", steps=100, eta=0.85, eta_b=1.0)
     torch.testing.assert_close(
-        ddnm, ddrm.solve_unclamped(y, op, prior, sigma=0.05, generators=gens()), atol=1e-4, rtol=0
+        ddnm, ddrm.solve(y, op, prior, sigma=0.05, generators=gens()), atol=1e-4, rtol=0
     )
 
 
@@ -246,8 +246,8 @@ def test_ddnm_image_result_does_not_depend_on_its_batch(prior, task, sigma):
     op = bind(task, ids)
     y = op.measure(x, sigma, image_generators(0, ids, "noise"))
     solver = solvers.build("ddnm", steps=LAW_STEPS)
-    batch = solver.solve(y, op, prior, sigma=sigma, generators=image_generators(0, ids, "sampler"))
-    alone = solver.solve(
+    batch = solver.reconstruct(y, op, prior, sigma=sigma, generators=image_generators(0, ids, "sampler"))
+    alone = solver.reconstruct(
         y[2:3], bind(task, ["c"]), prior, sigma=sigma, generators=image_generators(0, ["c"], "sampler")
     )
     torch.testing.assert_close(batch[2:3], alone, rtol=0, atol=1e-5)
@@ -257,7 +257,7 @@ def test_ddnm_image_result_does_not_depend_on_its_batch(prior, task, sigma):
 def test_ddnm_solve_clamps_and_reports_every_network_call(prior):
     op, y = measurement(prior, "sr4", 0.05)
     seen = []
-    x_hat = solvers.build("ddnm", steps=9).solve(
+    x_hat = solvers.build("ddnm", steps=9).reconstruct(
         y, op, prior, sigma=0.05, generators=image_generators(0, ["img"], "s"), callback=lambda **kw: seen.append(kw)
     )
     assert x_hat.shape == (1, *SHAPE) and x_hat.abs().max() <= 1
@@ -276,9 +276,9 @@ def test_ddnm_bad_configuration_and_inputs_give_clear_errors(prior):
     reason = solver.unsupported(jpeg, 0.05)
     assert "svd" in reason and "sigma > 0" in reason
     with pytest.raises(SolverError, match="svd"):
-        solver.solve(torch.zeros(1, *SHAPE), jpeg, prior, sigma=0.05, generators=image_generators(0, ["i"], "s"))
+        solver.reconstruct(torch.zeros(1, *SHAPE), jpeg, prior, sigma=0.05, generators=image_generators(0, ["i"], "s"))
     op = bind("sr8", ["img"])
     with pytest.raises(SolverError, match="y must have shape"):
-        solver.solve(torch.zeros(1, *SHAPE), op, prior, sigma=0.0, generators=image_generators(0, ["i"], "s"))
+        solver.reconstruct(torch.zeros(1, *SHAPE), op, prior, sigma=0.0, generators=image_generators(0, ["i"], "s"))
     with pytest.raises(SolverError, match="one generator per image"):
-        solver.solve(torch.zeros(1, 3, 2, 2), op, prior, sigma=0.0, generators=[])
+        solver.reconstruct(torch.zeros(1, 3, 2, 2), op, prior, sigma=0.0, generators=[])

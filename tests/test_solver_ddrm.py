@@ -49,7 +49,7 @@ def draws(solver, prior, task: str, y: torch.Tensor, sigma: float, n: int = SAMP
     op = bind(task, ["img"] * n)
     gens = image_generators(0, [f"draw-{i}" for i in range(n)], "sampler")
     ys = y.expand(n, *y.shape[1:]).contiguous()
-    return solver.solve_unclamped(ys, op, prior, sigma=sigma, generators=gens).double()
+    return solver.solve(ys, op, prior, sigma=sigma, generators=gens).double()
 
 
 def spectral_basis(task: str) -> torch.Tensor:
@@ -207,14 +207,14 @@ def test_ddrm_law_approximates_the_exact_posterior(prior, task, sigma):
 def test_ddrm_noise_free_estimate_reproduces_y(prior, task):
     """At σ = 0 the last step sets every measured spectral component to ȳ: A x̂ = y (before the clamp)."""
     op, y = measurement(prior, task, 0.0)
-    x_hat = solvers.build("ddrm").solve_unclamped(y, op, prior, sigma=0.0, generators=image_generators(0, ["img"], "s"))
+    x_hat = solvers.build("ddrm").solve(y, op, prior, sigma=0.0, generators=image_generators(0, ["img"], "s"))
     torch.testing.assert_close(op(x_hat), y, rtol=0, atol=2e-5)
 
 
 def test_ddrm_noise_free_gblur_reproduces_y_up_to_the_dropped_singular_values(prior):
     """For blur only components with s_i ≥ 1e-4 max s are imposed; the rest of A x̂ − y is tiny (< 2e-4)."""
     op, y = measurement(prior, "gblur", 0.0)
-    x_hat = solvers.build("ddrm").solve_unclamped(y, op, prior, sigma=0.0, generators=image_generators(0, ["img"], "s"))
+    x_hat = solvers.build("ddrm").solve(y, op, prior, sigma=0.0, generators=image_generators(0, ["img"], "s"))
     residual = (op(x_hat) - y).abs().max()
     assert residual < 2e-4
     assert residual < 0.01 * (op(prior.mean[None].float()) - y).abs().max()
@@ -227,8 +227,8 @@ def test_ddrm_image_result_does_not_depend_on_its_batch(prior, task):
     op = bind(task, ids)
     y = op.measure(x, 0.05, image_generators(0, ids, "noise"))
     solver = solvers.build("ddrm")
-    batch = solver.solve(y, op, prior, sigma=0.05, generators=image_generators(0, ids, "sampler"))
-    alone = solver.solve(y[2:3], bind(task, ["c"]), prior, sigma=0.05, generators=image_generators(0, ["c"], "sampler"))
+    batch = solver.reconstruct(y, op, prior, sigma=0.05, generators=image_generators(0, ids, "sampler"))
+    alone = solver.reconstruct(y[2:3], bind(task, ["c"]), prior, sigma=0.05, generators=image_generators(0, ["c"], "sampler"))
     torch.testing.assert_close(batch[2:3], alone, rtol=0, atol=1e-5)
     assert not torch.allclose(batch[1], batch[2])
 
@@ -237,7 +237,7 @@ def test_ddrm_solve_clamps_and_reports_every_network_call(prior):
     op, y = measurement(prior, "sr4", 0.05)
     seen = []
     solver = solvers.build("ddrm", steps=7)
-    x_hat = solver.solve(
+    x_hat = solver.reconstruct(
         y, op, prior, sigma=0.05, generators=image_generators(0, ["img"], "s"), callback=lambda **kw: seen.append(kw)
     )
     assert x_hat.shape == (1, *SHAPE) and x_hat.abs().max() <= 1
@@ -260,12 +260,12 @@ def test_ddrm_bad_configuration_and_inputs_give_clear_errors(prior):
     assert "svd" in solver.unsupported(jpeg, 0.0)
     y = torch.zeros(1, *SHAPE)
     with pytest.raises(SolverError, match="svd"):
-        solver.solve(y, jpeg, prior, sigma=0.0, generators=image_generators(0, ["img"], "s"))
+        solver.reconstruct(y, jpeg, prior, sigma=0.0, generators=image_generators(0, ["img"], "s"))
     op = bind("sr4", ["img"])
     with pytest.raises(SolverError, match="y must have shape"):
-        solver.solve(torch.zeros(1, 3, 16, 16), op, prior, sigma=0.05, generators=image_generators(0, ["img"], "s"))
+        solver.reconstruct(torch.zeros(1, 3, 16, 16), op, prior, sigma=0.05, generators=image_generators(0, ["img"], "s"))
     with pytest.raises(SolverError, match="one generator per image"):
-        solver.solve(torch.zeros(2, 3, 4, 4), op, prior, sigma=0.05, generators=image_generators(0, ["img"], "s"))
+        solver.reconstruct(torch.zeros(2, 3, 4, 4), op, prior, sigma=0.05, generators=image_generators(0, ["img"], "s"))
     with pytest.raises(SolverError, match="shape=\\(3, 16, 16\\)"):
         big = operators.build("sr4", shape=(3, 32, 32))
-        solver.solve(torch.zeros(1, 3, 8, 8), big, prior, sigma=0.05, generators=image_generators(0, ["img"], "s"))
+        solver.reconstruct(torch.zeros(1, 3, 8, 8), big, prior, sigma=0.05, generators=image_generators(0, ["img"], "s"))

@@ -79,7 +79,7 @@ def test_dps_sample_mean_beats_prior_mean_and_pinv(prior, task, sigma, baseline,
 
     draws = _draws(prior, task, y, sigma)
     assert torch.isfinite(draws).all() and draws.abs().max() <= 1.0
-    pinv_error = error(solvers.build("pinv").solve(y, op, prior, sigma=sigma, generators=seeded_generators(1)))
+    pinv_error = error(solvers.build("pinv").reconstruct(y, op, prior, sigma=sigma, generators=seeded_generators(1)))
     base = min(1.0, pinv_error) if baseline == "both" else 1.0
     assert error(draws.mean(0, keepdim=True)) < bound * base
 
@@ -110,9 +110,9 @@ def test_dps_image_result_does_not_depend_on_its_batch(prior):
     op = operators.build("inpaint", shape=SHAPE).for_images(ids, seed=0)
     y = op.measure(truth, 0.05, operators.image_generators(0, ids, "noise"))
     solver = solvers.build("dps", steps=20)
-    batch = solver.solve(y, op, prior, sigma=0.05, generators=operators.image_generators(0, ids, "sampler"))
+    batch = solver.reconstruct(y, op, prior, sigma=0.05, generators=operators.image_generators(0, ids, "sampler"))
     alone_op = operators.build("inpaint", shape=SHAPE).for_images(["c"], seed=0)
-    alone = solver.solve(
+    alone = solver.reconstruct(
         y[2:3], alone_op, prior, sigma=0.05, generators=operators.image_generators(0, ["c"], "sampler")
     )
     torch.testing.assert_close(batch[2:3], alone, atol=1e-5, rtol=0)
@@ -147,10 +147,10 @@ def test_dps_without_guidance_is_ancestral_sampling(prior):
     (the unconditional sampler takes the uniform skip)."""
     op = operators.build("sr4", shape=SHAPE)
     y = torch.zeros(2, *op.measurement_shape)
-    dps = solvers.build("dps", steps=25, zeta=0.0, clip_x0=False, spacing="uniform").solve(
+    dps = solvers.build("dps", steps=25, zeta=0.0, clip_x0=False, spacing="uniform").reconstruct(
         y, op, prior, sigma=0.0, generators=seeded_generators(2)
     )
-    uncond = solvers.build("uncond", steps=25).solve(y, op, prior, sigma=0.0, generators=seeded_generators(2))
+    uncond = solvers.build("uncond", steps=25).reconstruct(y, op, prior, sigma=0.0, generators=seeded_generators(2))
     torch.testing.assert_close(dps, uncond, atol=1e-6, rtol=0)
 
 
@@ -174,11 +174,11 @@ def test_dps_calls_back_once_per_network_evaluation(prior):
         seen.append((step, t))
 
     prior.reset_stats()
-    solvers.build("dps", steps=5).solve(y, op, prior, sigma=0.0, generators=seeded_generators(1), callback=callback)
+    solvers.build("dps", steps=5).reconstruct(y, op, prior, sigma=0.0, generators=seeded_generators(1), callback=callback)
     # guided-diffusion's space_timesteps(1000, "5"), not the uniform skip [800, 600, 400, 200, 0]
     assert seen == list(enumerate([999, 749, 500, 250, 0])) and prior.stats.nfe == 5
     seen.clear()
-    solvers.build("dps", steps=5, spacing="uniform").solve(
+    solvers.build("dps", steps=5, spacing="uniform").reconstruct(
         y, op, prior, sigma=0.0, generators=seeded_generators(1), callback=callback
     )
     assert seen == list(enumerate(prior.timesteps(5)))
@@ -202,7 +202,7 @@ def test_dps_rejects_bad_configuration(options, message):
 def test_dps_rejects_a_generator_count_that_does_not_match_the_batch(prior):
     op = operators.build("denoise", shape=SHAPE)
     with pytest.raises(SolverError, match="one generator per image"):
-        solvers.build("dps", steps=2).solve(
+        solvers.build("dps", steps=2).reconstruct(
             torch.zeros(2, *SHAPE), op, prior, sigma=0.0, generators=seeded_generators(1)
         )
 
@@ -256,8 +256,8 @@ def test_dps_at_every_timestep_is_unchanged_by_the_rule_and_the_spacing(prior):
     truth = prior.sample(2, generator=torch.Generator().manual_seed(3))
     y = op.measure(truth, 0.05, operators.image_generators(0, ["a", "b"], "noise"))
     T = prior.num_timesteps
-    new = solvers.build("dps", steps=T).solve(y, op, prior, sigma=0.05, generators=seeded_generators(2))
-    old = solvers.build("dps", steps=T, zeta_rule="constant", spacing="uniform").solve(
+    new = solvers.build("dps", steps=T).reconstruct(y, op, prior, sigma=0.05, generators=seeded_generators(2))
+    old = solvers.build("dps", steps=T, zeta_rule="constant", spacing="uniform").reconstruct(
         y, op, prior, sigma=0.05, generators=seeded_generators(2)
     )
     assert torch.equal(new, old)

@@ -40,7 +40,7 @@ def _posterior_draws(prior, task: str, sigma: float, **overrides):
     posterior = prior.posterior(op, y, sigma)
     batch_op = operators.build(task, shape=SHAPE).for_images(["img"] * SAMPLES, seed=0)
     solver = solvers.build("pigdm", steps=STEPS, **overrides)
-    draws = solver.solve(
+    draws = solver.reconstruct(
         y.expand(SAMPLES, *y.shape[1:]).clone(), batch_op, prior, sigma=sigma, generators=_generators(SAMPLES)
     )
     return draws, posterior
@@ -87,7 +87,7 @@ def test_pigdm_jpeg10_beats_prior_mean_and_keeps_up_with_the_decoded_image(prior
     truth = prior.sample(4, torch.Generator().manual_seed(1)).clamp(-1, 1)
     y = op.measure(truth, 0.0, operators.image_generators(0, list("abcd"), "noise"))
     reps = 32
-    draws = solvers.build("pigdm", steps=STEPS).solve(
+    draws = solvers.build("pigdm", steps=STEPS).reconstruct(
         y.repeat_interleave(reps, 0), op, prior, sigma=0.0, generators=_generators(4 * reps)
     )
     mean = draws.reshape(4, reps, *SHAPE).mean(1)
@@ -107,7 +107,7 @@ def test_pigdm_flat_variance_is_the_reference_update(prior):
         seen[step] = x_t.clone()
 
     solver = solvers.build("pigdm", steps=2, guidance_weight=weight, eta=eta)
-    solver.solve(y, op, prior, sigma=0.0, generators=_generators(2, 10), callback=record)
+    solver.reconstruct(y, op, prior, sigma=0.0, generators=_generators(2, 10), callback=record)
     t, s = prior.timesteps(2)
     replay = _generators(2, 10)
     x_t = torch.stack([torch.randn(SHAPE, generator=g) for g in replay])
@@ -150,8 +150,8 @@ def test_pigdm_image_result_does_not_depend_on_batch(prior):
     op = operators.build("inpaint", shape=SHAPE).for_images(ids, seed=0)
     y = op.measure(prior.sample(4, torch.Generator().manual_seed(2)), 0.05, operators.image_generators(0, ids, "noise"))
     solver = solvers.build("pigdm", steps=10)
-    batch = solver.solve(y, op, prior, sigma=0.05, generators=operators.image_generators(0, ids, "sampler"))
-    alone = solver.solve(
+    batch = solver.reconstruct(y, op, prior, sigma=0.05, generators=operators.image_generators(0, ids, "sampler"))
+    alone = solver.reconstruct(
         y[2:3],
         operators.build("inpaint", shape=SHAPE).for_images(["c"], seed=0),
         prior,
@@ -171,7 +171,7 @@ def test_pigdm_noiseless_likelihood_is_the_public_update_at_every_sigma(prior):
 
     def run(sigma: float, likelihood: str) -> torch.Tensor:
         solver = solvers.build("pigdm", steps=8, likelihood=likelihood)
-        return solver.solve(y, op, prior, sigma=sigma, generators=_generators(1))
+        return solver.reconstruct(y, op, prior, sigma=sigma, generators=_generators(1))
 
     torch.testing.assert_close(run(0.05, "noiseless"), run(0.0, "paper"), rtol=0, atol=0)
     assert not torch.equal(run(0.05, "paper"), run(0.0, "paper"))
@@ -205,4 +205,4 @@ def test_pigdm_rejects_wrong_generator_count(prior):
     op = operators.build("sr4", shape=SHAPE)
     y = op(prior.sample(2))
     with pytest.raises(SolverError, match="one generator per image"):
-        solvers.build("pigdm", steps=2).solve(y, op, prior, sigma=0.0, generators=_generators(1))
+        solvers.build("pigdm", steps=2).reconstruct(y, op, prior, sigma=0.0, generators=_generators(1))

@@ -71,7 +71,7 @@ CONVERGED = {
 def test_pnp_admm_fixed_point_is_the_exact_posterior_mean(prior, task, sigma):
     op, y, exact, _ = _problem(prior, task, sigma)
     solver = PnPADMM(denoiser_fn=exact_denoiser(prior), iterations=200)
-    estimate = solver.solve(y, op, prior, sigma=sigma, generators=_generators(4))
+    estimate = solver.reconstruct(y, op, prior, sigma=sigma, generators=_generators(4))
     target = exact.clamp(-1, 1)
     prior_mean = prior.mean.float()[None]
     ratio = float(((estimate - target) ** 2).sum() / ((prior_mean - target) ** 2).sum())
@@ -83,7 +83,7 @@ def test_pnp_admm_fixed_point_is_the_exact_posterior_mean(prior, task, sigma):
 @pytest.mark.parametrize(("task", "bound"), [("sr4", 0.95), ("gblur", 0.78), ("inpaint", 0.9), ("denoise", 0.88)])
 def test_pnp_admm_defaults_beat_prior_mean_and_pseudo_inverse(prior, task, bound):
     op, y, _, truth = _problem(prior, task, 0.05)
-    estimate = PnPADMM(denoiser_fn=exact_denoiser(prior)).solve(y, op, prior, sigma=0.05, generators=_generators(4))
+    estimate = PnPADMM(denoiser_fn=exact_denoiser(prior)).reconstruct(y, op, prior, sigma=0.05, generators=_generators(4))
     error = float(((estimate - truth) ** 2).mean())
     baseline = min(float(((prior.mean.float()[None] - truth) ** 2).mean()), float(((op.pinv(y) - truth) ** 2).mean()))
     assert error < bound * baseline, f"{task}: error {error:.4f} vs baseline {baseline:.4f}"
@@ -129,9 +129,9 @@ def test_pnp_admm_image_result_does_not_depend_on_batch(prior):
         op = wrap(operators.build("inpaint", shape=SHAPE).for_images(IDS, seed=0))
         y = op(prior.sample(4, torch.Generator().manual_seed(4)))
         solver = PnPADMM(denoiser_fn=exact_denoiser(prior))
-        batch = solver.solve(y, op, prior, sigma=0.05, generators=_generators(4))
+        batch = solver.reconstruct(y, op, prior, sigma=0.05, generators=_generators(4))
         alone_op = wrap(operators.build("inpaint", shape=SHAPE).for_images(["c"], seed=0))
-        alone = solver.solve(y[2:3], alone_op, prior, sigma=0.05, generators=_generators(1))
+        alone = solver.reconstruct(y[2:3], alone_op, prior, sigma=0.05, generators=_generators(1))
         torch.testing.assert_close(batch[2:3], alone, rtol=1e-5, atol=1e-5)
 
 
@@ -143,7 +143,7 @@ def test_pnp_admm_loads_a_saved_dncnn(prior, tmp_path):
     op = operators.build("sr4", shape=SHAPE)
     y = op(prior.sample(2, torch.Generator().manual_seed(5)))
     solver = solvers.build("pnp-admm", denoiser=str(tmp_path), iterations=1)
-    estimate = solver.solve(y, op, prior, sigma=0.05, generators=_generators(2))
+    estimate = solver.reconstruct(y, op, prior, sigma=0.05, generators=_generators(2))
     # One iteration by hand: x = data step from z = A⁺y, u = 0; z = DnCNN(x).
     with torch.no_grad():
         x = data_step(y, op, op.pinv(y), 8.0 * 0.1**2)
@@ -156,7 +156,7 @@ def test_pnp_admm_missing_or_broken_denoiser_is_a_clear_error(prior, tmp_path):
     op = operators.build("sr4", shape=SHAPE)
     y = op(prior.sample(1))
     with pytest.raises(SolverError, match="python -m bench train-denoiser"):
-        solvers.build("pnp-admm", denoiser=str(tmp_path / "nowhere")).solve(
+        solvers.build("pnp-admm", denoiser=str(tmp_path / "nowhere")).reconstruct(
             y, op, prior, sigma=0.05, generators=_generators(1)
         )
     network = DnCNN(channels=3, depth=3, features=8)
@@ -167,7 +167,7 @@ def test_pnp_admm_missing_or_broken_denoiser_is_a_clear_error(prior, tmp_path):
     state.pop(next(iter(state)))
     save_file(state, tmp_path / "model.safetensors")
     with pytest.raises(SolverError, match="missing keys"):
-        solvers.build("pnp-admm", denoiser=str(tmp_path)).solve(y, op, prior, sigma=0.05, generators=_generators(1))
+        solvers.build("pnp-admm", denoiser=str(tmp_path)).reconstruct(y, op, prior, sigma=0.05, generators=_generators(1))
 
 
 def test_pnp_admm_declares_needs_and_rejects_bad_configuration():

@@ -72,7 +72,7 @@ def test_reddiff_mean_of_runs_beats_prior_mean_and_pinv(prior, task, sigma, base
 
     runs = _runs(prior, task, y, sigma)
     assert torch.isfinite(runs).all() and runs.abs().max() <= 1.0
-    pinv_error = error(solvers.build("pinv").solve(y, op, prior, sigma=sigma, generators=seeded_generators(1)))
+    pinv_error = error(solvers.build("pinv").reconstruct(y, op, prior, sigma=sigma, generators=seeded_generators(1)))
     base = min(1.0, pinv_error) if baseline == "both" else 1.0
     assert error(runs.mean(0, keepdim=True)) < bound * base
     if task == "denoise":
@@ -106,9 +106,9 @@ def test_reddiff_image_result_does_not_depend_on_its_batch(prior):
     op = operators.build("inpaint", shape=SHAPE).for_images(ids, seed=0)
     y = op.measure(truth, 0.05, operators.image_generators(0, ids, "noise"))
     solver = solvers.build("reddiff", steps=20)
-    batch = solver.solve(y, op, prior, sigma=0.05, generators=operators.image_generators(0, ids, "sampler"))
+    batch = solver.reconstruct(y, op, prior, sigma=0.05, generators=operators.image_generators(0, ids, "sampler"))
     alone_op = operators.build("inpaint", shape=SHAPE).for_images(["c"], seed=0)
-    alone = solver.solve(
+    alone = solver.reconstruct(
         y[2:3], alone_op, prior, sigma=0.05, generators=operators.image_generators(0, ["c"], "sampler")
     )
     torch.testing.assert_close(batch[2:3], alone, atol=1e-5, rtol=0)
@@ -137,7 +137,7 @@ def test_reddiff_evaluates_the_network_once_per_step_without_backprop(prior):
         seen.append((step, t))
 
     prior.reset_stats()
-    solvers.build("reddiff", steps=7).solve(y, op, prior, sigma=0.0, generators=seeded_generators(2), callback=callback)
+    solvers.build("reddiff", steps=7).reconstruct(y, op, prior, sigma=0.0, generators=seeded_generators(2), callback=callback)
     assert seen == list(enumerate(prior.timesteps(7)))
     assert prior.stats.nfe == 7 and prior.stats.backward_seconds == 0.0
 
@@ -159,7 +159,7 @@ def test_reddiff_rejects_bad_configuration(options, message):
 def test_reddiff_rejects_a_generator_count_that_does_not_match_the_batch(prior):
     op = operators.build("denoise", shape=SHAPE)
     with pytest.raises(SolverError, match="one generator per image"):
-        solvers.build("reddiff", steps=2).solve(
+        solvers.build("reddiff", steps=2).reconstruct(
             torch.zeros(2, *SHAPE), op, prior, sigma=0.0, generators=seeded_generators(1)
         )
 
@@ -168,10 +168,10 @@ def test_reddiff_output_x0_is_the_last_tweedie_estimate_before_the_last_step():
     prior = load_prior("gaussian")
     op, _, y = problem(prior, "sr4", 0.05)
     seen = []
-    official = solvers.build("reddiff", steps=6, output="x0").solve(
+    official = solvers.build("reddiff", steps=6, output="x0").reconstruct(
         y, op, prior, sigma=0.05, generators=seeded_generators(1), callback=lambda **k: seen.append(k["x0"].clone())
     )
-    paper = solvers.build("reddiff", steps=6).solve(y, op, prior, sigma=0.05, generators=seeded_generators(1))
+    paper = solvers.build("reddiff", steps=6).reconstruct(y, op, prior, sigma=0.05, generators=seeded_generators(1))
     torch.testing.assert_close(official, seen[-1].clamp(-1, 1), rtol=0, atol=0)
     assert not torch.equal(official, paper)
     with pytest.raises(SolverError, match="output"):

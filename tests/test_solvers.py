@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -104,7 +105,7 @@ def test_solver_runs_on_the_default_prior_for_every_supported_task(name, natural
                 continue
             calls = []
             natural64.reset_stats()
-            out = solver.solve(
+            out = solver.reconstruct(
                 y,
                 op,
                 natural64,
@@ -135,13 +136,56 @@ def test_solver_result_does_not_depend_on_the_batch(name, gaussian):
         pytest.skip(f"{name} has no trained weights for a 16×16 task at σ = 0.05")
     ids = ["p", "q", "r", "s"]
     op, _, y = measurement(task, gaussian, 0.05, ids=ids)
-    batched = solver.solve(y, op, gaussian, sigma=0.05, generators=operators.image_generators(3, ids, "solver"))
+    batched = solver.reconstruct(y, op, gaussian, sigma=0.05, generators=operators.image_generators(3, ids, "solver"))
     op_alone, _, y_alone = measurement(task, gaussian, 0.05, ids=["q"])
     torch.testing.assert_close(y_alone, y[1:2])
-    alone = solver.solve(
+    alone = solver.reconstruct(
         y_alone, op_alone, gaussian, sigma=0.05, generators=operators.image_generators(3, ["q"], "solver")
     )
     torch.testing.assert_close(alone, batched[1:2], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", solvers.available())
+def test_reconstruct_checks_inputs_for_every_solver(name, gaussian):
+    """The one input check of `reconstruct`: capabilities, y's shape, the generator count, the prior's steps."""
+    solver = quick(name)
+    gens = operators.image_generators(0, ["a", "b"], "solver")
+    ops = [operators.build(task, shape=gaussian.image_shape) for task in operators.available()]
+    for op in ops:
+        if reason := solver.unsupported(op, 0.0):
+            with pytest.raises(SolverError) as refused:
+                solver.reconstruct(torch.zeros(2, *op.measurement_shape), op, gaussian, sigma=0.0, generators=gens)
+            assert str(refused.value) == reason
+    op = next((op for op in ops if not solver.unsupported(op, 0.0)), None)
+    if op is None:  # CDDB: no bridge for 16×16 images (tests/test_cddb.py checks its inputs with a bridge)
+        return
+    good = torch.zeros(2, *op.measurement_shape)
+    with pytest.raises(SolverError, match="y must have shape"):
+        solver.reconstruct(torch.zeros(2, 3, 5, 5), op, gaussian, sigma=0.0, generators=gens)
+    with pytest.raises(SolverError, match="one generator per image"):
+        solver.reconstruct(good, op, gaussian, sigma=0.0, generators=gens[:1])
+    if solver.uses_prior and "steps" in {f.name for f in dataclasses.fields(solver.Config)}:
+        too_many = solvers.build(name, steps=gaussian.num_timesteps + 1)
+        with pytest.raises(SolverError, match=f"exceeds the {gaussian.num_timesteps} timesteps"):
+            too_many.reconstruct(good, op, gaussian, sigma=0.0, generators=gens)
+
+
+class _Overshoot(solvers.Solver):
+    """A solver whose `solve` leaves [-1, 1]: twice A⁺y."""
+
+    name = "overshoot"
+
+    def solve(self, y, op, prior, *, sigma, generators, callback=None):
+        return 2.0 * op.pinv(y)
+
+
+def test_reconstruct_clamps_what_solve_returns(gaussian):
+    op = operators.build("denoise", shape=gaussian.image_shape)
+    y = torch.linspace(-1, 1, math.prod(op.measurement_shape)).reshape(1, *op.measurement_shape)
+    gens = operators.image_generators(0, ["a"], "solver")
+    raw = _Overshoot().solve(y, op, gaussian, sigma=0.0, generators=gens)
+    assert raw.abs().max() > 1.5
+    torch.testing.assert_close(_Overshoot().reconstruct(y, op, gaussian, sigma=0.0, generators=gens), raw.clamp(-1, 1))
 
 
 def test_readme_support_matrix_is_the_generated_one():
