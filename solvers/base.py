@@ -188,11 +188,15 @@ def check_inputs(name: str, y: Tensor, op: Operator, prior, generators: Sequence
         raise SolverError(f"{name}: need one generator per image, got {len(generators)} for a batch of {y.shape[0]}")
 
 
-def spectral_measurement(op: Operator, y: Tensor) -> tuple[Tensor, Tensor]:
-    """(s, Uᵀy), both zero-padded to N = C·H·W entries so they line up with vt(x): s (1|B, N), Uᵀy (B, N)."""
+def spectral_measurement(op: Operator, y: Tensor, cutoff: float = 0.0) -> tuple[Tensor, Tensor]:
+    """(s, Uᵀy), both zero-padded to N = C·H·W entries so they line up with vt(x): s (1|B, N), Uᵀy (B, N).
+
+    With `cutoff` > 0, singular values the operator discards under that cutoff (`SVD.discarded`) are zero."""
     svd = op.svd
     u_y = svd.ut(y)
     singulars = svd.singulars_like(u_y)
+    if cutoff > 0:
+        singulars = singulars.masked_fill(svd.discarded(cutoff).to(singulars.device), 0.0)
     singulars = singulars.expand(u_y.shape[0], -1) if singulars.ndim == 2 else singulars[None]
     pad = math.prod(op.input_shape) - u_y.shape[1]
     return (

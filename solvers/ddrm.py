@@ -53,6 +53,10 @@ class DDRMConfig(SolverConfig):
     # Ours: at σ = 0, s_i < 1e-4 · max s counts as zero. float32 rounding of y (~1e-7) is then amplified at
     # most to ~1e-3 in ȳ; Gaussian blur has singular values down to ~1e-13.
     zero_singular_rtol: float = 1e-4
+    # Ours: 0, every singular value as the operator has it. The official operators (DDRM's and DDNM's
+    # svd_replacement.py / svd_operators.py, `ZERO = 3e-2`) zero 1-D singular values below 3e-2 for blur and SR
+    # before forming their products; `singular_cutoff=3e-2` does the same, so those components are unobserved.
+    singular_cutoff: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
@@ -65,6 +69,8 @@ class DDRMConfig(SolverConfig):
             )
         if not 0.0 <= self.zero_singular_rtol < 1.0:
             raise SolverError(f"ddrm.zero_singular_rtol must lie in [0, 1), got {self.zero_singular_rtol}")
+        if not 0.0 <= self.singular_cutoff < 1.0:
+            raise SolverError(f"ddrm.singular_cutoff must lie in [0, 1) (official: 3e-2), got {self.singular_cutoff}")
 
 
 def ve_sigma(prior, t: int) -> float:
@@ -101,7 +107,7 @@ class DDRM(Solver):
         y = y.to(device=device, dtype=torch.float32)
         sigma_y = noise_std(float(sigma))
         with torch.no_grad():
-            s, u_y = spectral_measurement(op, y)
+            s, u_y = spectral_measurement(op, y, self.config.singular_cutoff)
         if sigma_y > 0:
             observed = s > 0
         else:

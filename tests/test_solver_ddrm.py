@@ -58,11 +58,18 @@ def spectral_basis(task: str) -> torch.Tensor:
     return op.svd.v(torch.eye(D, dtype=torch.float64)).reshape(D, D).T
 
 
-def ddrm_law(prior, task: str, y: torch.Tensor, sigma: float, steps: int, eta: float, eta_b: float, rtol: float):
-    """Mean (D,) and covariance (D, D) of DDRM's output given y, from the paper's Eq. 7-8 as dense matrices."""
+def ddrm_law(
+    prior, task: str, y: torch.Tensor, sigma: float, steps: int, eta: float, eta_b: float, rtol: float, cutoff=0.0
+):
+    """Mean (D,) and covariance (D, D) of DDRM's output given y, from the paper's Eq. 7-8 as dense matrices.
+
+    `cutoff` > 0 zeroes the singular values of components whose 1-D factor is below it, computed here from
+    dense SVDs of the operator's row and column matrices (the official rule), not from the solver's code."""
     op = bind(task, ["img"])
     V = spectral_basis(task)
     s = op.svd.singulars.double().reshape(-1)
+    if cutoff > 0:
+        s = torch.where(official_discarded(op, cutoff), torch.zeros_like(s), s)
     u = op.svd.ut(y.double()).reshape(-1)
     s = torch.cat([s, s.new_zeros(D - s.numel())])
     u = torch.cat([u, u.new_zeros(D - u.numel())])
@@ -106,6 +113,19 @@ def ddrm_law(prior, task: str, y: torch.Tensor, sigma: float, steps: int, eta: f
         m = K @ m + alpha * c + gamma
         P = K @ P @ K.T + torch.diag(ell**2)
     return V @ m, V @ P @ V.T
+
+
+def official_discarded(op, cutoff: float) -> torch.Tensor:
+    """(M,) True where the official DDRM/DDNM separable operators zero the singular value: the products
+    s_h[i]·s_w[j] are formed after 1-D values below `cutoff` are set to 0 (`ZERO = 3e-2` in their code)."""
+    s_h = torch.linalg.svdvals(op.a_h.double())
+    s_w = torch.linalg.svdvals(op.a_w.double())
+    kept_h, kept_w = torch.where(s_h < cutoff, 0.0, s_h), torch.where(s_w < cutoff, 0.0, s_w)
+    grid = (kept_h[:, None] * kept_w[None, :]).expand(SHAPE[0], -1, -1).reshape(-1)
+    exact = (s_h[:, None] * s_w[None, :]).expand(SHAPE[0], -1, -1).reshape(-1)
+    # The operator's own ordering of singular values must be the same products in the same order.
+    torch.testing.assert_close(op.svd.singulars.double().reshape(-1), exact)
+    return grid == 0
 
 
 def law_statistics(samples: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> tuple[float, float, float]:
@@ -269,3 +289,37 @@ def test_ddrm_bad_configuration_and_inputs_give_clear_errors(prior):
     with pytest.raises(SolverError, match="shape=\\(3, 16, 16\\)"):
         big = operators.build("sr4", shape=(3, 32, 32))
         solver.reconstruct(torch.zeros(1, 3, 8, 8), big, prior, sigma=0.05, generators=image_generators(0, ["img"], "s"))
+
+
+OFFICIAL_CUTOFF = 3e-2  # DDRM's and DDNM's svd operators: ZERO = 3e-2 on the 1-D singular values
+
+
+@pytest.mark.parametrize("task", ["gblur", "sr4"])
+def test_singular_cutoff_discards_what_the_official_operators_discard(task):
+    """`SVD.discarded` of a separable operator is the official 1-D rule, not a cut of the 2-D products."""
+    op = bind(task, ["img"])
+    official = official_discarded(op, OFFICIAL_CUTOFF)
+    assert torch.equal(op.svd.discarded(OFFICIAL_CUTOFF).cpu(), official)
+    products_below = op.svd.singulars.reshape(-1) < OFFICIAL_CUTOFF
+    if task == "gblur":  # the rules differ on blur: a product can be small with both factors kept
+        assert official.sum() > 0 and not torch.equal(official, products_below)
+    assert not op.svd.discarded(0.0).any()
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.0])
+def test_ddrm_with_the_official_cutoff_follows_its_exact_law_on_gblur(prior, sigma):
+    """`ddrm.singular_cutoff=3e-2` samples the law of DDRM on the operator with the official zeroed singular
+    values (the discarded components are treated as unobserved), by the same acceptance test as the default."""
+    op, y = measurement(prior, "gblur", sigma)
+    solver = solvers.build("ddrm", singular_cutoff=OFFICIAL_CUTOFF)
+    cfg = solver.config
+    mean, cov = ddrm_law(prior, "gblur", y, sigma, cfg.steps, cfg.eta, cfg.eta_b, cfg.zero_singular_rtol, OFFICIAL_CUTOFF)
+    assert follows_law(law_statistics(draws(solver, prior, "gblur", y, sigma), mean, cov))
+    if sigma > 0:  # the option matters: the two laws' means differ by far more than Monte Carlo noise
+        default_mean = case("gblur", sigma)[2]
+        assert (mean - default_mean).norm() > 10 * (cov.diagonal().sum() / SAMPLES).sqrt()
+
+
+def test_ddrm_singular_cutoff_is_checked(prior):
+    with pytest.raises(SolverError, match="singular_cutoff"):
+        solvers.build("ddrm", singular_cutoff=-0.1)
