@@ -17,6 +17,7 @@ bench/assets/ddc-natural64-nolpips).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from collections.abc import Callable, Sequence
@@ -115,7 +116,11 @@ def corrected_prediction(prior, phi: nn.Module | Phi, x_t: Tensor, t: int, y_ima
     prediction = prior.predict(x_t, t)
     t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
     x0_hat = prediction.x0.clamp(-1, 1) if clip_x0 else prediction.x0
-    x0_y = x0_hat - phi(x0_hat, y_image.to(x0_hat.dtype), t_batch)
+    # φ runs in the prior's network precision (--dtype); Δ is subtracted in x̂₀'s float32, not in bf16.
+    precision = prior.network_precision() if hasattr(prior, "network_precision") else contextlib.nullcontext()
+    with precision:
+        delta = phi(x0_hat, y_image.to(x0_hat.dtype), t_batch)
+    x0_y = x0_hat - delta.to(x0_hat.dtype)
     return dataclasses.replace(prediction, x0=x0_y)
 
 

@@ -11,12 +11,16 @@ import torch.nn.functional as F
 
 from bench.priors.adm import (
     PRESETS,
+    TINY_256,
     ADMConfig,
     ADMUNet,
+    AttentionBlock,
     CheckpointMismatchError,
     ResBlock,
     legacy_qkv_attention,
+    legacy_qkv_attention_reference,
     load_adm,
+    random_adm,
     timestep_embedding,
 )
 
@@ -325,3 +329,85 @@ def test_adm_forward_rejects_bad_shapes() -> None:
 def test_adm_config_rejects_unreachable_attention_resolution() -> None:
     with pytest.raises(ValueError, match="attention resolution 8 is never reached"):
         ADMConfig(image_size=32, model_channels=32, num_res_blocks=1, attention_resolutions=(8,), channel_mult=(1, 2))
+
+
+# ----- attention implementations, random networks, gradient checkpointing --------------------------------
+@pytest.mark.parametrize(("heads", "channels", "length"), [(1, 64, 64), (4, 64, 256), (2, 32, 1024), (3, 8, 7)])
+def test_sdpa_attention_matches_adm_legacy_einsum(heads: int, channels: int, length: int) -> None:
+    generator = torch.Generator().manual_seed(heads * 1000 + length)
+    # Logits of order 10 put the softmax far from uniform, where a wrong scale or layout would show.
+    qkv = 2.0 * torch.randn(2, 3 * heads * channels, length, generator=generator)
+    fused = legacy_qkv_attention(qkv, heads)
+    reference = legacy_qkv_attention_reference(qkv, heads)
+    assert fused.shape == reference.shape == (2, heads * channels, length)
+    assert (fused - reference).abs().max() < 1e-5
+    # The reference is ADM's formula, not a copy of the fused call: q·k scaled by 1/C instead of 1/sqrt(C)
+    # gives different attention.
+    q, k, v = qkv.reshape(2 * heads, 3 * channels, length).split(channels, dim=1)
+    wrong = torch.einsum("bts,bcs->bct", torch.softmax(torch.einsum("bct,bcs->bts", q, k) / channels, -1), v)
+    assert (wrong.reshape(2, -1, length) - reference).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="available: sdpa, legacy"):
+        legacy_qkv_attention(qkv, heads, "flash")
+
+
+def test_whole_network_gives_the_same_output_with_either_attention() -> None:
+    model = random_adm(TINY, seed=1)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([20, 700])
+    with torch.no_grad():
+        fused = model(x, t)
+        model.set_attention("legacy")
+        assert all(m.attention == "legacy" for m in model.modules() if isinstance(m, AttentionBlock))
+        reference = model(x, t)
+    assert fused.abs().mean() > 0.05  # random weights everywhere: the output is not ADM's initial zero
+    assert (fused - reference).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="unknown attention"):
+        model.set_attention("einsum")
+
+
+def test_random_adm_keeps_the_checkpoint_layout_and_is_seeded() -> None:
+    model = random_adm(TINY, seed=3)
+    assert _shapes(model) == _tiny_expected_shapes()
+    assert all(p.abs().sum() > 0 for p in model.parameters() if p.ndim > 1)  # no zero-initialised layer left
+    state = torch.get_rng_state()
+    again = random_adm(TINY, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)  # the global random stream is untouched
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True))
+    other = random_adm(TINY, seed=4)
+    assert not torch.equal(model.out[2].weight, other.out[2].weight)
+
+
+def test_tiny_256_reaches_every_attention_resolution_of_the_imagenet_network() -> None:
+    real = PRESETS["imagenet256-uncond"]
+    assert (TINY_256.image_size, len(TINY_256.channel_mult)) == (real.image_size, len(real.channel_mult))
+    assert TINY_256.attention_levels == real.attention_levels and TINY_256.learn_sigma == real.learn_sigma
+    with torch.device("meta"):
+        model = ADMUNet(TINY_256)
+    assert sum(p.numel() for p in model.parameters()) < 3e6
+
+
+def _gradients(model: ADMUNet, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    x = x.clone().requires_grad_(True)
+    weights = torch.linspace(-1, 1, 6 * 32 * 32).reshape(1, 6, 32, 32)
+    (model(x, t) * weights).sum().backward()
+    grads = (x.grad, *(p.grad for p in model.parameters()))
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+def test_gradient_checkpointing_gives_the_same_gradients_and_recomputes_blocks() -> None:
+    model = random_adm(TINY, seed=2)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    t = torch.tensor([100, 900])
+    calls = [0]
+    model.middle_block.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    plain = _gradients(model, x, t)
+    assert calls[0] == 1
+    model.gradient_checkpointing = True
+    checkpointed = _gradients(model, x, t)
+    assert calls[0] == 3  # the middle block ran again in backward: its activations were not kept
+    for a, b in zip(plain, checkpointed, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # nothing to recompute without a backward pass
+        model(x, t)
+    assert calls[0] == 4

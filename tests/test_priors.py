@@ -412,6 +412,7 @@ def test_load_prior_spec_parsing_and_errors():
         "gaussian",
         "diffusers",
         "adm",
+        "adm-random",
     ]
     with pytest.raises(PriorError, match="did you mean 'gaussian'"):
         load_prior("gausian")
@@ -663,3 +664,117 @@ def test_natural64_reads_either_shipping_layout(monkeypatch, tmp_path, layout):
     x = torch.randn(1, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(prior.eps(x, 250), unet(x, torch.tensor([250])).sample)
+
+
+# ----- mixed precision and runtime options -------------------------------------------------------------
+def small_adm_prior(**kwargs) -> Prior:
+    """A random 32x32 ADM (two levels, attention at 16x16) as a prior: the ADM code path at test speed."""
+    from bench.priors.adm import ADMConfig, random_adm
+
+    config = ADMConfig(
+        image_size=32, model_channels=32, num_res_blocks=1, attention_resolutions=(16,), channel_mult=(1, 2),
+        num_head_channels=16,
+    )  # fmt: skip
+    network = random_adm(config, seed=7)
+    return Prior(
+        network, linear_betas(), (3, 32, 32), kind="adm-random", config={"test": 1}, learned_variance=True, **kwargs
+    )
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_low_precision_runs_the_network_under_autocast_and_the_schedule_in_float32(dtype):
+    full, low = small_adm_prior(), small_adm_prior(dtype=dtype)
+    assert all(p.dtype == torch.float32 for p in low.network.parameters())  # weights are never cast
+    inside: list[torch.dtype] = []
+    low.network.input_blocks[1].register_forward_hook(lambda module, args, out: inside.append(out.dtype))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([30, 950])
+    with torch.no_grad():
+        reference, mixed = full.predict(x, t), low.predict(x, t)
+    assert inside == [low.dtype]  # the convolutions ran in low precision
+    assert mixed.eps.dtype == mixed.x0.dtype == mixed.log_variance.dtype == torch.float32
+    error = (mixed.eps - reference.eps).abs().max() / reference.eps.abs().max()
+    assert 0 < error < 0.05
+    # x̂₀ is the float32 formula applied to the network's ε̂: no low-precision rounding after the network,
+    # where 1/√ᾱ (≈ 160 at t = 950) would amplify it.
+    torch.testing.assert_close(mixed.x0, full.x0_from_eps(x, t, mixed.eps), rtol=0, atol=0)
+    assert low.spec()["dtype"] != full.spec()["dtype"]
+
+
+def test_network_precision_is_the_context_the_network_runs_in():
+    assert not torch.is_autocast_enabled("cpu")
+    with small_adm_prior(dtype="bf16").network_precision():
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    with small_adm_prior().network_precision():
+        assert not torch.is_autocast_enabled("cpu")
+
+
+def test_channels_last_gives_the_same_eps_and_is_recorded_in_the_spec():
+    plain, nhwc = small_adm_prior(), small_adm_prior().configure(channels_last=True)
+    assert nhwc.network.input_blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(nhwc.eps(x, 400), plain.eps(x, 400), rtol=1e-5, atol=1e-5)
+    assert nhwc.spec()["channels_last"] is True and "channels_last" not in plain.spec()
+
+
+def test_checkpointing_leaves_prior_gradients_unchanged():
+    plain, checkpointed = small_adm_prior(), small_adm_prior().configure(checkpointing=True)
+    assert checkpointed.gradient_checkpointing and not plain.gradient_checkpointing
+    assert checkpointed.spec() == plain.spec()  # same arithmetic, so the same results
+
+    def gradient(prior):
+        x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2)).requires_grad_(True)
+        prior.predict(x, 600).x0.square().sum().backward()
+        return x.grad
+
+    torch.testing.assert_close(gradient(checkpointed), gradient(plain), rtol=1e-5, atol=1e-6)
+    assert checkpointed.stats.backward_seconds > 0
+
+
+def test_runtime_options_from_spec_or_keyword_agree_and_bad_values_are_clear():
+    assert load_prior("adm-random:tiny?compile=1").spec()["compile"] is True
+    assert load_prior("adm-random:tiny", compile=True).spec()["compile"] is True
+    assert "compile" not in load_prior("adm-random:tiny", compile=False).spec()
+    assert load_prior("adm-random:tiny?compile=true", compile=True).compiled
+    with pytest.raises(PriorError, match="given twice"):
+        load_prior("adm-random:tiny?compile=1", compile=False)
+    with pytest.raises(PriorError, match="must be 1 or 0"):
+        load_prior("gaussian?channels_last=maybe")
+    with pytest.raises(PriorError, match="no gradient checkpointing"):
+        load_prior("gaussian", checkpointing=True)
+    assert load_prior("adm-random:tiny?checkpointing=1").gradient_checkpointing
+
+
+def test_adm_random_spec_names_architecture_seed_and_attention():
+    prior = load_prior("adm-random:tiny?seed=3&attention=legacy")
+    spec = prior.spec()
+    assert spec["kind"] == "adm-random" and spec["checkpoint_sha256"] is None
+    assert spec["config"]["weights"] == "random (seed 3)" and spec["config"]["attention"] == "legacy"
+    assert prior.image_shape == (3, 256, 256) and prior.learned_variance
+    assert "attention" not in load_prior("adm-random:tiny").spec()["config"]
+    with pytest.raises(PriorError, match="available: imagenet256"):
+        load_prior("adm-random:imagenet512")
+    with pytest.raises(PriorError, match="needs an architecture"):
+        load_prior("adm-random")
+    with pytest.raises(PriorError, match="seed"):
+        load_prior("adm-random:tiny?seed=-1")
+    with pytest.raises(PriorError, match="unknown attention"):
+        load_prior("adm-random:tiny?attention=flash")
+
+
+@pytest.mark.slow
+def test_compiled_network_gives_the_same_eps():
+    """torch.compile through inductor: seconds with a warm compile cache, minutes on a cold one (one CPU core)."""
+    eager, compiled = small_adm_prior(), small_adm_prior().configure(compile=True)
+    state = compiled.network.state_dict()
+    assert list(state) == list(eager.network.state_dict())  # compiled in place: checkpoint keys unchanged
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        reference = eager.eps(x, 250)
+        try:
+            out = compiled.eps(x, 250)
+        except Exception as error:  # inductor needs a C++ compiler; its failures come in many types
+            pytest.skip(f"torch.compile is unavailable here: {type(error).__name__}: {str(error)[:200]}")
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-4)
+    assert compiled.spec()["compile"] is True and compiled.stats.nfe == 1

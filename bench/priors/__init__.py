@@ -11,7 +11,12 @@ Spec syntax: ``<kind>[:<argument>][?<key>=<value>[&<key>=<value>...]]``; options
 * ``diffusers:<folder or hub id>``: a diffusers UNet2DModel with its DDPMScheduler config (a pipeline
   folder, a bare UNet folder or a `save_unet` folder); a hub id only from the cache or when online.
 * ``adm:<checkpoint>[?preset=<name>]``: a guided-diffusion ADM checkpoint (.pt or .safetensors); presets
-  imagenet256-uncond (default) and ffhq256.
+  imagenet256-uncond (default) and ffhq256; ``?attention=legacy`` runs ADM's einsum attention instead of SDPA.
+* ``adm-random:<imagenet256|ffhq256|tiny>[?seed=<n>]``: the ADM architecture with random weights, for timing
+  (`python -m bench speed`) and for 256x256 tests; ``tiny`` is the 256x256 network at its narrowest widths.
+
+Every kind also takes the runtime options ``compile``, ``channels_last`` and ``checkpointing`` (``=1`` or ``=0``,
+off by default; see `base.RUNTIME_OPTIONS`), in the spec or as keywords: load_prior(spec, compile=True).
 
 The last '?' of a spec starts its options, so a path may not contain '?'.
 """
@@ -25,7 +30,16 @@ from typing import Any
 
 import torch
 
-from .base import PosteriorCoefficients, Prediction, Prior, PriorError, PriorStats, linear_betas, resolve_dtype
+from .base import (
+    PosteriorCoefficients,
+    Prediction,
+    Prior,
+    PriorError,
+    PriorStats,
+    linear_betas,
+    pop_runtime_options,
+    resolve_dtype,
+)
 
 # hf imports diffusers only inside its functions, so these cost nothing at start-up.
 from .hf import load_unet, save_unet
@@ -113,7 +127,26 @@ def _adm(argument: str | None, options: dict[str, str], device: Any, dtype: Any)
 
     if not argument:
         raise PriorError("'adm' needs a checkpoint path: 'adm:<checkpoint.pt>?preset=imagenet256-uncond'")
-    return load_adm_prior(argument, options.get("preset") or ADM_DEFAULT_PRESET, device=device, dtype=dtype)
+    return load_adm_prior(
+        argument,
+        options.get("preset") or ADM_DEFAULT_PRESET,
+        device=device,
+        dtype=dtype,
+        attention=options.get("attention", "sdpa"),
+    )
+
+
+def _adm_random(argument: str | None, options: dict[str, str], device: Any, dtype: Any) -> Prior:
+    from .adm_prior import load_random_adm_prior
+
+    if not argument:
+        raise PriorError("'adm-random' needs an architecture: 'adm-random:imagenet256' or 'adm-random:tiny'")
+    seed = options.get("seed", "0")
+    if not seed.isdigit():
+        raise PriorError(f"adm-random seed must be a non-negative integer, got {seed!r} (e.g. '?seed=1')")
+    return load_random_adm_prior(
+        argument, seed=int(seed), device=device, dtype=dtype, attention=options.get("attention", "sdpa")
+    )
 
 
 # kind -> (loader, accepted options, spec pattern, description)
@@ -138,9 +171,15 @@ _KINDS: dict[str, tuple[Callable[..., Prior], frozenset[str], str, str]] = {
     ),
     "adm": (
         _adm,
-        frozenset({"preset"}),
+        frozenset({"preset", "attention"}),
         "adm:<checkpoint.pt>[?preset=<name>]",
         "guided-diffusion ADM UNet, linear β, learned variance; presets imagenet256-uncond (default), ffhq256",
+    ),
+    "adm-random": (
+        _adm_random,
+        frozenset({"seed", "attention"}),
+        "adm-random:<imagenet256|ffhq256|tiny>[?seed=<n>]",
+        "ADM architecture with random weights, for timing and 256x256 tests (tiny: narrowest widths)",
     ),
 }
 
@@ -155,7 +194,8 @@ def load_prior(
 ) -> Prior:
     """The prior named by `spec` (see the module docstring), its network frozen on `device` in `dtype`.
 
-    Keyword options (None values are ignored) join the spec's own, e.g. load_prior('adm:x.pt', preset='ffhq256').
+    Keyword options (None values are ignored) join the spec's own, e.g. load_prior('adm:x.pt', preset='ffhq256');
+    the runtime options take booleans: load_prior('adm-random:tiny', dtype='bf16', compile=True).
     """
     kind, argument, spec_options = parse_spec(spec)
     if kind not in _KINDS:
@@ -164,6 +204,7 @@ def load_prior(
         patterns = ", ".join(pattern for pattern, _ in available())
         raise PriorError(f"unknown prior '{kind}'{hint} (available: {patterns})")
     loader, accepted, pattern, _ = _KINDS[kind]
+    runtime = pop_runtime_options(spec_options, options)
     for key, value in options.items():
         if value is None:
             continue
@@ -178,4 +219,4 @@ def load_prior(
             hint = f"; did you mean '{close[0]}'?" if close else ""
             known = ", ".join(sorted(accepted)) or "none"
             raise PriorError(f"unknown option '{key}' for prior '{kind}'{hint} (accepted: {known}; spec: {pattern})")
-    return loader(argument, spec_options, device, resolve_dtype(dtype))
+    return loader(argument, spec_options, device, resolve_dtype(dtype)).configure(**runtime)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 # ADM normalises with 32 groups everywhere, so every feature width must be a multiple of 32.
@@ -121,6 +122,36 @@ PRESETS: dict[str, ADMConfig] = {
 }
 
 
+# The ImageNet-256 architecture at the narrowest widths GroupNorm(32) allows, for tests and CPU smoke runs of
+# the paper's 256x256 setting: every block type, resampling step and attention resolution of the real network
+# (about 1.7M parameters instead of 552.8M).
+TINY_256 = ADMConfig(
+    image_size=256,
+    model_channels=32,
+    num_res_blocks=1,
+    attention_resolutions=(32, 16, 8),
+    channel_mult=(1, 1, 1, 2, 2, 2),
+    num_head_channels=32,
+)
+
+
+def random_adm(config: ADMConfig, seed: int = 0) -> ADMUNet:
+    """An ADM UNet with random weights, for timing and tests: the checkpoint key layout, no checkpoint.
+
+    ADM zero-initialises the last layer of every residual branch and the output convolution, so a fresh network
+    predicts ε = 0 whatever its input; those layers get PyTorch's default initialisation instead, so that outputs
+    depend on every weight (a test comparing two code paths compares something). `seed` fixes every weight
+    without touching the global random stream.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ADMUNet(config)
+        for module in model.modules():
+            if isinstance(module, nn.Conv1d | nn.Conv2d) and not any(p.abs().sum() for p in module.parameters()):
+                module.reset_parameters()
+    return model.eval()
+
+
 class GroupNorm32(nn.GroupNorm):
     """GroupNorm evaluated in float32 whatever the input dtype, as ADM does for half-precision stability."""
 
@@ -152,20 +183,52 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return emb
 
 
-def legacy_qkv_attention(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """Multi-head self-attention in ADM's legacy channel layout.
+# "sdpa": torch's fused scaled_dot_product_attention (flash / memory-efficient kernels on GPUs, no T x T
+# matrix kept for backward); "legacy": ADM's own einsum formulation, kept as the reference the fused path is
+# tested against and for bit-level comparisons with the original code.
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "legacy")
 
-    ``qkv`` is (B, 3*H*C, T) with the channels grouped by head first: head h owns rows
-    [h*3C, (h+1)*3C), and within them q, k, v are consecutive blocks of C rows. Returns (B, H*C, T), heads
-    concatenated along channels. Attention logits are scaled by 1/sqrt(C).
-    """
+
+def _split_heads(qkv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     batch, width, length = qkv.shape
     if width % (3 * num_heads):
         raise ValueError(f"qkv has {width} channels, not divisible by 3 * num_heads = {3 * num_heads}")
     head_channels = width // (3 * num_heads)
     q, k, v = qkv.reshape(batch * num_heads, 3 * head_channels, length).split(head_channels, dim=1)
+    return q, k, v
+
+
+def legacy_qkv_attention(qkv: torch.Tensor, num_heads: int, implementation: str = "sdpa") -> torch.Tensor:
+    """Multi-head self-attention in ADM's legacy channel layout.
+
+    ``qkv`` is (B, 3*H*C, T) with the channels grouped by head first: head h owns rows
+    [h*3C, (h+1)*3C), and within them q, k, v are consecutive blocks of C rows. Returns (B, H*C, T), heads
+    concatenated along channels. Attention logits are scaled by 1/sqrt(C). ``implementation`` is one of
+    ATTENTION_IMPLEMENTATIONS; both compute the same function.
+    """
+    if implementation == "legacy":
+        return legacy_qkv_attention_reference(qkv, num_heads)
+    if implementation != "sdpa":
+        raise ValueError(
+            f"unknown attention implementation {implementation!r} (available: {', '.join(ATTENTION_IMPLEMENTATIONS)})"
+        )
+    batch, _, length = qkv.shape
+    q, k, v = _split_heads(qkv, num_heads)
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-    return out.transpose(1, 2).reshape(batch, num_heads * head_channels, length)
+    return out.transpose(1, 2).reshape(batch, -1, length)
+
+
+def legacy_qkv_attention_reference(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """ADM's QKVAttentionLegacy math, term by term: q and k each scaled by C^(-1/4) before their product
+    (so the logits carry 1/sqrt(C) without overflowing half precision) and the softmax taken in float32,
+    then cast back. Same layout and result as `legacy_qkv_attention`."""
+    batch, _, length = qkv.shape
+    q, k, v = _split_heads(qkv, num_heads)
+    scale = 1.0 / math.sqrt(math.sqrt(q.shape[1]))
+    logits = torch.einsum("bct,bcs->bts", q * scale, k * scale)
+    weights = torch.softmax(logits.float(), dim=-1).to(logits.dtype)
+    out = torch.einsum("bts,bcs->bct", weights, v)
+    return out.reshape(batch, -1, length)
 
 
 class ResBlock(nn.Module):
@@ -234,11 +297,12 @@ class AttentionBlock(nn.Module):
         self.norm = _norm(channels)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj_out = _zeroed(nn.Conv1d(channels, channels, 1))
+        self.attention = "sdpa"  # see ATTENTION_IMPLEMENTATIONS; set for the whole network by ADMUNet.set_attention
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         flat = x.reshape(b, c, h * w)
-        attended = legacy_qkv_attention(self.qkv(self.norm(flat)), self.num_heads)
+        attended = legacy_qkv_attention(self.qkv(self.norm(flat)), self.num_heads, self.attention)
         return (flat + self.proj_out(attended)).reshape(b, c, h, w)
 
 
@@ -314,10 +378,31 @@ class ADMUNet(nn.Module):
                 self.output_blocks.append(_EmbedSequential(layers))
 
         self.out = nn.Sequential(_norm(ch), nn.SiLU(), _zeroed(nn.Conv2d(ch, cfg.out_channels, 3, padding=1)))
+        # Recompute each block's activations during backward instead of keeping them (see `_run_block`).
+        self.gradient_checkpointing = False
 
     @property
     def out_channels(self) -> int:
         return self.config.out_channels
+
+    def set_attention(self, implementation: str) -> ADMUNet:
+        """Use `implementation` (one of ATTENTION_IMPLEMENTATIONS) in every attention block; returns self."""
+        if implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"unknown attention implementation {implementation!r} (available: {', '.join(ATTENTION_IMPLEMENTATIONS)})"
+            )
+        for module in self.modules():
+            if isinstance(module, AttentionBlock):
+                module.attention = implementation
+        return self
+
+    def _run_block(self, block: nn.Module, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        # Checkpointing only pays where a backward pass will follow: a sampler under no_grad keeps nothing
+        # anyway. Per block, the memory of a DPS step falls from every activation of the UNet to the block
+        # inputs plus one block's activations, for one extra forward pass.
+        if self.gradient_checkpointing and torch.is_grad_enabled() and (h.requires_grad or emb.requires_grad):
+            return torch.utils.checkpoint.checkpoint(block, h, emb, use_reentrant=False)
+        return block(h, emb)
 
     def _check_inputs(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         cfg = self.config
@@ -343,11 +428,11 @@ class ADMUNet(nn.Module):
         h = x.to(param_dtype)
         skips = []
         for block in self.input_blocks:
-            h = block(h, emb)
+            h = self._run_block(block, h, emb)
             skips.append(h)
-        h = self.middle_block(h, emb)
+        h = self._run_block(self.middle_block, h, emb)
         for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+            h = self._run_block(block, torch.cat([h, skips.pop()], dim=1), emb)
         return self.out(h).to(x.dtype)
 
 

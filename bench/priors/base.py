@@ -12,14 +12,20 @@ coefficient is derived from `alphas_cumprod` when asked for.
 Solvers call `predict` (one network evaluation giving ε, the Tweedie estimate of x0 and, for priors with a
 learned variance, the log-variance) and the schedule helpers `alpha_bar`, `q_posterior`, `timesteps`.
 The prior counts its own network evaluations and the time spent in them (`stats`).
+
+Precision: `dtype` (fp32, bf16, fp16) is the precision the network computes in, under autocast; its weights
+stay float32 and everything outside the network (ε̂ and x̂₀ as solvers receive them, the schedule, operators)
+is float32 or wider. Runtime options (`RUNTIME_OPTIONS`: torch.compile, channels_last, gradient checkpointing)
+change how the network runs, not what it computes; the first two are recorded in `spec()`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import operator
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -33,8 +39,10 @@ __all__ = [
     "Prior",
     "PriorError",
     "PriorStats",
+    "RUNTIME_OPTIONS",
     "file_sha256",
     "linear_betas",
+    "pop_runtime_options",
     "resolve_dtype",
 ]
 
@@ -75,6 +83,42 @@ def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
     if str(dtype).lower() not in _DTYPES:
         raise PriorError(f"unknown network dtype {dtype!r} (available: {', '.join(_DTYPES)})")
     return _DTYPES[str(dtype).lower()]
+
+
+# Options every prior kind accepts, in a spec ('?compile=1') or as load_prior keywords (compile=True):
+#   compile: torch.compile the network (nn.Module.compile, in place: the state dict keeps its keys);
+#   channels_last: network weights and inputs in NHWC memory order, which cuDNN's convolutions prefer in
+#       bf16/fp16 on tensor-core GPUs;
+#   checkpointing: recompute activations in backward instead of storing them (networks with a
+#       `gradient_checkpointing` switch: ADM), for solvers that backpropagate through the prior (DPS, ΠGDM).
+RUNTIME_OPTIONS = ("compile", "channels_last", "checkpointing")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _flag(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise PriorError(f"prior option {key!r} must be 1 or 0 (true or false), got {value!r}; e.g. '?{key}=1'")
+
+
+def pop_runtime_options(spec_options: MutableMapping[str, Any], keywords: MutableMapping[str, Any]) -> dict[str, bool]:
+    """Remove RUNTIME_OPTIONS from a spec's options and from load_prior's keywords; their values as booleans.
+
+    A keyword of None is no choice; one given both ways must agree (compile=True agrees with '?compile=1').
+    """
+    chosen: dict[str, bool] = {}
+    for key in RUNTIME_OPTIONS:
+        in_spec = spec_options.pop(key, None)
+        keyword = keywords.pop(key, None)
+        values = [_flag(key, v) for v in (in_spec, keyword) if v is not None]
+        if len(set(values)) > 1:
+            raise PriorError(f"option {key!r} given twice with different values: {in_spec!r} in the spec, {keyword!r}")
+        if values:
+            chosen[key] = values[0]
+    return chosen
 
 
 def file_sha256(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
@@ -215,8 +259,10 @@ class Prior:
         betas, alphas_cumprod: (T,) float64 on the CPU.
         learned_variance: whether the network also outputs Improved DDPM's variance interpolation v.
         device: where the network lives; inputs must be there too.
-        dtype: the network's dtype (float32, or bfloat16 / float16 to save time); inputs of any float
-            dtype are cast to it and outputs cast back to the input's dtype.
+        dtype: the precision the network computes in: float32, or bfloat16 / float16 under autocast to save
+            time and memory. Weights stay float32 and the network's output is cast back to float32 (or to the
+            input's dtype when that is wider) before any schedule arithmetic (see `network_precision`).
+        compiled, channels_last, gradient_checkpointing: the runtime options (`configure`).
         stats: `PriorStats` of network use since `reset_stats()`.
 
     Subclasses whose network does not map (x, t) -> (B, C or 2C, H, W) override `_network_output`.
@@ -253,9 +299,12 @@ class Prior:
         self.checkpoint_files = tuple(Path(p) for p in checkpoint_files)
         self._checkpoint_sha256: str | None = None
         self.dtype = resolve_dtype(dtype)
-        # nn.Module.to, not diffusers' override: that one warns about fp32-only modules on every cast, even to
-        # the dtype the weights already have, and this prior keeps none in fp32.
-        self.network = nn.Module.to(_freeze(network), dtype=self.dtype)
+        # Weights stay float32 whatever `dtype` is: autocast computes each layer in low precision from them,
+        # while GroupNorm and softmax keep float32 where autocast says they need it. nn.Module.to, not diffusers'
+        # override: that one warns about fp32-only modules on every cast.
+        self.network = nn.Module.to(_freeze(network), dtype=torch.float32)
+        self.compiled = False
+        self.channels_last = False
         self.device = torch.device("cpu")
         self.to(device)
         self.stats = PriorStats()
@@ -273,22 +322,73 @@ class Prior:
         return self._checkpoint_sha256
 
     def spec(self) -> dict[str, Any]:
-        """JSON-able identity for result keys: kind, config, checkpoint sha256 (or None) and network dtype.
+        """JSON-able identity for result keys: kind, config, checkpoint sha256 (or None), network dtype and the
+        runtime options that change the arithmetic (compile, channels_last), so that runs under different
+        settings never share a result.
 
-        No file paths: the same weights give the same spec wherever they are stored.
+        No file paths: the same weights give the same spec wherever they are stored. The runtime options appear
+        only when on, so that results stored before they existed keep their keys. Gradient checkpointing is not
+        recorded: it recomputes the same operations on the same inputs.
         """
-        return {
+        spec: dict[str, Any] = {
             "kind": self.kind,
             "config": self.config,
             "checkpoint_sha256": self.checkpoint_sha256,
             "dtype": str(self.dtype).removeprefix("torch."),
         }
+        if self.compiled:
+            spec["compile"] = True
+        if self.channels_last:
+            spec["channels_last"] = True
+        return spec
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(kind={self.kind!r}, image_shape={self.image_shape}, T={self.num_timesteps}, "
             f"learned_variance={self.learned_variance}, device={self.device}, dtype={self.dtype})"
         )
+
+    # ----- runtime options ------------------------------------------------------------------------
+    def configure(self, *, compile: bool = False, channels_last: bool = False, checkpointing: bool = False) -> Prior:
+        """Switch on runtime options (see RUNTIME_OPTIONS); returns self. Off is the default of each; an option
+        already on stays on (a compiled network is not uncompiled)."""
+        if checkpointing:
+            self.gradient_checkpointing = True
+        if channels_last and not self.channels_last:
+            self.network.to(memory_format=torch.channels_last)
+            self.channels_last = True
+        if compile and not self.compiled:
+            # In place: parameters, buffers and state-dict keys stay those of the original module; the
+            # compiled graph is built at the first call (and again for each new input shape).
+            self.network.compile()
+            self.compiled = True
+        return self
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Whether the network recomputes its activations in backward instead of storing them."""
+        return bool(getattr(self.network, "gradient_checkpointing", False))
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, enabled: bool) -> None:
+        if not hasattr(self.network, "gradient_checkpointing"):
+            raise PriorError(
+                f"the {self.kind} prior's network ({type(self.network).__name__}) has no gradient checkpointing; "
+                "drop the 'checkpointing' option (it is available for ADM priors)"
+            )
+        self.network.gradient_checkpointing = bool(enabled)
+
+    def network_precision(self) -> contextlib.AbstractContextManager[None]:
+        """The context the prior's network runs in: autocast to `dtype`, or nothing for float32.
+
+        Solvers run their own networks (DDC's φ) under it so that one --dtype choice covers them all. Only the
+        networks run in low precision: the schedule divides by √ᾱ_t, which is 6e-3 at t = 999, so rounding
+        error of 4e-3 (bf16's relative precision) in x_t or ε̂ would grow 160-fold in x̂₀; and data-consistency
+        steps subtract nearly equal quantities (A x̂₀ − y), which low precision would turn into noise.
+        """
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
     # ----- placement and bookkeeping --------------------------------------------------------------
     def to(self, device: str | torch.device) -> Prior:
@@ -312,14 +412,18 @@ class Prior:
         return self.network(x, t)
 
     def _evaluate(self, x_t: Tensor, t: Tensor) -> Tensor:
-        """One counted, timed network call; output in x_t's dtype, backward-timed when x_t requires grad."""
+        """One counted, timed network call; output in x_t's dtype (float32 at least), backward-timed when x_t
+        requires grad."""
         track_backward = torch.is_grad_enabled() and x_t.requires_grad
         window = _BackwardWindow(self)
         x_in = _CloseBackwardWindow.apply(x_t, window) if track_backward else x_t
-        x_in = x_in.to(self.dtype)
+        x_in = x_in.to(torch.float32)
+        if self.channels_last:
+            x_in = x_in.contiguous(memory_format=torch.channels_last)
         _synchronize(self.device)
         start = _clock()
-        out = self._network_output(x_in, t)
+        with self.network_precision():
+            out = self._network_output(x_in, t)
         _synchronize(self.device)
         self.stats.forward_seconds += _clock() - start
         self.stats.nfe += 1
@@ -330,7 +434,7 @@ class Prior:
             raise PriorError(
                 f"{self.kind} network returned shape {tuple(out.shape)}, expected {(x_t.shape[0], expected, *x_t.shape[2:])}"
             )
-        return out.to(x_t.dtype)
+        return out.to(torch.promote_types(x_t.dtype, torch.float32)).contiguous()
 
     def predict(self, x_t: Tensor, t: int | Tensor) -> Prediction:
         """ε, Tweedie x0 and (learned variance only) the log-variance at (x_t, t), from one network call.
