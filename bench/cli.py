@@ -26,9 +26,15 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if "tasks" in sections:
         print("tasks (forward operators; `all` = " + ", ".join(operators.PAPER_TASKS) + "):")
         for task in operators.available():
-            op = operators.build(task, shape=(3, 64, 64))
+            origin = _plugin_origin("operators", task)
+            try:
+                op = operators.build(task, shape=(3, 64, 64))
+            except Exception as error:  # noqa: BLE001 - a plug-in's failure is listed, not raised
+                print(f"  {task:<9} (does not build at 3x64x64: {type(error).__name__}: {error}){origin}")
+                continue
             caps = ", ".join(c.value for c in operators.Cap if c in op.capabilities)
-            print(f"  {task:<9} {caps:<48} {operators.describe(task)}")
+            print(f"  {task:<9} {caps:<48} {operators.describe(task)}{origin}")
+        _list_plugin_failures("operators")
         print("  noise: y = A(x) + n, n ~ N(0, (2 sigma)^2 I) on [-1, 1] images; sigma on the [0, 1] pixel scale")
     if "solvers" in sections:
         _list_solvers()
@@ -37,8 +43,26 @@ def _cmd_list(args: argparse.Namespace) -> int:
             continue
         print(f"\n{section}:")
         for name, description in _registry(module):
-            print(f"  {name:<34} {description}")
+            kind = name.partition(":")[0].partition("[")[0]
+            print(f"  {name:<34} {description}{_plugin_origin(section, kind) if section == 'priors' else ''}")
+        if section == "priors":
+            _list_plugin_failures("priors")
     return 0
+
+
+def _plugin_origin(kind: str, name: str) -> str:
+    from bench import plugins
+
+    origin = plugins.origin(kind, name)
+    return f" [plug-in from {origin}]" if origin else ""
+
+
+def _list_plugin_failures(kind: str) -> None:
+    """Plug-ins of this kind that failed to load, each with its error (they also warned on stderr)."""
+    from bench import plugins
+
+    for failure in plugins.failures(kind):
+        print(f"  {failure.name}: NOT LOADED, plug-in {failure.target} from {failure.distribution}: {failure.error}")
 
 
 def _list_solvers() -> None:
@@ -54,10 +78,11 @@ def _list_solvers() -> None:
         noisy = ", ".join(sorted(c.value for c in solver.requires_when_noisy))
         grad = "; backprops through the network" if solver.backprop_through_network else ""
         grad += "" if solver.uses_prior else "; does not use the diffusion prior"
-        print(f"  {name:<{width}}  {solver.summary}")
+        print(f"  {name:<{width}}  {solver.summary}{_plugin_origin('solvers', name)}")
         print(f"  {'':<{width}}  requires: {needs}{f'; +noisy: {noisy}' if noisy else ''}{grad}")
         defaults = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(solver.config).items())
         print(f"  {'':<{width}}  defaults: {defaults or '(none)'}")
+    _list_plugin_failures("solvers")
 
 
 def _cmd_matrix(args: argparse.Namespace) -> int:
@@ -65,6 +90,20 @@ def _cmd_matrix(args: argparse.Namespace) -> int:
 
     print(support_matrix())
     return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    import solvers
+    from bench.validate import format_report, parse_sets, validate, write_json
+
+    cls = solvers.load_class(args.solver) if ":" in args.solver else solvers.get(args.solver)
+    report = validate(
+        args.solver, parse_sets(args.set, cls.name), draws=args.draws, seed=args.seed, solver_class=cls
+    )
+    print(format_report(report))
+    if args.json:
+        print(f"report written to {write_json(report, args.json)}")
+    return 1 if report.failures() else 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -272,8 +311,22 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         add_run_parser(commands)
 
+    from bench.speed import add_speed_parser
+
+    add_speed_parser(commands)
+
     matrix = commands.add_parser("matrix", help="print the solver x task support table (Markdown)")
     matrix.set_defaults(func=_cmd_matrix)
+
+    check = commands.add_parser(
+        "validate", help="check a solver against the contract and the exact posteriors of the Gaussian prior"
+    )
+    check.add_argument("solver", help="a solver name (see `bench list solvers`) or package.module:Class")
+    check.add_argument("--set", action="append", default=[], metavar="SOLVER.OPTION=VALUE", help="solver option")
+    check.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    check.add_argument("--draws", type=int, default=8, help="solver draws per measurement (default: %(default)s)")
+    check.add_argument("--seed", type=int, default=0, help="seed of the truths, noise and generators")
+    check.set_defaults(func=_cmd_validate)
 
     report = commands.add_parser("report", help="render a run's tables, figures and image grids (HTML, Markdown)")
     report.add_argument("--results", help="run folder (default: the most recently modified one under results/)")

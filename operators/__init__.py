@@ -11,6 +11,8 @@ Conventions, followed everywhere in this project:
   declare the capabilities they require and the runner compares the two sets; nothing probes attributes.
 * `operators.build(task, shape=(C, H, W), **params)` builds one; `operators.available()` lists the tasks;
   `op.spec()` is a JSON-able dict of everything that defines the operator.
+* Installed packages add tasks by entry point (group `diffusion_inverse_bench.operators`, see `bench.plugins`):
+  an `Operator` subclass checked by `check_plugin`, listed after the built-ins, sorted by name.
 """
 
 from __future__ import annotations
@@ -41,8 +43,10 @@ __all__ = [
     "available",
     "closest",
     "build",
+    "check_plugin",
     "describe",
     "image_generators",
+    "is_plugin",
     "randn_per_image",
     "register",
     "resolve_tasks",
@@ -53,6 +57,66 @@ __all__ = [
 PAPER_TASKS: tuple[str, ...] = ("sr4", "sr8", "gblur", "inpaint", "jpeg10")
 
 _REGISTRY: dict[str, tuple[Callable[..., Operator], dict[str, Any], str]] = {}
+_PLUGINS: set[str] = set()
+_plugins_loaded = False
+
+
+def _registry() -> dict[str, tuple[Callable[..., Operator], dict[str, Any], str]]:
+    """The registry with the installed plug-ins added (imported on first use: a plug-in imports `operators`)."""
+    global _plugins_loaded
+    if not _plugins_loaded:
+        _plugins_loaded = True
+        from bench import plugins
+
+        for task, cls in plugins.load("operators", check_plugin, taken=list(_REGISTRY)).items():
+            register(task, cls, _plugin_summary(cls))
+            _PLUGINS.add(task)
+    return _REGISTRY
+
+
+def is_plugin(task: str) -> bool:
+    _registry()
+    return task in _PLUGINS
+
+
+_CAPABILITY_METHODS = {Cap.ADJOINT: "_adjoint", Cap.PINV: "_pinv", Cap.SVD: "_svd"}
+
+
+def check_plugin(task: str, obj: Any) -> type[Operator]:
+    """The Operator subclass a plug-in's entry point names, checked: `task` is the entry point's name,
+    `capabilities` a frozenset of Cap, `_forward` and `measurement_shape` are implemented, and so is the method of
+    every capability it declares; `__init__(shape, **params)` gives every parameter a default. A TypeError says
+    what is missing."""
+    if not (isinstance(obj, type) and issubclass(obj, Operator)):
+        raise TypeError(f"it names {obj!r}, which is not a subclass of operators.Operator")
+    where = f"{obj.__module__}.{obj.__qualname__}"
+    if getattr(obj, "task", None) != task:
+        raise TypeError(f"{where}.task is {getattr(obj, 'task', None)!r}; it must be the entry point's name {task!r}")
+    capabilities = getattr(obj, "capabilities", None)
+    if not isinstance(capabilities, frozenset) or not all(isinstance(c, Cap) for c in capabilities):
+        raise TypeError(f"{where}.capabilities must be a frozenset of operators.Cap, got {capabilities!r}")
+    if Cap.FORWARD not in capabilities:
+        raise TypeError(f"{where}.capabilities must include Cap.FORWARD")
+    needed = {"_forward": Cap.FORWARD, "measurement_shape": Cap.FORWARD}
+    needed.update({method: cap for cap, method in _CAPABILITY_METHODS.items() if cap in capabilities})
+    for method, cap in needed.items():
+        if getattr(obj, method) is getattr(Operator, method):
+            raise TypeError(f"{where} declares {cap.value} but does not implement {method}")
+    parameters = list(inspect.signature(obj.__init__).parameters.values())[1:]
+    if not parameters or parameters[0].name != "shape":
+        raise TypeError(f"{where}.__init__ must take the image shape first: __init__(self, shape, **params)")
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    required = [p.name for p in parameters[1:] if p.kind in named and p.default is inspect.Parameter.empty]
+    if required:
+        raise TypeError(f"{where}.__init__ must give every parameter a default; {', '.join(required)} has none")
+    if not _plugin_summary(obj):
+        raise TypeError(f"{where} needs a one-line summary: a class attribute `summary` or a docstring")
+    return obj
+
+
+def _plugin_summary(cls: type[Operator]) -> str:
+    text = getattr(cls, "summary", None) or (cls.__doc__ or "")
+    return text.strip().splitlines()[0].strip() if text.strip() else ""
 
 
 def register(task: str, factory: Callable[..., Operator], summary: str, **defaults: Any) -> None:
@@ -63,8 +127,8 @@ def register(task: str, factory: Callable[..., Operator], summary: str, **defaul
 
 
 def available() -> list[str]:
-    """Registered task names, in registration order."""
-    return list(_REGISTRY)
+    """Registered task names: the built-ins in registration order, then plug-ins sorted by name."""
+    return list(_registry())
 
 
 def closest(name: str, valid: Sequence[str], cutoff: float = 0.6) -> str | None:
@@ -82,7 +146,7 @@ def _unknown(kind: str, name: str, valid: Sequence[str]) -> OperatorError:
 
 def build(task: str, shape: Sequence[int] = (3, 64, 64), **params: Any) -> Operator:
     """Build the operator of a task for images of `shape` (C, H, W); params override the task's defaults."""
-    if task not in _REGISTRY:
+    if task not in _registry():
         raise _unknown("task", task, available())
     factory, defaults, _ = _REGISTRY[task]
     accepted = set(inspect.signature(factory).parameters) - {"shape"}
@@ -94,7 +158,7 @@ def build(task: str, shape: Sequence[int] = (3, 64, 64), **params: Any) -> Opera
 
 def describe(task: str) -> str:
     """A one-line summary of a task."""
-    if task not in _REGISTRY:
+    if task not in _registry():
         raise _unknown("task", task, available())
     return _REGISTRY[task][2]
 
@@ -107,7 +171,7 @@ def resolve_tasks(text: str) -> list[str]:
             continue
         expanded = list(PAPER_TASKS) if part == "all" else [part]
         for name in expanded:
-            if name not in _REGISTRY:
+            if name not in _registry():
                 raise _unknown("task", name, [*available(), "all"])
             if name not in names:
                 names.append(name)

@@ -2,18 +2,21 @@
 
 `solvers.available()` lists them, `solvers.build(name, **overrides)` makes one, and
 `solvers.parse_overrides(["dps.zeta=0.5"])` turns command-line `--set` options into per-solver overrides.
-Each module defines a `Solver` subclass and registers it with `@register`.
+Each module defines a `Solver` subclass and registers it with `@register`. Installed packages add solvers by
+entry point (group `diffusion_inverse_bench.solvers`, see `bench.plugins`); they are checked against the
+contract below when they load and listed after the built-ins, sorted by name.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import typing
 from collections.abc import Iterable
 from typing import Any
 
-from operators import closest
+from operators import Cap, closest
 
 from .base import Solver, SolverConfig, SolverError, StepCallback
 
@@ -24,7 +27,11 @@ __all__ = [
     "StepCallback",
     "available",
     "build",
+    "build_class",
+    "check_plugin",
     "get",
+    "is_plugin",
+    "load_class",
     "parse_overrides",
     "register",
 ]
@@ -32,12 +39,17 @@ __all__ = [
 # Modules imported on first use of the registry, in the order `available()` lists them.
 _MODULES = ("uncond", "pinv", "dps", "ddnm", "ddrm", "pigdm", "reddiff", "pnp_admm", "ddc", "cddb")
 _REGISTRY: dict[str, type[Solver]] = {}
+_PLUGINS: set[str] = set()
 _loaded = False
 
 
 def register(cls: type[Solver]) -> type[Solver]:
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"solver '{cls.name}' is already registered")
+        other = _REGISTRY[cls.name]
+        raise ValueError(
+            f"solver '{cls.name}' is defined twice: by {other.__module__}.{other.__qualname__} and by "
+            f"{cls.__module__}.{cls.__qualname__}; give one of them another name"
+        )
     _REGISTRY[cls.name] = cls
     return cls
 
@@ -52,18 +64,75 @@ def _load() -> None:
         except ModuleNotFoundError as error:
             if error.name != f"{__name__}.{module}":
                 raise
-    _loaded = True
+    _loaded = True  # before the plug-ins: a plug-in module that imports `solvers` must not load them again
+    from bench import plugins
+
+    builtins = [name for name in _REGISTRY if _is_builtin(_REGISTRY[name])]
+    for name, cls in plugins.load("solvers", check_plugin, taken=builtins).items():
+        register(cls)
+        _PLUGINS.add(name)
 
 
-def _module_rank(name: str) -> int:
-    module = _REGISTRY[name].__module__.rpartition(".")[2]
-    return _MODULES.index(module) if module in _MODULES else len(_MODULES)
+def _is_builtin(cls: type[Solver]) -> bool:
+    return cls.__module__.rpartition(".")[2] in _MODULES and cls.__module__.startswith(f"{__name__}.")
+
+
+def _order(name: str) -> tuple[int, str]:
+    """Built-ins in `_MODULES` order (registration order within a module), then everything else by name."""
+    cls = _REGISTRY[name]
+    if _is_builtin(cls):
+        return _MODULES.index(cls.__module__.rpartition(".")[2]), ""
+    return len(_MODULES), name
 
 
 def available() -> list[str]:
-    """Registered solver names in `_MODULES` order, whatever order their modules were imported in."""
+    """Built-in solver names in `_MODULES` order, whatever order their modules were imported in, then plug-ins
+    sorted by name."""
     _load()
-    return sorted(_REGISTRY, key=_module_rank)
+    return sorted(_REGISTRY, key=_order)
+
+
+def is_plugin(name: str) -> bool:
+    _load()
+    return name in _PLUGINS
+
+
+_SOLVE_KEYWORDS = ("sigma", "generators", "callback")
+
+
+def check_plugin(name: str, obj: Any) -> type[Solver]:
+    """The Solver subclass an entry point names (a class, or a factory returning one), checked against the
+    contract; a TypeError says what is missing."""
+    cls = obj() if callable(obj) and not isinstance(obj, type) else obj
+    if not (isinstance(cls, type) and issubclass(cls, Solver)):
+        raise TypeError(f"it names {obj!r}, which is not a subclass of solvers.Solver (nor a factory returning one)")
+    where = f"{cls.__module__}.{cls.__qualname__}"
+    if getattr(cls, "name", None) != name:
+        raise TypeError(f"{where}.name is {getattr(cls, 'name', None)!r}; it must be the entry point's name {name!r}")
+    for attribute in ("requires", "requires_when_noisy"):
+        value = getattr(cls, attribute)
+        if not isinstance(value, frozenset) or not all(isinstance(c, Cap) for c in value):
+            raise TypeError(f"{where}.{attribute} must be a frozenset of operators.Cap, got {value!r}")
+    if not (isinstance(cls.Config, type) and issubclass(cls.Config, SolverConfig)) or cls.Config is SolverConfig:
+        raise TypeError(f"{where}.Config must be its own dataclass subclassing solvers.SolverConfig")
+    if not dataclasses.is_dataclass(cls.Config):
+        raise TypeError(f"{where}.Config must be a dataclass (decorate it with @dataclasses.dataclass(frozen=True))")
+    try:
+        cls.Config()
+    except Exception as error:
+        raise TypeError(f"{where}.Config() must build with defaults alone: {error}") from error
+    if cls.solve is Solver.solve:
+        raise TypeError(f"{where} does not override solve(y, op, prior, *, sigma, generators, callback=None)")
+    parameters = inspect.signature(cls.solve).parameters
+    missing = [p for p in ("y", "op", "prior", *_SOLVE_KEYWORDS) if p not in parameters]
+    if missing:
+        raise TypeError(
+            f"{where}.solve lacks {', '.join(missing)}: its signature must be "
+            "solve(self, y, op, prior, *, sigma, generators, callback=None)"
+        )
+    if not isinstance(cls.version, int) or isinstance(cls.version, bool) or cls.version < 1:
+        raise TypeError(f"{where}.version must be an integer >= 1, got {cls.version!r}")
+    return cls
 
 
 def get(name: str) -> type[Solver]:
@@ -95,7 +164,27 @@ def _convert(value: str, annotation: Any, where: str) -> Any:
 
 def build(name: str, **overrides: Any) -> Solver:
     """Make a solver; overrides replace config fields (strings are converted to the field's type)."""
-    cls = get(name)
+    return build_class(get(name), **overrides)
+
+
+def load_class(target: str) -> type[Solver]:
+    """The solver class at 'package.module:Class' (registered or not), checked as a plug-in would be."""
+    module_name, colon, attribute = target.partition(":")
+    if not colon or not module_name or not attribute:
+        raise SolverError(f"expected a solver name or 'package.module:Class', got {target!r}")
+    try:
+        obj = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise SolverError(f"cannot load solver class {target!r}: {type(error).__name__}: {error}") from error
+    try:
+        return check_plugin(getattr(obj, "name", attribute), obj)
+    except TypeError as error:
+        raise SolverError(f"{target} is not a valid solver: {error}") from error
+
+
+def build_class(cls: type[Solver], **overrides: Any) -> Solver:
+    """`build` for a solver class: overrides replace config fields, strings converted to the field's type."""
+    name = cls.name
     fields = {f.name: f for f in dataclasses.fields(cls.Config)}
     typed: dict[str, Any] = {}
     hints = typing.get_type_hints(cls.Config)

@@ -18,12 +18,14 @@ Spec syntax: ``<kind>[:<argument>][?<key>=<value>[&<key>=<value>...]]``; options
 Every kind also takes the runtime options ``compile``, ``channels_last`` and ``checkpointing`` (``=1`` or ``=0``,
 off by default; see `base.RUNTIME_OPTIONS`), in the spec or as keywords: load_prior(spec, compile=True).
 
-The last '?' of a spec starts its options, so a path may not contain '?'.
+The last '?' of a spec starts its options, so a path may not contain '?'. Installed packages add kinds by entry
+point (group `diffusion_inverse_bench.priors`, see `bench.plugins` and `check_plugin`), listed after these.
 """
 
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -184,9 +186,59 @@ _KINDS: dict[str, tuple[Callable[..., Prior], frozenset[str], str, str]] = {
 }
 
 
+_PLUGIN_KINDS: dict[str, tuple[Callable[..., Prior], frozenset[str], str, str]] | None = None
+
+
+def _kinds() -> dict[str, tuple[Callable[..., Prior], frozenset[str], str, str]]:
+    """The built-in kinds, then the installed plug-ins' sorted by name (imported on first use)."""
+    global _PLUGIN_KINDS
+    if _PLUGIN_KINDS is None:
+        from bench import plugins
+
+        _PLUGIN_KINDS = {}  # set first: a plug-in that imports bench.priors must not load the plug-ins again
+        _PLUGIN_KINDS.update(plugins.load("priors", check_plugin, taken=list(_KINDS)))
+    return {**_KINDS, **_PLUGIN_KINDS}
+
+
+def check_plugin(kind: str, loader: Any) -> tuple[Callable[..., Prior], frozenset[str], str, str]:
+    """A prior plug-in: a loader `load(argument, options, device, dtype) -> Prior` (as `_gaussian` here), with
+    optional attributes `options` (the option names its specs accept), `pattern` (how a spec of it is written)
+    and `summary` (else its docstring's first line, which is then required). Returns its registry entry."""
+    where = f"{getattr(loader, '__module__', '?')}.{getattr(loader, '__qualname__', repr(loader))}"
+    if not callable(loader) or isinstance(loader, type):
+        raise TypeError(f"it names {loader!r}; a prior plug-in is a function load(argument, options, device, dtype)")
+    try:
+        inspect.signature(loader).bind(None, {}, "cpu", torch.float32)
+    except TypeError as error:
+        raise TypeError(f"{where} must take (argument, options, device, dtype): {error}") from error
+    accepted = getattr(loader, "options", ())
+    if isinstance(accepted, str) or not all(isinstance(o, str) for o in accepted):
+        raise TypeError(f"{where}.options must be a collection of option names, got {accepted!r}")
+    summary = getattr(loader, "summary", None) or (loader.__doc__ or "").strip()
+    if not summary:
+        raise TypeError(f"{where} needs a one-line description: a `summary` attribute or a docstring")
+    pattern = getattr(loader, "pattern", None) or f"{kind}[:<argument>]"
+    return _checked_loader(kind, loader), frozenset(accepted), str(pattern), summary.splitlines()[0].strip()
+
+
+def _checked_loader(kind: str, loader: Callable[..., Any]) -> Callable[..., Prior]:
+    def load(argument: str | None, options: dict[str, str], device: Any, dtype: Any) -> Prior:
+        prior = loader(argument, options, device, dtype)
+        if not isinstance(prior, Prior):
+            raise PriorError(f"prior plug-in '{kind}' returned {type(prior).__name__}, not a bench.priors.Prior")
+        return prior
+
+    return load
+
+
+def is_plugin(kind: str) -> bool:
+    _kinds()
+    return kind in (_PLUGIN_KINDS or {})
+
+
 def available() -> list[tuple[str, str]]:
     """(spec pattern, description) of every prior kind."""
-    return [(pattern, description) for _, _, pattern, description in _KINDS.values()]
+    return [(pattern, description) for _, _, pattern, description in _kinds().values()]
 
 
 def load_prior(
@@ -198,12 +250,13 @@ def load_prior(
     the runtime options take booleans: load_prior('adm-random:tiny', dtype='bf16', compile=True).
     """
     kind, argument, spec_options = parse_spec(spec)
-    if kind not in _KINDS:
-        close = difflib.get_close_matches(kind, list(_KINDS), n=1)
+    kinds = _kinds()
+    if kind not in kinds:
+        close = difflib.get_close_matches(kind, list(kinds), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         patterns = ", ".join(pattern for pattern, _ in available())
         raise PriorError(f"unknown prior '{kind}'{hint} (available: {patterns})")
-    loader, accepted, pattern, _ = _KINDS[kind]
+    loader, accepted, pattern, _ = kinds[kind]
     runtime = pop_runtime_options(spec_options, options)
     for key, value in options.items():
         if value is None:

@@ -1,0 +1,571 @@
+"""`python -m bench validate`: one solver checked against the solver contract and against exact posteriors.
+
+The test bed is the analytic Gaussian prior `gaussian:16` (`bench.priors.gaussian`): N(μ, Σ) on 3×16×16 images,
+μ constant per channel (ImageNet's channel means on [-1, 1]: -0.03, -0.088, -0.188), Σ diagonal in the
+opponent-colour × 2-D DCT basis with eigenvalues ∝ 1 / (1 + u² + v²) at frequency (u, v), scaled to a pixel std
+of about 0.45. Its denoiser is exact, and so is its posterior p(x | y) for every linear task. For each linear
+task the solver supports, at σ = 0 and σ = 0.05, one truth is drawn from the prior, measured, and solved N times
+(N draws of the solver's randomness, one batch).
+
+Contract checks, each pass or fail:
+  output        finite raw output, stored output in [-1, 1], shape (B, C, H, W)
+  per-image     image b depends on generators[b] only: alone in a batch of 1 it gets what it gets in a batch of 4
+  determinism   the same generators give the same output, bit for bit
+  capabilities  the solver touches only the operator capabilities it declares for this σ (the operator raises
+                on any other: adjoint, pinv, svd, or autograd through forward without `differentiable`)
+  nfe           `solver.nfe()`, where declared, equals the prior network calls counted
+
+Posterior fidelity, reported beside what an exact posterior sampler with the same N gets (its draws clamped to
+[-1, 1] as every stored output is), so that Monte-Carlo noise can be told from method error:
+  mean err      ‖mean of draws − exact posterior mean‖ / ‖prior mean − exact posterior mean‖
+  cov tr        trace of the draws' covariance / trace of the exact posterior covariance
+  resid         RMS over the observed entries of A x̂ − y: divided by the noise std 2σ at σ > 0, raw at σ = 0
+
+Noise convention (pass or fail, σ > 0): see `noise_convention`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import operators
+import solvers
+from operators import Cap, Operator, image_generators, seeded_generator
+
+DEFAULT_PRIOR = "gaussian:16"
+DEFAULT_SIGMAS = (0.0, 0.05)
+DEFAULT_DRAWS = 8
+BATCH_IDS = ("p", "q", "r", "s")
+CONTRACT_CHECKS = ("output", "per-image", "determinism", "capabilities", "nfe")
+# The off-by-two readings of σ are a noise std of σ (DPS's and DAPS's convention) or 4σ; the band's edges are
+# their geometric midpoints with the project's 2σ, so a pass means "nearer to 2σ than to either, on a log scale".
+CONVENTION_BAND = (2**-0.5, 2**0.5)
+CONTROL_REPEATS = 100  # simulated exact samplers behind the σ = 0 control of the noise-convention check
+_SCALE_GRID = torch.tensor([2 ** (k / 16) for k in range(-48, 49)], dtype=torch.float64)  # 1/8 .. 8
+
+
+class CapabilityViolation(RuntimeError):
+    """A solver used an operator capability it did not declare."""
+
+
+class GuardedOperator(Operator):
+    """`inner` with every capability outside `allowed` raising CapabilityViolation when used.
+
+    Capabilities map to methods as in `operators.base.Operator`: forward (and calling the operator), adjoint,
+    pinv, svd; `differentiable` is autograd through forward, i.e. forward of a tensor that requires grad.
+    Everything else (shapes, restrict, spec, per-image binding) passes through; `for_images` stays guarded.
+    """
+
+    def __init__(
+        self,
+        inner: Operator,
+        allowed: frozenset[Cap],
+        solver_name: str,
+        violations: list[str] | None = None,
+        *,
+        declared_only: bool = False,
+    ):
+        self._inner = inner
+        self._allowed = frozenset(allowed)
+        self._solver_name = solver_name
+        self._declared_only = declared_only
+        self.violations: list[str] = [] if violations is None else violations
+        self.input_shape = inner.input_shape
+        self.task = inner.task
+        # declared_only: `supports` answers no for what was not declared, as an operator lacking it would
+        self.capabilities = inner.capabilities & self._allowed if declared_only else inner.capabilities
+        self.linear = inner.linear
+
+    def _use(self, cap: Cap) -> None:
+        if cap not in self._allowed:
+            declared = ", ".join(sorted(c.value for c in self._allowed)) or "nothing"
+            message = f"{self._solver_name} used {cap.value} of '{self.task}' but declares only {declared}"
+            if message not in self.violations:
+                self.violations.append(message)
+            raise CapabilityViolation(message)
+
+    @property
+    def measurement_shape(self) -> tuple[int, ...]:
+        return self._inner.measurement_shape
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._use(Cap.FORWARD)
+        if torch.is_grad_enabled() and isinstance(x, Tensor) and x.requires_grad:
+            self._use(Cap.DIFFERENTIABLE)
+        return self._inner.forward(x)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.forward(x)
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        self._use(Cap.ADJOINT)
+        return self._inner.adjoint(y)
+
+    def pinv(self, y: Tensor) -> Tensor:
+        self._use(Cap.PINV)
+        return self._inner.pinv(y)
+
+    @property
+    def svd(self):
+        self._use(Cap.SVD)
+        return self._inner.svd
+
+    def restrict(self, y: Tensor) -> Tensor:
+        return self._inner.restrict(y)
+
+    def for_images(self, image_ids: Sequence[str], seed: int) -> GuardedOperator:
+        bound = self._inner.for_images(image_ids, seed)
+        return GuardedOperator(
+            bound, self._allowed, self._solver_name, self.violations, declared_only=self._declared_only
+        )
+
+    def params(self) -> dict[str, Any]:
+        return self._inner.params()
+
+    def spec(self) -> dict[str, Any]:
+        return self._inner.spec()
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for attributes the guard does not define: operator-specific ones (a mask, a kernel).
+        if name.startswith("__") or name == "_inner":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+@dataclasses.dataclass
+class Check:
+    passed: bool | None  # None: does not apply (with the reason in detail)
+    detail: str = ""
+
+    def mark(self) -> str:
+        return "–" if self.passed is None else "✓" if self.passed else "✗"
+
+
+@dataclasses.dataclass
+class Case:
+    """One (task, σ): its checks and figures, or why it did not run."""
+
+    task: str
+    sigma: float
+    status: str  # "ok", "unsupported" or "skipped"
+    reason: str = ""
+    checks: dict[str, Check] = dataclasses.field(default_factory=dict)
+    figures: dict[str, dict[str, float | None]] = dataclasses.field(default_factory=dict)  # name -> solver/exact
+    nfe: int | None = None
+    # For the noise-convention fit (σ > 0): the curve of exact posterior means and the two sample means.
+    fit: dict[str, Any] | None = None
+
+
+@dataclasses.dataclass
+class Report:
+    solver: str
+    config: dict[str, Any]
+    prior: str
+    draws: int
+    cases: list[Case]
+    convention: Check
+    convention_figures: dict[str, float | None]
+    unsupported: str = ""  # set when the solver cannot run at all (missing weights)
+
+    def failures(self) -> list[str]:
+        failed = [
+            f"{name} ({case.task}, σ={case.sigma:g}): {check.detail}"
+            for case in self.cases
+            for name, check in case.checks.items()
+            if check.passed is False
+        ]
+        if self.convention.passed is False:
+            failed.append(f"noise-convention: {self.convention.detail}")
+        return failed
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "solver": self.solver,
+            "config": self.config,
+            "prior": self.prior,
+            "draws": self.draws,
+            "unsupported": self.unsupported or None,
+            "passed": not self.failures(),
+            "failures": self.failures(),
+            "cases": [
+                {
+                    "task": c.task,
+                    "sigma": c.sigma,
+                    "status": c.status,
+                    "reason": c.reason or None,
+                    "nfe": c.nfe,
+                    "checks": {k: dataclasses.asdict(v) for k, v in c.checks.items()},
+                    "figures": c.figures,
+                }
+                for c in self.cases
+            ],
+            "noise_convention": {**dataclasses.asdict(self.convention), **self.convention_figures},
+        }
+
+
+def reconstruct(solver: solvers.Solver, y: Tensor, op: Operator, prior, sigma: float, generators) -> tuple[Tensor, Tensor]:
+    """(stored output, raw output): `Solver.reconstruct` where the solver base has it, with `solve`'s own result
+    captured on the way; else `solve`, clamped here as the runner stores it."""
+    if hasattr(solver, "reconstruct"):
+        captured: list[Tensor] = []
+        solve = solver.solve
+
+        def capture(*args: Any, **kwargs: Any) -> Tensor:
+            result = solve(*args, **kwargs)
+            captured.append(result)
+            return result
+
+        solver.solve = capture  # type: ignore[method-assign]
+        try:
+            out = solver.reconstruct(y, op, prior, sigma=sigma, generators=generators)
+        finally:
+            del solver.solve
+        raw = captured[-1] if captured else out
+    else:
+        raw = solver.solve(y, op, prior, sigma=sigma, generators=generators)
+        out = raw.clamp(-1, 1)
+    return out.detach(), raw.detach()
+
+
+def _posterior_mean_curve(prior, covariance: Tensor, matrix: Tensor, y: Tensor) -> Callable[[Tensor], Tensor]:
+    """s (K,) noise stds on [-1, 1] -> (K, D) exact posterior means μ + Σ Aᵀ (A Σ Aᵀ + s² I)⁻¹ (y − A μ),
+    from one eigendecomposition of A Σ Aᵀ, so the whole curve costs one posterior."""
+    observed = matrix.abs().amax(dim=1) > 0
+    a = matrix[observed]
+    y_obs = y.detach().double().cpu().reshape(-1)[observed]
+    mean = prior.mean.reshape(-1)
+    cross = covariance @ a.T
+    values, vectors = torch.linalg.eigh(a @ cross)
+    values = values.clamp_min(0.0)
+    rotated = vectors.T @ (y_obs - a @ mean)
+    gain = cross @ vectors
+
+    def means(noise_std: Tensor) -> Tensor:
+        weights = rotated / (values[None] + noise_std[:, None] ** 2).clamp_min(1e-300)
+        return mean[None] + weights @ gain.T
+
+    return means
+
+
+def _figures(draws: Tensor, posterior, prior, matrix: Tensor, y: Tensor, sigma: float) -> dict[str, float | None]:
+    x = draws.double().cpu().flatten(1)
+    n = x.shape[0]
+    post_mean = posterior.mean.double().cpu().reshape(-1)
+    sample_mean = x.mean(0)
+    reference = float((prior.mean.reshape(-1) - post_mean).norm())
+    post_trace = float(posterior.covariance.trace())
+    sample_trace = float(((x - sample_mean) ** 2).sum() / (n - 1)) if n > 1 else float("nan")
+    observed = matrix.abs().amax(dim=1) > 0
+    residual = x @ matrix[observed].T - y.detach().double().cpu().reshape(-1)[observed]
+    rms = float(residual.square().mean().sqrt())
+    return {
+        "mean_err": float((sample_mean - post_mean).norm()) / reference if reference > 0 else None,
+        "cov_tr": sample_trace / post_trace if post_trace > 1e-9 * x.shape[1] else None,
+        "resid": rms / (2.0 * sigma) if sigma > 0 else rms,
+    }
+
+
+def _measure(op: Operator, x: Tensor, ids: Sequence[str], sigma: float, seed: int) -> tuple[Operator, Tensor]:
+    bound = op.for_images(list(ids), seed)
+    return bound, bound.measure(x, sigma, image_generators(seed, list(ids), "noise"))
+
+
+def _run_case(
+    solver: solvers.Solver, prior, task: str, op: Operator, sigma: float, draws: int, seed: int, covariance: Tensor
+) -> Case:
+    case = Case(task, sigma, "ok")
+    allowed = solver.required_capabilities(sigma)
+    truth = prior.sample(1, generator=seeded_generator(seed, f"validate-{task}", "truth"))
+    bound, y = _measure(op, truth, ["x"], sigma, seed)
+    draw_ids = [f"draw{j}" for j in range(draws)]
+    batch_op = op.for_images(["x"] * draws, seed)  # one image id: the same inpainting mask for every draw
+    four = prior.sample(len(BATCH_IDS), generator=seeded_generator(seed, f"validate-{task}", "batch"))
+    op_four, y_four = _measure(op, four, BATCH_IDS, sigma, seed)
+    op_one, y_one = _measure(op, four[1:2], BATCH_IDS[1:2], sigma, seed)
+
+    def runs(guarded: Callable[[Operator], GuardedOperator]) -> dict[str, Tensor | int | None]:
+        def solve(bound: Operator, y: Tensor, ids: Sequence[str], told_sigma: float = sigma) -> tuple[Tensor, Tensor]:
+            gens = image_generators(seed, list(ids), "solver", device=prior.device)
+            return reconstruct(solver, y.to(prior.device), guarded(bound), prior, told_sigma, gens)
+
+        prior.reset_stats()
+        solver.reset_network_use()
+        result: dict[str, Any] = {}
+        result["out"], result["raw"] = solve(batch_op, y.expand(draws, *y.shape[1:]), draw_ids)
+        result["nfe"] = prior.stats.nfe
+        result["four"], _ = solve(op_four, y_four, BATCH_IDS)
+        result["again"], _ = solve(op_four, y_four, BATCH_IDS)
+        result["one"], _ = solve(op_one, y_one, BATCH_IDS[1:2])
+        result["blind"] = None
+        if sigma > 0:
+            doubled, _ = solve(op_four, y_four, BATCH_IDS, told_sigma=2 * sigma)
+            result["blind"] = torch.equal(doubled, result["four"])
+        return result
+
+    violations: list[str] = []
+    try:
+        try:
+            result = runs(lambda bound: GuardedOperator(bound, allowed, solver.name, violations))
+        except CapabilityViolation:
+            # Run again offering only the declared capabilities, so a solver that probes `op.supports` before using
+            # an undeclared one still gets its other checks and figures, from the path it takes when it must.
+            result = runs(lambda bound: GuardedOperator(bound, allowed, solver.name, violations, declared_only=True))
+    except CapabilityViolation:
+        case.checks["capabilities"] = Check(False, "; ".join(violations))
+        return case
+    except Exception as error:  # noqa: BLE001 - the solver's failure is the finding
+        case.checks["output"] = Check(False, f"the solver raised {type(error).__name__}: {error}")
+        return case
+    out, raw, out_four, again_four, out_one = (result[k] for k in ("out", "raw", "four", "again", "one"))
+    case.nfe, blind = result["nfe"], result["blind"]
+    guard_violations = violations
+
+    expected = (draws, *prior.image_shape)
+    problems = []
+    if tuple(out.shape) != expected:
+        problems.append(f"shape {tuple(out.shape)}, expected {expected}")
+    elif not bool(torch.isfinite(raw).all()):
+        problems.append(f"{int((~torch.isfinite(raw)).sum())} non-finite values")
+    elif float(out.abs().max()) > 1.0:
+        problems.append(f"values up to {float(out.abs().max()):.3g}, outside [-1, 1]")
+    case.checks["output"] = Check(not problems, "; ".join(problems) or "finite, in [-1, 1], right shape")
+    gap = float((out_one - out_four[1:2]).abs().max())
+    case.checks["per-image"] = Check(
+        bool(torch.allclose(out_one, out_four[1:2], rtol=1e-4, atol=1e-5)),
+        f"image '{BATCH_IDS[1]}' alone vs in a batch of 4: max difference {gap:.3g}",
+    )
+    case.checks["determinism"] = Check(
+        bool(torch.equal(out_four, again_four)),
+        f"two runs with the same generators: max difference {float((out_four - again_four).abs().max()):.3g}",
+    )
+    case.checks["capabilities"] = Check(
+        not guard_violations, "; ".join(guard_violations) or "only " + ", ".join(sorted(c.value for c in allowed))
+    )
+    declared = solver.nfe()
+    if declared is None:
+        case.checks["nfe"] = Check(None, f"not declared (counted {case.nfe})")
+    else:
+        case.checks["nfe"] = Check(declared == case.nfe, f"declared {declared}, counted {case.nfe}")
+
+    posterior = prior.posterior(bound, y, sigma)
+    matrix = prior.operator_matrix(bound)
+    exact_sampler = _exact_sampler(posterior)
+    exact = exact_sampler(draws, seeded_generator(seed, f"validate-{task}", "exact"))
+    mine, theirs = _figures(out, posterior, prior, matrix, y, sigma), _figures(exact, posterior, prior, matrix, y, sigma)
+    case.figures = {name: {"solver": mine[name], "exact": theirs[name]} for name in mine}
+    trace = float(posterior.covariance.trace())
+    if trace > 1e-9 * matrix.shape[1]:  # a point posterior (noise-free denoising) has no Monte-Carlo scale
+        mc_variance = trace / draws
+        post_mean = posterior.mean.double().cpu().reshape(-1)
+        case.fit = {
+            "sigma": sigma,
+            "mc_variance": mc_variance,
+            "solver_mean": out.double().cpu().flatten(1).mean(0),
+            "exact_mean": exact.double().cpu().flatten(1).mean(0),
+            # ‖mean of draws − posterior mean‖² / (tr Σ_post / N): about 1 for an exact sampler
+            "solver_error": float((out.double().cpu().flatten(1).mean(0) - post_mean).square().sum()) / mc_variance,
+            "blind": blind,
+            "own_networks": sorted(solver.network_use),
+        }
+        if sigma > 0:
+            case.fit["curve"] = _posterior_mean_curve(prior, covariance, matrix, y)
+        else:
+            control = exact_sampler(CONTROL_REPEATS * draws, seeded_generator(seed, f"validate-{task}", "control"))
+            means = control.double().cpu().flatten(1).reshape(CONTROL_REPEATS, draws, -1).mean(1)
+            case.fit["exact_errors"] = (means - post_mean).square().sum(1) / mc_variance
+    return case
+
+
+def _exact_sampler(posterior) -> Callable[[int, torch.Generator], Tensor]:
+    """n exact draws from one measurement's posterior, clamped to [-1, 1] as stored outputs are: (n, C, H, W)."""
+    values, vectors = torch.linalg.eigh(posterior.covariance)  # eigh, not Cholesky: noise-free posteriors are singular
+    factor = vectors * values.clamp_min(0.0).sqrt()
+    mean = posterior.mean.double().cpu().reshape(-1)
+    shape = tuple(posterior.mean.shape[1:])
+
+    def draw(n: int, generator: torch.Generator) -> Tensor:
+        z = torch.randn(n, mean.shape[0], generator=generator, dtype=torch.float64)
+        return (mean + z @ factor.T).reshape(n, *shape).clamp(-1, 1).to(posterior.mean.dtype)
+
+    return draw
+
+
+def noise_convention(cases: Sequence[Case]) -> tuple[Check, dict[str, float | None]]:
+    """Does the solver read σ as the project does (noise std 2σ on [-1, 1])?
+
+    The exact posterior mean μ(s) moves along a curve as the assumed noise std s goes from 0 (trust y fully) to ∞
+    (the prior mean). Pooling every noisy task, validate finds the s on that curve nearest to the mean of the
+    solver's draws, each task weighted by its Monte-Carlo variance tr(Σ_post) / N:
+        s* = argmin_s Σ_tasks ‖m̂ − μ(s)‖² N / tr(Σ_post),   s on a log grid from 2σ/8 to 8·2σ,
+    and fails when s* / 2σ lies outside [1/√2, √2], i.e. when the draws are nearer, on a log scale, to the
+    posterior of noise std σ (the DPS/DAPS reading) or 4σ than to that of the project's 2σ.
+
+    A misread σ can only be told from method error where there is no method error to speak of, so the check
+    binds only on a solver that samples this prior's posterior exactly where no σ is read: at σ = 0, its pooled
+    error Σ_tasks ‖m̂ − μ_post‖² N / tr(Σ_post) must lie within 4 standard deviations of the mean of 100
+    simulated exact samplers with the same N. It does not apply to a solver whose output does not change with σ
+    (it reads no σ: pinv, uncond, DPS, RED-diff), to one with its own trained networks (their target is not this
+    prior's posterior), nor where the exact sampler's own s* falls outside the band (too few draws).
+    """
+    noisy = [c for c in cases if c.fit is not None and c.sigma > 0]
+    clean = [c for c in cases if c.fit is not None and c.sigma == 0]
+    figures: dict[str, float | None] = {"solver_scale": None, "exact_scale": None, "control": None, "control_limit": None}
+    if not noisy:
+        return Check(None, "no noisy linear task ran"), figures
+    sigma = noisy[0].sigma
+    scales = _fit_scale(noisy, "solver_mean"), _fit_scale(noisy, "exact_mean")
+    figures.update(solver_scale=scales[0], exact_scale=scales[1])
+    low, high = CONVENTION_BAND
+    stated = f"effective noise std {scales[0]:.2f}·2σ (exact sampler {scales[1]:.2f}·2σ) at σ = {sigma:g}"
+    if all(c.fit["blind"] for c in noisy):
+        return Check(None, f"output does not depend on σ: no noise level read, none misread ({stated})"), figures
+    own = sorted({name for c in noisy for name in c.fit["own_networks"]})
+    if own:
+        return Check(None, f"brings its own trained networks ({', '.join(own)}); {stated}"), figures
+    if not clean:
+        return Check(None, f"no σ = 0 run to tell method error from a misread σ; {stated}"), figures
+    control = sum(c.fit["solver_error"] for c in clean)
+    simulated = torch.stack([c.fit["exact_errors"] for c in clean]).sum(0)
+    limit = float(simulated.mean() + 4 * simulated.std())
+    figures.update(control=control, control_limit=limit)
+    if control > limit:
+        return Check(
+            None,
+            f"not exact at σ = 0 (mean error {control:.1f} against at most {limit:.1f} for an exact sampler), so "
+            f"method error would hide a misread σ; {stated}",
+        ), figures
+    if not low <= scales[1] <= high:
+        return Check(None, f"not decisive at this number of draws (raise --draws): {stated}"), figures
+    if low <= scales[0] <= high:
+        return Check(True, f"exact at σ = 0 and {stated}"), figures
+    return Check(False, f"{stated}, outside [{low:.2f}, {high:.2f}]: σ is not read as noise std 2σ"), figures
+
+
+def _fit_scale(cases: Sequence[Case], which: str) -> float:
+    total = torch.zeros_like(_SCALE_GRID)
+    for case in cases:
+        means = case.fit["curve"](_SCALE_GRID * 2.0 * case.sigma)
+        total += (means - case.fit[which][None]).square().sum(dim=1) / case.fit["mc_variance"]
+    return float(_SCALE_GRID[int(total.argmin())])
+
+
+def validate(
+    target: str,
+    overrides: dict[str, str] | None = None,
+    *,
+    draws: int = DEFAULT_DRAWS,
+    prior_spec: str = DEFAULT_PRIOR,
+    sigmas: Sequence[float] = DEFAULT_SIGMAS,
+    seed: int = 0,
+    solver_class: type[solvers.Solver] | None = None,
+) -> Report:
+    """Validate a registered solver (by name), a class at 'package.module:Class', or `solver_class` itself."""
+    from bench.priors import load_prior
+
+    if draws < 2:
+        raise ValueError(f"--draws must be at least 2 (the covariance needs two draws), got {draws}")
+    cls = solver_class or (solvers.load_class(target) if ":" in target else solvers.get(target))
+    solver = solvers.build_class(cls, **(overrides or {}))
+    prior = load_prior(prior_spec)
+    if not hasattr(prior, "posterior"):
+        raise ValueError(f"validate needs a prior with exact posteriors, such as 'gaussian:16'; got '{prior_spec}'")
+    config = dataclasses.asdict(solver.config)
+    missing = solver.missing_weights()
+    covariance = prior.covariance()
+    cases: list[Case] = []
+    for task in [] if missing else operators.available():
+        try:
+            op = operators.build(task, shape=prior.image_shape)
+        except operators.OperatorError as error:
+            cases += [Case(task, s, "skipped", f"no operator at {prior.image_shape}: {error}") for s in sigmas]
+            continue
+        if not op.linear:
+            cases += [Case(task, s, "skipped", "not linear: no exact posterior") for s in sigmas]
+            continue
+        for sigma in sigmas:
+            reason = solver.unsupported(op, sigma)
+            if reason:
+                cases.append(Case(task, sigma, "unsupported", reason))
+            else:
+                cases.append(_run_case(solver, prior, task, op, sigma, draws, seed, covariance))
+    convention, figures = noise_convention(cases)
+    return Report(cls.name, config, prior_spec, draws, cases, convention, figures, unsupported=missing or "")
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def format_report(report: Report) -> str:
+    """The report as a plain-text table, one row per (task, σ), then the noise convention and the verdict."""
+    lines = [f"validate {report.solver} on {report.prior}, {report.draws} draws per measurement"]
+    config = ", ".join(f"{k}={v}" for k, v in report.config.items())
+    lines.append(f"  config: {config or '(none)'}")
+    if report.unsupported:
+        lines.append(f"  unsupported: {report.unsupported}")
+        return "\n".join(lines)
+    header = (
+        f"{'task':<8} {'σ':>5}  {'out':^3} {'img':^3} {'det':^3} {'cap':^3} {'nfe':^3}  "
+        f"{'mean err (exact)':<17} {'cov tr (exact)':<17} {'resid (exact)':<15}"
+    )
+    lines += ["", header, "-" * len(header)]
+    notes = []
+    for case in report.cases:
+        if case.status != "ok":
+            notes.append(f"  {case.task} σ={case.sigma:g}: {case.status}: {case.reason}")
+            continue
+        marks = " ".join(f"{case.checks[n].mark() if n in case.checks else '–':^3}" for n in CONTRACT_CHECKS)
+        cells = []
+        for name in ("mean_err", "cov_tr", "resid"):
+            pair = case.figures.get(name)
+            cells.append(f"{_number(pair['solver'])} ({_number(pair['exact'])})" if pair else "–")
+        lines.append(f"{case.task:<8} {case.sigma:>5g}  {marks}  {cells[0]:<17} {cells[1]:<17} {cells[2]:<15}")
+    lines.append("")
+    lines.append("resid: RMS of A x̂ − y over observed entries, ÷ 2σ at σ > 0; checks: ✓ pass, ✗ fail, – does not apply")
+    lines.append(f"noise convention: {report.convention.mark()} {report.convention.detail}")
+    if notes:
+        lines += ["not run:", *notes]
+    failed = report.failures()
+    lines.append("")
+    lines += [f"FAILED {item}" for item in failed] if failed else ["validate: every check passed"]
+    return "\n".join(lines)
+
+
+def write_json(report: Report, path: str | Path) -> Path:
+    """The report as JSON, written atomically (a temporary file in the same folder, then renamed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(report.as_dict(), stream, indent=2, ensure_ascii=False)
+            stream.write("\n")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def parse_sets(items: Sequence[str], solver_name: str) -> dict[str, str]:
+    """['ddrm.steps=50'] -> {'steps': '50'} for the solver being validated; any other solver's option is an error."""
+    options: dict[str, str] = {}
+    for item in items:
+        key, equals, value = item.partition("=")
+        name, dot, option = key.strip().rpartition(".")
+        if not equals or not dot or not option:
+            raise ValueError(f"--set expects {solver_name}.option=value, got {item!r}")
+        if name != solver_name:
+            raise ValueError(f"--set {item!r} names solver '{name}', but validate runs '{solver_name}'")
+        options[option.strip()] = value.strip()
+    return options
