@@ -475,14 +475,6 @@ class RandomCrops:
             yield self.render(self.draw_params())
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def manifest_sha256(folder: str | Path) -> str:
     """SHA-256 (hex) over the image files of `folder`, as `list_image_files` finds them.
 
@@ -491,5 +483,7 @@ def manifest_sha256(folder: str | Path) -> str:
     (e.g. a MANIFEST.tsv) do not affect it; renaming, adding, removing or editing an image does.
     """
     folder = Path(folder).expanduser()
-    lines = [f"{_file_sha256(path)}  {path.relative_to(folder).as_posix()}\n" for path in list_image_files(folder)]
+    from bench.files import file_sha256
+
+    lines = [f"{file_sha256(path)}  {path.relative_to(folder).as_posix()}\n" for path in list_image_files(folder)]
     return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()

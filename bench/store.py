@@ -1,11 +1,13 @@
-"""The results store of one benchmark run folder: parquet part files written atomically, read as tables.
+"""The results store of one benchmark run folder: its layout, its row schema, and the one reader of its parts.
 
 Layout under the run folder:
 
-    units/part-<time ns>-r<rank>-<random>.parquet    one row per work unit of one batch
-    traces/part-<same stem>.parquet                   per-step kurtosis traces of that batch (long format)
-    sets/part-<stem>.parquet                          FID/KID rows of (solver, task, σ) groups
-    images/...                                        PNGs (see bench.run)
+    units/part-<time ns>-r<rank>-<random>.parquet    one row per work unit of one batch (`UNIT_COLUMNS`)
+    traces/part-<same stem>.parquet                   per-step traces of that batch, long format (`TRACE_COLUMNS`)
+    sets/part-<stem>.parquet                          FID/KID rows of (solver, task, σ) groups (`SET_COLUMNS`)
+    images/<solver>/<task>/<σ>/<tag>/<id>.png         reconstructions (`reconstruction_path`)
+    images/reference/<id>.png                         clean references
+    images/measurement/<task>/<σ>/seed<seed>/<id>.png measurements shown as A⁺y (`measurement_path`)
 
 Every file is written to a hidden temporary name in its final folder, flushed to disk, then renamed with
 `os.replace`, which is atomic: a killed process leaves at most a hidden temporary file, which readers ignore,
@@ -16,23 +18,41 @@ Part names sort in writing order (they start with a nanosecond clock), so when a
 once (a failed unit retried, or `--force`) the reader keeps its latest row: the tables have one row per key.
 `consolidate()`, run at the end of every run, merges the parts into one per table without the superseded rows
 (reading thousands of small parts is slow), so the files themselves never hold a unit twice once a run has
-finished. `compact()` removes the superseded rows from the parts in place, one atomic file at a time. Both
-only delete rows whose replacement is already committed, so a kill during them loses nothing.
+finished. It only deletes rows whose replacement is already committed, so a kill during it loses nothing.
+
+Only pandas and pyarrow are imported, never torch: the report reads results on machines without PyTorch.
 """
 
 from __future__ import annotations
 
-import os
+import math
 import secrets
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from bench.files import atomic_write_bytes
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["DONE_STATUSES", "STATUSES", "ResultStore", "atomic_write_bytes"]
+__all__ = [
+    "DONE_STATUSES",
+    "SET_COLUMNS",
+    "STATUSES",
+    "TRACE_COLUMNS",
+    "UNIT_COLUMNS",
+    "Column",
+    "ResultStore",
+    "atomic_write_bytes",
+    "latest",
+    "measurement_path",
+    "new_row",
+    "reconstruction_path",
+    "sigma_label",
+]
 
 UNITS, TRACES, SETS = "units", "traces", "sets"
 #: Statuses a unit row can have.
@@ -42,28 +62,175 @@ STATUSES = ("ok", "unsupported", "failed", "diverged")
 DONE_STATUSES = frozenset({"ok", "unsupported", "diverged"})
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+# ----- the row schema --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a store table: its name, its dtype, what it means, and its value before it is known.
+
+    dtype: "float64", "int64", "bool", or "str" for text (pandas' str dtype, object before pandas 3)."""
+
+    name: str
+    dtype: str
+    meaning: str
+    default: Any = None
+
+
+_NAN = math.nan
+_VERSIONS = (
+    Column("torch_version", "str", "torch.__version__ of the process that wrote the row"),
+    Column("bench_version", "str", "bench.__version__"),
+    Column("git_commit", "str", 'the code\'s commit, "+dirty" when tracked files differ from it; "unknown" off git'),
+)
+#: Table `units`: one row per (solver, task, σ, image) work unit, in column order.
+UNIT_COLUMNS = (
+    Column("solver", "str", "solver name as registered (`solvers.available()`)"),
+    Column("task", "str", "task name (`operators.available()`)"),
+    Column("sigma", "float64", "measurement noise σ on the [0, 1] pixel scale (std 2σ on [-1, 1])"),
+    Column("prior", "str", "the prior's spec as given on the command line"),
+    Column("dataset", "str", "the dataset's name"),
+    Column("image_id", "str", "the image's id within the dataset"),
+    Column("seed", "int64", "seed of masks, measurement noise and solver draws"),
+    Column("key", "str", "SHA-256 of the unit's definition (`bench.units.unit_key`); one latest row per key"),
+    Column("status", "str", "ok, unsupported, failed or diverged (`STATUSES`)", "ok"),
+    Column("error", "str", "why the unit is not ok (the reason or the exception text); None when ok"),
+    Column("psnr", "float64", "PSNR in dB against the clean image, on [0, 1] pixels", _NAN),
+    Column("ssim", "float64", "SSIM against the clean image", _NAN),
+    Column("lpips", "float64", "LPIPS (AlexNet) against the clean image; NaN below 32×32 pixels", _NAN),
+    Column("consistency", "float64", "‖A(x̂) − y‖ per measured entry, on the [-1, 1] scale", _NAN),
+    Column("nfe", "int64", "calls of the prior's network, a batched call counted once", 0),
+    Column("own_nfe", "int64", "calls of the solver's own networks (DDC's φ, PnP-ADMM's DnCNN, CDDB's bridge)", 0),
+    Column("own_networks", "str", "names of those networks, comma-separated", ""),
+    Column("wall_s", "float64", "the batch's solver seconds divided by its batch size", _NAN),
+    Column("network_s", "float64", "seconds in the prior's network (forward and backward) per image", _NAN),
+    Column("own_network_s", "float64", "seconds in the solver's own networks' forward passes per image", _NAN),
+    Column("peak_memory_bytes", "int64", "the solve's peak memory: CUDA allocator peak, or CPU heap above start", 0),
+    Column("batch_size", "int64", "images in the batch that computed the unit", 0),
+    Column("warmup", "bool", "the process' first batch of this solver (its time includes start-up costs)", False),
+    Column("device", "str", "the torch device that computed the unit"),
+    Column("rank", "int64", "the torchrun process that computed the unit", 0),
+    Column("dtype", "str", "network dtype: fp32, bf16 or fp16"),
+    Column("solver_version", "int64", "the solver's `version` (bumped when its math changes)"),
+    Column("solver_config", "str", "the solver's resolved config as canonical JSON"),
+    *_VERSIONS,
+)
+#: Table `traces`: one row per (unit, step) of the computation that gave the unit's latest row.
+TRACE_COLUMNS = (
+    Column("key", "str", "the unit's key"),
+    Column("solver", "str", "solver name"),
+    Column("task", "str", "task name"),
+    Column("sigma", "float64", "noise level σ on the [0, 1] scale"),
+    Column("image_id", "str", "the image's id"),
+    Column("seed", "int64", "the run's seed"),
+    Column("step", "int64", "index of the network evaluation within the solve"),
+    Column("t", "int64", "the timestep (or bridge step) of that evaluation"),
+    Column("kurtosis", "float64", "Fisher excess kurtosis of ε̂ over the image's elements (0 for Gaussian noise)"),
+    Column("residual", "float64", "‖A(x̂₀) − y‖ of the step's Tweedie estimate"),
+)
+#: Table `sets`: FID/KID of each complete (solver, task, σ) set of units.
+SET_COLUMNS = (
+    Column("solver", "str", "solver name"),
+    Column("task", "str", "task name"),
+    Column("sigma", "float64", "noise level σ on the [0, 1] scale"),
+    Column("prior", "str", "the prior's spec"),
+    Column("dataset", "str", "the dataset's name"),
+    Column("seed", "int64", "the run's seed"),
+    Column("set_key", "str", "SHA-256 of the set's sorted unit keys"),
+    Column("n_images", "int64", "finished (ok) images the scores were computed on", 0),
+    Column("n_diverged", "int64", "diverged images left out", 0),
+    Column("fid", "float64", "FID against the clean references; NaN below 4 images", _NAN),
+    Column("kid", "float64", "KID (mean over subsets)", _NAN),
+    Column("kid_std", "float64", "KID's standard deviation over subsets", _NAN),
+    Column("note", "str", "why a score is missing or what was left out; None when nothing was"),
+    *_VERSIONS,
+)
+
+
+def new_row(columns: Iterable[Column], **values: Any) -> dict[str, Any]:
+    """A row of a table with `columns`: each column's default, overridden by `values` (which must be columns)."""
+    row = {column.name: column.default for column in columns}
+    unknown = set(values) - set(row)
+    if unknown:
+        raise KeyError(f"not columns of this table: {', '.join(sorted(unknown))}")
+    row.update(values)
+    return row
+
+
+# ----- the image layout ------------------------------------------------------------------------------------
+
+
+def sigma_label(sigma: float) -> str:
+    """σ as a folder name: '0', '0.05'."""
+    return f"{sigma:g}"
+
+
+def reconstruction_path(images: Path, solver: str, task: str, sigma: float, tag: str, image_id: str) -> Path:
+    """Where a unit's reconstruction PNG is (`tag`: `bench.units.image_tag` of its config and seed)."""
+    return images / solver / task / sigma_label(sigma) / tag / f"{image_id}.png"
+
+
+def measurement_path(images: Path, task: str, sigma: float, seed: int, image_id: str) -> Path:
+    """Where the measurement of an image, shown as A⁺y, is for one seed."""
+    return images / "measurement" / task / sigma_label(sigma) / f"seed{int(seed)}" / f"{image_id}.png"
+
+
+# ----- reading -----------------------------------------------------------------------------------------------
 
 
 def _read_parts(paths: Iterable[Path]) -> pd.DataFrame:
-    """The rows of these part files in order, each with column `part` (its file's stem)."""
-    import pandas as pd
+    """The rows of these part files in order, each with column `part` (its file's stem, categorical).
 
-    frames = [pd.read_parquet(path).assign(part=path.stem) for path in paths]
-    frames = [frame for frame in frames if not frame.empty]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    pyarrow reads the files and concatenates them once: pandas' reader costs several milliseconds per file,
+    and a run writes one part per batch (2,500 parts for 10,000 units at batch size 4). Whole files are read:
+    selecting columns by name cost more than it saved.
+    """
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables, stems = [], []
+    for path in paths:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            continue  # removed by a concurrent consolidate(): its rows live on in the merged part
+        table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
+        if table.num_rows:
+            tables.append(table)
+            stems.append(path.stem)
+    if not tables:
+        return pd.DataFrame()
+    # "permissive": a column that is all None in one part (null type) takes the type of the other parts
+    frame = pa.concat_tables(tables, promote_options="permissive").to_pandas()
+    codes = np.repeat(np.arange(len(stems)), [t.num_rows for t in tables])
+    frame["part"] = pd.Categorical.from_codes(codes, categories=stems)  # a code per row, not a string
+    return frame
+
+
+def latest(table: pd.DataFrame, key: str) -> pd.DataFrame:
+    """The latest row per `key` of a table read in writing order."""
+    if table.empty:
+        return table
+    return table.drop_duplicates(key, keep="last").reset_index(drop=True)
+
+
+def _committed_traces(traces: pd.DataFrame, units: pd.DataFrame, superseded: bool) -> pd.DataFrame:
+    """The trace rows of the computations that gave `units` (latest unit rows, with `part`).
+
+    A batch's traces share its unit part's name; traces without a unit part are of a batch that was killed
+    before committing, or still in flight on another rank. Only when some unit was computed twice
+    (`superseded`) is the (key, part) pair checked row by row.
+    """
+    if traces.empty or units.empty:
+        return traces
+    committed = set(units["part"].astype(str).unique())
+    traces = traces[traces["part"].isin(committed)]
+    if superseded:
+        wanted = units[["key", "part"]].astype(str)
+        traces = traces.astype({"part": str}).merge(wanted, on=["key", "part"])
+    return traces.reset_index(drop=True)
 
 
 class ResultStore:
@@ -101,36 +268,28 @@ class ResultStore:
             return []
         return sorted(p for p in folder.glob("part-*.parquet") if p.is_file())
 
-    def _read_all(self, kind: str) -> pd.DataFrame:
+    def read(self, kind: str) -> pd.DataFrame:
+        """Every row of table `kind` ever written, duplicates (retries, --force) included, with column `part`."""
         return _read_parts(self.parts(kind))
 
     def raw_units(self) -> pd.DataFrame:
-        """Every unit row ever written, duplicates (retries, --force) included, with the part it came from."""
-        return self._read_all(UNITS)
+        """Every unit row ever written, with the part it came from."""
+        return self.read(UNITS)
 
     def units(self) -> pd.DataFrame:
         """One row per unit key: its latest row (see the module docstring), with column `part`."""
-        table = self.raw_units()
-        if table.empty:
-            return table
-        return table.drop_duplicates("key", keep="last").reset_index(drop=True)
+        return latest(self.raw_units(), "key")
 
-    def traces(self) -> pd.DataFrame:
-        """Trace rows of the computation that gave each unit's latest row (column `part` joins the two)."""
-        table = self._read_all(TRACES)
-        latest = self.units()
-        if table.empty or latest.empty:
-            return table
-        wanted = set(zip(latest["key"], latest["part"], strict=True))
-        keep = [(k, p) in wanted for k, p in zip(table["key"], table["part"], strict=True)]
-        return table[keep].reset_index(drop=True)
+    def traces(self, units: pd.DataFrame | None = None, *, superseded: bool = True) -> pd.DataFrame:
+        """Trace rows of the computation that gave each unit's latest row (column `part` joins the two).
+
+        `units`: the latest unit rows when the caller has them already. `superseded=False` promises that no
+        unit was computed twice (as many raw rows as latest ones), which skips the row-by-row check."""
+        return _committed_traces(self.read(TRACES), self.units() if units is None else units, superseded)
 
     def sets(self) -> pd.DataFrame:
         """One row per set (column `set_key`): its latest FID/KID row."""
-        table = self._read_all(SETS)
-        if table.empty:
-            return table
-        return table.drop_duplicates("set_key", keep="last").reset_index(drop=True)
+        return latest(self.read(SETS), "set_key")
 
     def statuses(self) -> dict[str, str]:
         """key -> latest status."""
@@ -139,43 +298,9 @@ class ResultStore:
             return {}
         return dict(zip(table["key"], table["status"], strict=True))
 
-    def compact(self) -> int:
-        """Drop superseded unit rows, their traces and superseded set rows from the parts; returns rows removed."""
-        import pandas as pd
-
-        removed = 0
-        latest_units = self.units()
-        keep_units = (
-            set(zip(latest_units["key"], latest_units["part"], strict=True)) if not latest_units.empty else set()
-        )
-        latest_sets = self.sets()
-        keep_sets = (
-            set(zip(latest_sets["set_key"], latest_sets["part"], strict=True)) if not latest_sets.empty else set()
-        )
-        committed = {path.stem for path in self.parts(UNITS)}
-        for kind, column, keep in (
-            (UNITS, "key", keep_units),
-            (TRACES, "key", keep_units),
-            (SETS, "set_key", keep_sets),
-        ):
-            for path in self.parts(kind):
-                if kind == TRACES and path.stem not in committed:
-                    continue  # traces of a batch in flight elsewhere (another rank) or orphaned: leave them
-                frame = pd.read_parquet(path)
-                wanted = [(value, path.stem) in keep for value in frame[column]]
-                if all(wanted):
-                    continue
-                removed += len(wanted) - sum(wanted)
-                remaining = frame[wanted]
-                if remaining.empty:
-                    path.unlink()
-                else:
-                    import io
-
-                    buffer = io.BytesIO()
-                    remaining.to_parquet(buffer, index=False)
-                    atomic_write_bytes(path, buffer.getvalue())
-        return removed
+    def done_keys(self) -> set[str]:
+        """Keys whose latest status is in `DONE_STATUSES` (skipped by a re-run)."""
+        return {key for key, status in self.statuses().items() if status in DONE_STATUSES}
 
     def consolidate(self) -> int:
         """Rewrite the committed parts as one part per table, without superseded rows; returns parts removed.
@@ -186,7 +311,6 @@ class ResultStore:
         resolve to the identical merged row, and the next consolidation removes. Only the parts listed at the
         start are touched: parts another process commits meanwhile are left as they are.
         """
-
         unit_parts = self.parts(UNITS)
         committed = {path.stem for path in unit_parts}
         trace_parts = [path for path in self.parts(TRACES) if path.stem in committed]
@@ -194,14 +318,9 @@ class ResultStore:
         if len(unit_parts) <= 1 and len(set_parts) <= 1:
             return 0
 
-        units = _read_parts(unit_parts)
-        units = units.drop_duplicates("key", keep="last") if not units.empty else units
-        traces = _read_parts(trace_parts)
-        if not traces.empty and not units.empty:
-            wanted = set(zip(units["key"], units["part"], strict=True))
-            traces = traces[[(k, p) in wanted for k, p in zip(traces["key"], traces["part"], strict=True)]]
-        sets = _read_parts(set_parts)
-        sets = sets.drop_duplicates("set_key", keep="last") if not sets.empty else sets
+        units = latest(_read_parts(unit_parts), "key")
+        traces = _committed_traces(_read_parts(trace_parts), units, superseded=True)
+        sets = latest(_read_parts(set_parts), "set_key")
 
         stem = self.new_stem()
         for kind, table in ((TRACES, traces), (UNITS, units), (SETS, sets)):
@@ -210,7 +329,3 @@ class ResultStore:
         for path in [*unit_parts, *trace_parts, *set_parts]:
             path.unlink(missing_ok=True)
         return len(unit_parts) + len(trace_parts) + len(set_parts)
-
-    def done_keys(self) -> set[str]:
-        """Keys whose latest status is in `DONE_STATUSES` (skipped by a re-run)."""
-        return {key for key, status in self.statuses().items() if status in DONE_STATUSES}

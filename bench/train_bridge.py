@@ -22,7 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bench.training import TrainConfig, Trainer, atomic_write_text, crop_batches, data_record, replace_folder
+from bench.files import atomic_write_text, replace_folder
+from bench.training import TrainConfig, Trainer, crop_batches, data_record
+from operators.base import noise_std
 from solvers.bridge_schedule import DEFAULT_BETA_MAX, BridgeSchedule
 
 BRIDGE_FILE = "bridge.json"
@@ -94,7 +96,7 @@ def degraded_image(op, x0: Tensor, sigma: float, noise: Tensor) -> Tensor:
     """x₁ = A⁺(y) with y = A(x₀) + 2σ·noise built as the runner builds it (`Operator.restrict`)."""
     from bench.train_ddc import training_measurement
 
-    return op.pinv(training_measurement(op, x0, 2.0 * sigma, noise))
+    return op.pinv(training_measurement(op, x0, noise_std(sigma), noise))
 
 
 def bridge_loss(op, schedule: BridgeSchedule, sigma: float):

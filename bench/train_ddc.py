@@ -23,7 +23,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bench.training import TrainConfig, Trainer, atomic_write_text, crop_batches, data_record, replace_folder
+from bench.files import atomic_write_text, replace_folder
+from bench.training import TrainConfig, Trainer, crop_batches, data_record
+from operators.base import noise_std
 
 DEFAULT_TASKS = ("sr4", "sr8", "gblur", "inpaint", "jpeg10", "denoise")  # the paper's six training tasks
 # The official code gives φ the prior's x̂₀ unclipped. For t near T, x̂₀ = (x_t − √(1−ᾱ)ε̂)/√ᾱ multiplies ε̂'s
@@ -253,7 +255,7 @@ def ddc_loss(
         with torch.no_grad():
             measured_shape = (b, *op.measurement_shape)
             u = draw(torch.rand, (b,) + (1,) * (len(measured_shape) - 1), dtype=x0.dtype)
-            y = training_measurement(op, x0, u * 2.0 * sigma_max, draw(torch.randn, measured_shape, dtype=x0.dtype))
+            y = training_measurement(op, x0, u * noise_std(sigma_max), draw(torch.randn, measured_shape, dtype=x0.dtype))
             y_image = measurement_to_image(y, op, y_to_image)
             if from_chain:
                 x_t = draw(torch.randn, x0.shape, dtype=x0.dtype)  # x_T ~ N(0, I), as the sampler starts

@@ -1,4 +1,5 @@
-"""`python -m bench train-denoiser`: a DnCNN Gaussian denoiser for PnP-ADMM.
+"""`python -m bench train-denoiser`: a DnCNN Gaussian denoiser for PnP-ADMM (the network and its loader
+sit beside the solver, in solvers.pnp_admm).
 
 DnCNN (Zhang et al. 2017, "Beyond a Gaussian Denoiser"): 17 layers of 3×3 convolutions with 64 channels,
 batch normalisation in the middle 15, and residual learning: the network predicts the noise, and the
@@ -22,30 +23,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bench.training import TrainConfig, Trainer, atomic_write_text, crop_batches, data_record
+from bench.files import atomic_write_bytes, atomic_write_text
+from bench.training import TrainConfig, Trainer, crop_batches, data_record
+from operators.base import noise_std
+from solvers.pnp_admm import DnCNN, load_denoiser
 
 SIGMA_MAX = 55 / 255  # DnCNN-B's blind range
 BN_RECALIBRATION_BATCHES = 32  # batches of training crops over which the saved network's BN statistics are computed
-
-
-class DnCNN(nn.Module):
-    """x_noisy (B, C, H, W) in [-1, 1] -> denoised image; `residual(x)` is the predicted noise."""
-
-    def __init__(self, channels: int = 3, depth: int = 17, features: int = 64):
-        super().__init__()
-        self.config = {"channels": channels, "depth": depth, "features": features}
-        layers: list[nn.Module] = [nn.Conv2d(channels, features, 3, padding=1), nn.ReLU(inplace=True)]
-        for _ in range(depth - 2):
-            layers += [nn.Conv2d(features, features, 3, padding=1, bias=False), nn.BatchNorm2d(features)]
-            layers.append(nn.ReLU(inplace=True))
-        layers.append(nn.Conv2d(features, channels, 3, padding=1))
-        self.body = nn.Sequential(*layers)
-
-    def residual(self, x: Tensor) -> Tensor:
-        return self.body(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x - self.body(x)
 
 
 def denoising_loss(sigma_max: float):
@@ -54,7 +38,7 @@ def denoising_loss(sigma_max: float):
     def loss(network: nn.Module, clean: Tensor, generator: torch.Generator) -> Tensor:
         b = clean.shape[0]
         sigma = torch.rand(b, 1, 1, 1, generator=generator, device=generator.device) * sigma_max
-        noise = 2 * sigma * torch.randn(clean.shape, generator=generator, device=generator.device)
+        noise = noise_std(sigma) * torch.randn(clean.shape, generator=generator, device=generator.device)
         noise = noise.to(clean.device, clean.dtype)
         return torch.nn.functional.mse_loss(network.residual(clean + noise), noise)
 
@@ -62,36 +46,12 @@ def denoising_loss(sigma_max: float):
 
 
 def save_denoiser(network: DnCNN, out_dir: Path, provenance: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "model.safetensors.tmp"
-    save_file({k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}, tmp)
-    tmp.replace(out_dir / "model.safetensors")
+    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    atomic_write_bytes(out_dir / "model.safetensors", save(state))
     atomic_write_text(out_dir / "config.json", json.dumps({"architecture": "dncnn", **network.config}, indent=2))
     atomic_write_text(out_dir / "provenance.json", json.dumps(provenance, indent=2) + "\n")
-
-
-def load_denoiser(folder: str | Path, device: str | torch.device = "cpu") -> DnCNN:
-    """Load a saved DnCNN strictly: a missing or unexpected key is an error naming it."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    config_path, weights_path = folder / "config.json", folder / "model.safetensors"
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise FileNotFoundError(f"denoiser file {path} is missing; train one with `python -m bench train-denoiser`")
-    config = json.loads(config_path.read_text())
-    if config.pop("architecture", None) != "dncnn":
-        raise ValueError(f"{config_path} does not describe a DnCNN")
-    network = DnCNN(**config)
-    state = load_file(weights_path)
-    expected = network.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{weights_path}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
-    network.load_state_dict(state, strict=True)
-    return network.to(device).eval()
 
 
 def _initial_denoiser(folder: str | Path, channels: int) -> tuple[DnCNN, dict[str, Any]]:
@@ -202,7 +162,7 @@ def denoising_table(
     rows = []
     for sigma in sigmas:
         standard = torch.randn(clean.shape, generator=torch.Generator().manual_seed(noise_seed))
-        noise = 2 * sigma * standard
+        noise = noise_std(sigma) * standard
         noisy = clean + noise
         residual = torch.cat([network.residual(noisy[i : i + chunk]) for i in range(0, len(noisy), chunk)])
         row = {
@@ -214,7 +174,7 @@ def denoising_table(
         if prior is not None:
             steps = torch.arange(prior.num_timesteps)
             alpha_bar = prior.alpha_bar(steps).flatten()
-            t = int((((1 - alpha_bar) / alpha_bar).sqrt() - 2 * sigma).abs().argmin())
+            t = int((((1 - alpha_bar) / alpha_bar).sqrt() - noise_std(sigma)).abs().argmin())
             a = prior.alpha_bar(t)
             x_t = a.sqrt() * clean + (1 - a).sqrt() * standard
             x0 = torch.cat([prior.x0(x_t[i : i + chunk], t) for i in range(0, len(x_t), chunk)])

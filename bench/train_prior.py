@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bench.training import TrainConfig, Trainer, atomic_write_text, crop_batches, data_record, replace_folder
+from bench.files import atomic_write_text, replace_folder
+from bench.training import TrainConfig, Trainer, crop_batches, data_record
 
 SCHEDULE = {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "num_train_timesteps": 1000}
 

@@ -26,7 +26,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -35,6 +34,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from bench.files import atomic_write_text, git_commit, replace_folder  # noqa: F401 - two re-exported for importers
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -117,45 +118,11 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def replace_folder(out_dir: Path, write: Callable[[Path], None]) -> None:
-    """Fill a staging folder with `write(staging)`, then rename it to `out_dir`: a reader never sees half of it."""
-    import shutil
-
-    staging = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    write(staging)
-    if out_dir.exists():
-        retired = out_dir.with_name(out_dir.name + ".old")
-        shutil.rmtree(retired, ignore_errors=True)
-        out_dir.rename(retired)
-        staging.rename(out_dir)
-        shutil.rmtree(retired)
-    else:
-        staging.rename(out_dir)
-
-
 def data_record(data: str | Path, size: int, note: dict[str, Any] | None = None) -> dict[str, Any]:
     """The provenance of a training set: its folder, manifest sha256 and crop size (plus any note)."""
     from bench.data import manifest_sha256
 
     return {"folder": str(Path(data).resolve()), "manifest_sha256": manifest_sha256(data), "size": size, **(note or {})}
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
 
 
 def hardware() -> dict[str, Any]:
@@ -336,7 +303,7 @@ class Trainer:
             "train_config": asdict(self.config),
             "data": data,
             "hardware": hardware(),
-            "git_commit": git_commit(),
+            "git_commit": git_commit(dirty_mark=False),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **self.description,
         }

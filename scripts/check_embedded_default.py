@@ -53,7 +53,7 @@ def steps_of(config: str) -> int | None:
 def channel_mean_error(out: Path, row) -> float | None:
     """The largest |mean over pixels of (estimate − truth)| over the channels, on [-1, 1], from the PNGs of the
     unit `row` (its own configuration's folder)."""
-    from bench.run import reconstruction_path
+    from bench.store import reconstruction_path
     from bench.units import image_tag
 
     images = out / "images"

@@ -147,7 +147,7 @@ class CDDB(Solver):
         return None
 
     def spec(self) -> dict[str, Any]:
-        from bench.priors.base import file_sha256
+        from bench.files import file_sha256
 
         spec = super().spec()
         if self.bridge_fn is not None:

@@ -133,7 +133,7 @@ def network_folder(network: str) -> Path:
 def load_phi(folder: str | Path) -> tuple[DeltaNetwork, dict[str, Any]]:
     """φ from a folder written by `bench.train_ddc.save_phi`: (network in eval mode, provenance dict).
 
-    The weights load strictly: a missing or unexpected key is an error naming the keys.
+    The weights load strictly (`bench.weights.load_exact`): a missing or unexpected key is an error naming them.
     """
     folder = Path(folder)
     config_path = folder / "unet" / "config.json"
@@ -147,15 +147,13 @@ def load_phi(folder: str | Path) -> tuple[DeltaNetwork, dict[str, Any]]:
     from diffusers import UNet2DModel
     from safetensors.torch import load_file
 
+    from bench.weights import WeightsError, load_exact
+
     unet = UNet2DModel.from_config(json.loads(config_path.read_text()))
-    state = load_file(str(weights_path), device="cpu")
-    expected = unet.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise SolverError(
-            f"ddc: {weights_path} does not fit its config: missing {missing[:8]}, unexpected {unexpected[:8]}"
-        )
-    unet.load_state_dict(state, strict=True)
+    try:
+        load_exact(unet, load_file(str(weights_path), device="cpu"))
+    except WeightsError as error:
+        raise SolverError(f"ddc: {weights_path} does not fit its config: {error}") from None
     provenance_path = folder / "provenance.json"
     provenance = json.loads(provenance_path.read_text()) if provenance_path.is_file() else {}
     output_dc = bool(provenance.get("output_dc", False))

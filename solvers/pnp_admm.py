@@ -36,13 +36,14 @@ Choices, and why:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from operators import Cap, Operator
 from operators.base import noise_std
@@ -137,6 +138,51 @@ def data_step(
     )
 
 
+class DnCNN(nn.Module):
+    """x_noisy (B, C, H, W) in [-1, 1] -> denoised image; `residual(x)` is the predicted noise."""
+
+    def __init__(self, channels: int = 3, depth: int = 17, features: int = 64):
+        super().__init__()
+        self.config = {"channels": channels, "depth": depth, "features": features}
+        layers: list[nn.Module] = [nn.Conv2d(channels, features, 3, padding=1), nn.ReLU(inplace=True)]
+        for _ in range(depth - 2):
+            layers += [nn.Conv2d(features, features, 3, padding=1, bias=False), nn.BatchNorm2d(features)]
+            layers.append(nn.ReLU(inplace=True))
+        layers.append(nn.Conv2d(features, channels, 3, padding=1))
+        self.body = nn.Sequential(*layers)
+
+    def residual(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x - self.body(x)
+
+
+def load_denoiser(folder: str | Path, device: str | torch.device = "cpu") -> DnCNN:
+    """A DnCNN saved by `bench.train_denoiser.save_denoiser`, in eval mode on `device`.
+
+    The weights load strictly (`bench.weights.load_exact`): a missing or unexpected key is a ValueError naming
+    the file and the keys."""
+    from safetensors.torch import load_file
+
+    from bench.weights import WeightsError, load_exact
+
+    folder = Path(folder)
+    config_path, weights_path = folder / "config.json", folder / "model.safetensors"
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"denoiser file {path} is missing; train one with `python -m bench train-denoiser`")
+    config = json.loads(config_path.read_text())
+    if config.pop("architecture", None) != "dncnn":
+        raise ValueError(f"{config_path} does not describe a DnCNN")
+    network = DnCNN(**config)
+    try:
+        load_exact(network, load_file(weights_path))
+    except WeightsError as error:
+        raise ValueError(f"{weights_path}: {error}") from None
+    return network.to(device).eval()
+
+
 class _DnCNNDenoiser:
     """The blind DnCNN as a `Denoiser`: σ_D is ignored."""
 
@@ -173,7 +219,7 @@ class PnPADMM(Solver):
         else:
             weights = self.config.denoiser_folder() / "model.safetensors"
             if weights.is_file():
-                from bench.priors.base import file_sha256
+                from bench.files import file_sha256
 
                 spec["denoiser_sha256"] = file_sha256(weights)
         return spec
@@ -184,8 +230,6 @@ class PnPADMM(Solver):
             return self.denoiser_fn
         key = str(device)
         if key not in self._loaded:
-            from bench.train_denoiser import load_denoiser
-
             folder = self.config.denoiser_folder()
             if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
                 raise SolverError(

@@ -29,8 +29,7 @@ from bench.report.tables import (
     to_latex,
     to_markdown,
 )
-from bench.run import measurement_path, reconstruction_path
-from bench.store import ResultStore
+from bench.store import ResultStore, measurement_path, reconstruction_path
 from bench.units import image_tag
 
 REPO = Path(__file__).resolve().parents[1]

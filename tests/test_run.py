@@ -21,8 +21,9 @@ from scipy import stats
 
 from bench.cli import build_parser, main
 from bench.data import SKIMAGE_NATURAL_COLOUR, _skimage_data_dir
-from bench.run import fisher_kurtosis, measurement_path, reconstruction_path, settings_from_args
-from bench.store import ResultStore
+from bench.evaluate import fisher_kurtosis
+from bench.settings import settings_from_args
+from bench.store import SET_COLUMNS, TRACE_COLUMNS, UNIT_COLUMNS, ResultStore, measurement_path, reconstruction_path
 from bench.units import image_tag
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,6 +118,16 @@ def test_run_records_rows_skips_done_units_and_summary_equals_parquet(tmp_path, 
     # three images per set (pinv on both tasks, ddnm and ddrm on sr4): FID/KID recorded as NaN with the reason
     sets = store.sets()
     assert len(sets) == 4 and sets["fid"].isna().all() and sets["note"].str.contains("at least 4").all()
+
+    # every table has exactly the declared columns, in order, with the declared dtypes
+    for written, schema in ((table, UNIT_COLUMNS), (traces, TRACE_COLUMNS), (sets, SET_COLUMNS)):
+        assert list(written.columns) == [column.name for column in schema] + ["part"]
+        for column in schema:
+            values = written[column.name]
+            if column.dtype == "str":
+                assert pd.api.types.is_string_dtype(values) or values.isna().all(), column.name
+            else:
+                assert str(values.dtype) == column.dtype, column.name
 
     # a re-run computes nothing: no new part, no rewritten image
     parts = store.parts("units")
@@ -307,7 +318,7 @@ def test_run_yaml_config_reads_like_the_toml_one(tmp_path):
 
 
 def test_budget_lowers_only_the_expensive_solvers_and_set_wins():
-    from bench.run import budget_overrides
+    from bench.settings import budget_overrides
 
     settings = parse("--solvers", "dps,ddnm,uncond", "--set", "uncond.steps=7")
     assert budget_overrides(settings, "cpu") == {"dps": {"steps": "100"}, "ddnm": {}, "uncond": {"steps": "7"}}

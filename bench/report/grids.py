@@ -83,7 +83,7 @@ def _grid(columns: list[tuple[str, list[Path | str]]], ids: list[str], size: int
 
 def grid_figures(images: Path, units: pd.DataFrame, methods: list[str], out: Path) -> list[Figure]:
     """One grid per (task, σ) whose reference PNGs exist; `units` are the rows to show (no reference solvers)."""
-    from bench.run import measurement_path
+    from bench.store import measurement_path
 
     figures = []
     rank = {task: i for i, task in enumerate(sort_tasks(list(units["task"].unique())))}
@@ -116,7 +116,7 @@ def _solver_columns(
 ) -> list[tuple[str, list[Path | str]]]:
     """One column per method (a solver and its config) that finished an image here, read from that
     configuration's own PNG folder (`bench.units.image_tag`), so two configs of a solver show side by side."""
-    from bench.run import reconstruction_path
+    from bench.store import reconstruction_path
     from bench.units import image_tag
 
     latest = rows.sort_values("part").drop_duplicates(["method", "image_id"], keep="last")

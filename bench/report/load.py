@@ -1,8 +1,8 @@
 """Read a run folder's parquet store for the report: method labels, completeness and the image folder.
 
 Only pandas and pyarrow are used here, never torch: a report must render on a laptop that holds nothing but
-the results. The rows are those `bench.store.ResultStore` reads (the latest row per unit key, the traces of
-that computation, hidden temporary files skipped), read faster (see `_read`).
+the results. The rows come from `bench.store.ResultStore`, the one reader of the parquet parts (the latest row
+per unit key, the traces of that computation, hidden temporary files skipped).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.store import ResultStore
+from bench.store import ResultStore, latest, sigma_label
 
 __all__ = [
     "REFERENCE_SOLVERS",
@@ -41,11 +41,6 @@ GROUP = ["method", "task", "sigma"]
 
 class ReportError(ValueError):
     """A report cannot be made: the message names the folder and the fix."""
-
-
-def sigma_label(sigma: float) -> str:
-    """σ as in the store's image folders: '0', '0.05'."""
-    return f"{sigma:g}"
 
 
 def _order(names: list[str], preferred: tuple[str, ...]) -> list[str]:
@@ -104,72 +99,27 @@ def load_store(path: str | Path) -> Store:
         raise ReportError(
             f"results folder '{root}' does not exist; run `python -m bench run` first, or pass --results <folder>"
         )
-    raw = _read(root, "units")
-    units = _latest(raw, "key")
+    store = ResultStore(root)
+    raw = store.raw_units()
+    units = latest(raw, "key")
     if units.empty:
         raise ReportError(
             f"results folder '{root}' holds no unit rows (no {root / 'units'}/part-*.parquet); "
             f"run `python -m bench run --out {root}` first"
         )
     methods, units = method_labels(units)
-    traces = _committed_traces(_read(root, "traces"), units, superseded=len(raw) > len(units))
-    sets = _label_sets(_latest(_read(root, "sets"), "set_key"), units)
+    traces = _with_methods(store.traces(units, superseded=len(raw) > len(units)), units)
+    sets = _label_sets(store.sets(), units)
     groups = _group_states(units)
     return Store(root, units, traces, sets, methods, groups, _absent(units))
 
 
-def _read(root: Path, kind: str) -> pd.DataFrame:
-    """Every row of table `kind` with its part's stem in column `part`, in writing order.
-
-    The rows ResultStore reads, but through pyarrow directly: ResultStore calls pandas once per part, several
-    milliseconds each, and a run writes one part per batch (2,500 parts for 10,000 units at batch size 4), so
-    this reader is about 8 times faster. Whole files are read: selecting columns by name cost more than it saved.
-    """
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    tables, stems = [], []
-    for path in ResultStore(root).parts(kind):
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            continue  # removed by a concurrent compact(): its rows were all superseded
-        table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
-        if table.num_rows:
-            tables.append(table)
-            stems.append(path.stem)
-    if not tables:
-        return pd.DataFrame()
-    # "permissive": a column that is all None in one part (null type) takes the type of the other parts
-    frame = pa.concat_tables(tables, promote_options="permissive").to_pandas()
-    codes = np.repeat(np.arange(len(stems)), [t.num_rows for t in tables])
-    frame["part"] = pd.Categorical.from_codes(codes, categories=stems)  # a code per row, not a string
-    return frame
-
-
-def _committed_traces(traces: pd.DataFrame, units: pd.DataFrame, superseded: bool) -> pd.DataFrame:
-    """The traces of the computations that gave each unit's latest row (as ResultStore.traces), with `method`.
-
-    A batch's traces share its unit part's name; traces without a unit part are of a batch that was killed
-    before committing. Only when some unit was computed twice is the (key, part) pair checked row by row.
-    """
+def _with_methods(traces: pd.DataFrame, units: pd.DataFrame) -> pd.DataFrame:
+    """The trace rows, each with the `method` of its unit."""
     if traces.empty:
         return traces
-    committed = set(units["part"].astype(str).unique())
-    traces = traces[traces["part"].isin(committed)]
-    if superseded:
-        latest = units[["key", "part"]].astype(str)
-        traces = traces.astype({"part": str}).merge(latest, on=["key", "part"])
     method = pd.Series(units["method"].to_numpy(), index=units["key"].to_numpy())
-    return traces.assign(method=traces["key"].map(method)).reset_index(drop=True)
-
-
-def _latest(table: pd.DataFrame, key: str) -> pd.DataFrame:
-    """The latest row per `key` (parts are read in writing order), as ResultStore keeps it."""
-    if table.empty:
-        return table
-    return table.drop_duplicates(key, keep="last").reset_index(drop=True)
+    return traces.assign(method=traces["key"].map(method))
 
 
 # ----- method labels ---------------------------------------------------------------------------------------

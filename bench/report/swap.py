@@ -1,16 +1,12 @@
-"""Replace a folder as a whole: fill a hidden sibling, then swap it in with two renames.
-
-(bench.training has a similar helper, but it imports torch at module level, which a report must not.)
-"""
+"""Replace a report folder as a whole (`bench.files.replace_folder`), marked as made by the report."""
 
 from __future__ import annotations
 
-import os
-import secrets
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
+
+from bench import files
 
 __all__ = ["MARKER", "replace_folder"]
 
@@ -20,29 +16,15 @@ T = TypeVar("T")
 
 
 def replace_folder(target: Path, write: Callable[[Path], T]) -> T:
-    """Run `write(staging)`, then put the staging folder at `target`, replacing the old one.
+    """Run `write(staging)`, mark the staging folder with `MARKER`, then put it at `target`, replacing the old one.
 
-    A reader sees the old folder or the new one, never a half-written one (between the two renames there is
-    a moment with neither). If `write` fails, the old folder stays untouched and the staging folder is removed.
+    A reader sees the old folder or the new one, never a half-written one. If `write` fails, the old folder
+    stays untouched and the staging folder is removed.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{secrets.token_hex(4)}"
-    staging = target.parent / f".{target.name}.tmp-{tag}"
-    staging.mkdir()
-    try:
+
+    def write_marked(staging: Path) -> T:
         result = write(staging)
         (staging / MARKER).write_text("made by `python -m bench report`; re-rendering replaces this folder\n")
-        retired = target.parent / f".{target.name}.old-{tag}"
-        if target.exists():
-            os.rename(target, retired)
-        try:
-            os.rename(staging, target)
-        except OSError:
-            if retired.exists():
-                os.rename(retired, target)  # put the old report back
-            raise
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    shutil.rmtree(retired, ignore_errors=True)
-    return result
+        return result
+
+    return files.replace_folder(target, write_marked)

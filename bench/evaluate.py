@@ -1,0 +1,300 @@
+"""The computation of a run: one batch of work units solved, scored, saved as PNGs and traced, and the
+FID/KID of every finished (solver, task, σ) set.
+
+A batch is consecutive units sharing (solver, task, σ). `evaluate_batch` measures the batch's images, calls
+the solver's `reconstruct` with a callback that records each step's trace, times it (CUDA synchronised, trace
+bookkeeping taken out), measures its peak memory (`bench.memory`), and returns one unit row per image
+(`bench.store.UNIT_COLUMNS`) and the trace rows; any exception becomes failed rows and the run goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.store import SET_COLUMNS, TRACE_COLUMNS, UNIT_COLUMNS, measurement_path, new_row, reconstruction_path
+
+if TYPE_CHECKING:
+    from bench.settings import RunSettings
+
+__all__ = ["LPIPS_MIN_SIZE", "SET_METRIC_MIN_IMAGES", "RunContext", "evaluate_batch", "fisher_kurtosis", "set_metrics"]
+
+# LPIPS' AlexNet trunk pools its input down five times: smaller images leave nothing to compare.
+LPIPS_MIN_SIZE = 32
+# FID/KID need a few images per set (the KID subsets hold n // 2 of them; see bench.metrics.fid_kid).
+SET_METRIC_MIN_IMAGES = 4
+
+
+@dataclass
+class RunContext:
+    """What every batch needs, built once after all checks (`bench.run`)."""
+
+    settings: RunSettings
+    prior: Any
+    dataset: Any
+    index_of: dict[str, int]
+    solvers: dict[str, Any]
+    solver_configs: dict[str, str]  # each solver's resolved config as canonical JSON, as the rows store it
+    ops: dict[str, Any]
+    device: Any
+    store: Any
+    versions: dict[str, str]
+    warm: set[str] = field(default_factory=set)
+
+
+def fisher_kurtosis(eps: Any) -> Any:
+    """Fisher excess kurtosis m4 / m2² − 3 of each image over all its elements: (B, ...) -> (B,) float64.
+
+    The biased moment estimator (scipy.stats.kurtosis(fisher=True, bias=True)); 0 for Gaussian noise.
+    """
+    flat = eps.detach().reshape(eps.shape[0], -1).double()
+    centred = flat - flat.mean(dim=1, keepdim=True)
+    m2 = centred.pow(2).mean(dim=1)
+    m4 = centred.pow(4).mean(dim=1)
+    return m4 / m2.pow(2) - 3.0
+
+
+def _sync(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _base_row(context: RunContext, unit: Any) -> dict[str, Any]:
+    """A unit's row before it is computed: the schema's defaults with the unit's identity filled in."""
+    return new_row(
+        UNIT_COLUMNS,
+        solver=unit.solver,
+        task=unit.task,
+        sigma=unit.sigma,
+        prior=context.settings.prior,
+        dataset=context.dataset.name,
+        image_id=unit.image_id,
+        seed=context.settings.seed,
+        key=unit.key,
+        device=str(context.device),
+        rank=context.store.rank,
+        dtype=context.settings.dtype,
+        solver_version=context.solvers[unit.solver].version,
+        solver_config=context.solver_configs[unit.solver],
+        **context.versions,
+    )
+
+
+def evaluate_batch(context: RunContext, batch: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Compute one batch: (unit rows, trace rows). Exceptions become failed rows; the run goes on."""
+    import torch
+
+    import operators
+    from bench import metrics
+    from bench.memory import PeakMemory
+
+    first = batch[0]
+    solver, op = context.solvers[first.solver], context.ops[first.task]
+    rows = [_base_row(context, unit) for unit in batch]
+    reason = solver.unsupported(op, first.sigma)
+    if reason:
+        for row in rows:
+            row.update(status="unsupported", error=reason)
+        return rows, []
+
+    settings, device, prior = context.settings, context.device, context.prior
+    ids = [unit.image_id for unit in batch]
+    traces: list[dict[str, Any]] = []
+    try:
+        clean = torch.stack([context.dataset[context.index_of[i]][1] for i in ids]).to(device)
+        bound = op.for_images(ids, settings.seed)
+        y = bound.measure(clean, first.sigma, operators.image_generators(settings.seed, ids, "noise"))
+        generators = operators.image_generators(settings.seed, ids, "solver", device=device)
+        steps: list[tuple[int, int, Any, Any]] = []
+        tracing = [0.0]  # seconds spent in the trace callback, taken out of the solver's wall time
+
+        def record(*, step: int, t: int, x_t: Any, eps: Any, x0: Any) -> None:
+            _sync(device)
+            began = time.perf_counter()
+            with torch.no_grad():
+                residual = (bound(x0.detach()) - y).reshape(len(ids), -1).norm(dim=1)
+                steps.append((step, int(t), fisher_kurtosis(eps), residual.double()))
+            _sync(device)
+            tracing[0] += time.perf_counter() - began
+
+        prior.reset_stats()
+        solver.reset_network_use()
+        _sync(device)
+        with PeakMemory(device) as memory:
+            start = time.perf_counter()
+            estimate = solver.reconstruct(y, bound, prior, sigma=first.sigma, generators=generators, callback=record)
+            _sync(device)
+            wall = time.perf_counter() - start - tracing[0]
+        peak = memory.peak
+        stats = prior.stats
+        own = solver.network_use
+        estimate = estimate.detach()
+        finite = torch.isfinite(estimate.reshape(len(ids), -1)).all(dim=1).tolist()
+        safe = torch.nan_to_num(estimate, nan=0.0, posinf=1.0, neginf=-1.0)
+        scores = {
+            "psnr": metrics.psnr(safe, clean),
+            "ssim": metrics.ssim(safe, clean),
+            "consistency": metrics.consistency(bound, safe, y),
+        }
+        if min(clean.shape[-2:]) >= LPIPS_MIN_SIZE:
+            scores["lpips"] = metrics.lpips(safe, clean)
+        warmup = first.solver not in context.warm
+        context.warm.add(first.solver)
+        for b, row in enumerate(rows):
+            row.update(
+                nfe=int(stats.nfe),
+                own_nfe=sum(use.calls for use in own.values()),
+                own_networks=",".join(sorted(own)),
+                wall_s=wall / len(ids),
+                network_s=(stats.forward_seconds + stats.backward_seconds) / len(ids),
+                own_network_s=sum(use.seconds for use in own.values()) / len(ids),
+                peak_memory_bytes=peak,
+                batch_size=len(ids),
+                warmup=warmup,
+            )
+            if not finite[b]:
+                row.update(status="diverged", error="the estimate holds NaN or Inf values")
+                continue
+            row.update({name: float(values[b]) for name, values in scores.items()})
+        _save_images(context, batch, clean, bound, y, estimate, finite)
+        if steps:
+            # one transfer for the whole trajectory rather than one per value
+            kurtosis = torch.stack([k for _, _, k, _ in steps]).cpu().tolist()
+            residual = torch.stack([r for _, _, _, r in steps]).cpu().tolist()
+            for i, (step, t, _, _) in enumerate(steps):
+                for b, unit in enumerate(batch):
+                    traces.append(
+                        new_row(
+                            TRACE_COLUMNS,
+                            key=unit.key,
+                            solver=unit.solver,
+                            task=unit.task,
+                            sigma=unit.sigma,
+                            image_id=unit.image_id,
+                            seed=settings.seed,
+                            step=step,
+                            t=t,
+                            kurtosis=kurtosis[i][b],
+                            residual=residual[i][b],
+                        )
+                    )
+    except Exception as error:  # noqa: BLE001 - any failure of one batch is recorded and the run goes on
+        text = f"{type(error).__name__}: {error}"
+        for row in rows:
+            row.update(status="failed", error=text)
+        return rows, []
+    return rows, traces
+
+
+def _save_images(
+    context: RunContext, batch: list[Any], clean: Any, bound: Any, y: Any, estimate: Any, finite: list[bool]
+) -> None:
+    import operators
+
+    images = context.settings.out / "images"
+    first = batch[0]
+    shown = bound.pinv(y) if bound.supports(operators.Cap.PINV) else None
+    tag = _image_tag(context, first.solver)
+    for b, unit in enumerate(batch):
+        if finite[b]:
+            _save_png(estimate[b], reconstruction_path(images, unit.solver, unit.task, unit.sigma, tag, unit.image_id))
+        reference = images / "reference" / f"{unit.image_id}.png"
+        if not reference.exists():
+            _save_png(clean[b], reference)
+        if shown is not None:  # the measurement depends on the seed (noise, masks) only: one folder per seed
+            measurement = measurement_path(images, unit.task, first.sigma, context.settings.seed, unit.image_id)
+            if not measurement.exists():
+                _save_png(shown[b], measurement)
+
+
+def _image_tag(context: RunContext, solver: str) -> str:
+    from bench.units import image_tag
+
+    return image_tag(context.solvers[solver].version, context.solver_configs[solver], context.settings.seed)
+
+
+def _save_png(image: Any, path: Path) -> None:
+    """Save one image (C, H, W) in [-1, 1] as an 8-bit PNG, atomically."""
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from bench.files import atomic_write_bytes
+    from bench.metrics import to_unit
+
+    pixels = (to_unit(image.detach().float().cpu()) * 255.0).round().to(torch.uint8)
+    array = pixels.permute(1, 2, 0).numpy()
+    picture = Image.fromarray(array[..., 0] if array.shape[2] == 1 else np.ascontiguousarray(array))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def set_metrics(context: RunContext, units: list[Any]) -> None:
+    """FID/KID of every complete (solver, task, σ) group whose set of keys has no row yet (or all, if forced)."""
+    import torch
+
+    from bench import metrics
+    from bench.data import pil_to_signed, read_image
+
+    statuses = context.store.statuses()
+    known = set() if context.settings.force else set(context.store.sets().get("set_key", []))
+    groups: dict[tuple[str, str, float], list[Any]] = {}
+    for unit in units:
+        groups.setdefault(unit.group, []).append(unit)
+    rows = []
+    reference_features: dict[tuple[str, ...], Any] = {}
+    for (solver, task, sigma), members in groups.items():
+        states = [statuses.get(unit.key) for unit in members]
+        if any(state not in ("ok", "diverged", "unsupported") for state in states) or "unsupported" in states:
+            continue  # incomplete (failed or missing units), or a pair that never runs
+        set_key = hashlib.sha256("".join(sorted(unit.key for unit in members)).encode()).hexdigest()
+        if set_key in known:
+            continue
+        ok = [unit for unit, state in zip(members, states, strict=True) if state == "ok"]
+        row = new_row(
+            SET_COLUMNS,
+            solver=solver,
+            task=task,
+            sigma=sigma,
+            prior=context.settings.prior,
+            dataset=context.dataset.name,
+            seed=context.settings.seed,
+            set_key=set_key,
+            n_images=len(ok),
+            n_diverged=len(members) - len(ok),
+            **context.versions,
+        )
+        if len(ok) < len(members):
+            row["note"] = f"{len(members) - len(ok)} diverged images left out"
+        if len(ok) < SET_METRIC_MIN_IMAGES:
+            short = f"FID/KID need at least {SET_METRIC_MIN_IMAGES} finished images, this set has {len(ok)}"
+            row["note"] = "; ".join(filter(None, [short, row["note"]]))
+        else:
+            folder = context.settings.out / "images"
+            channels = context.dataset.channels
+
+            def load(path: Path, channels: int = channels) -> Any:
+                return pil_to_signed(read_image(path, channels))
+
+            ids = tuple(u.image_id for u in ok)
+            try:
+                tag = _image_tag(context, solver)
+                estimates = torch.stack([load(reconstruction_path(folder, solver, task, sigma, tag, i)) for i in ids])
+                if ids not in reference_features:  # the same clean set serves every group: one Inception pass
+                    references = torch.stack([load(folder / "reference" / f"{i}.png") for i in ids])
+                    reference_features[ids] = metrics.inception_features(references, context.device)
+                features = metrics.inception_features(estimates, context.device)
+                scores = metrics.fid_kid(features, reference_features[ids], seed=context.settings.seed)
+                row.update(fid=scores.fid, kid=scores.kid, kid_std=scores.kid_std)
+            except Exception as error:  # noqa: BLE001 - a set metric failure must not lose the run's results
+                row["note"] = f"failed: {type(error).__name__}: {error}"
+        rows.append(row)
+    context.store.write_part("sets", rows)

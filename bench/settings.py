@@ -1,0 +1,294 @@
+"""The settings of `python -m bench run`: defaults, the --config file, the command line and the budget.
+
+`settings_from_args` merges the command line over a TOML or YAML --config file over the defaults and checks
+every name and number, so that a run with bad settings fails before any work with a message naming the fix.
+Nothing here computes: `bench.run` turns the settings into work units and runs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "BUDGETS",
+    "RunError",
+    "RunSettings",
+    "add_run_options",
+    "budget_overrides",
+    "check_writable",
+    "settings_from_args",
+]
+
+DEFAULT_PRIOR = "natural64"
+DEFAULT_DATASET = "skimage-natural"
+DEFAULT_SOLVERS = "dps,ddnm"
+DEFAULT_SIGMA = "0.05"  # the DDC paper's main noise level, on the [0, 1] pixel scale
+DEFAULT_BATCH_SIZE = 8  # the default dataset's 5 photos in one call: on a CPU a batch costs little more than 1
+# Keys the --config file may hold; the command line overrides each of them.
+_CONFIG_KEYS = (
+    "solvers",
+    "tasks",
+    "sigma",
+    "prior",
+    "dataset",
+    "n_images",
+    "batch_size",
+    "seed",
+    "set",
+    "out",
+    "name",
+    "device",
+    "dtype",
+    "force",
+    "budget",
+)
+# --budget: "paper" runs every solver at its paper's defaults; "quick" lowers the few expensive ones (each
+# solver's `quick` options, e.g. DPS 1000 -> 100 steps); "auto" is quick on a CPU and paper on a GPU.
+BUDGETS = ("auto", "paper", "quick")
+
+
+class RunError(ValueError):
+    """A run cannot start: the message names the problem and the fix."""
+
+
+@dataclass
+class RunSettings:
+    """Everything a run needs, as given by the user (names, not objects)."""
+
+    solvers: list[str]
+    tasks: list[str]
+    sigmas: list[float]
+    out: Path
+    prior: str = DEFAULT_PRIOR
+    dataset: str = DEFAULT_DATASET
+    n_images: int | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    seed: int = 0
+    overrides: dict[str, dict[str, str]] = field(default_factory=dict)
+    device: str = "auto"
+    dtype: str = "fp32"
+    force: bool = False
+    progress: bool = True
+    budget: str = "auto"
+
+
+def _parse_sigmas(value: Any) -> list[float]:
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    sigmas: list[float] = []
+    for item in items:
+        text = str(item).strip()
+        if not text:
+            continue
+        try:
+            sigma = float(text)
+        except ValueError:
+            raise RunError(f"--sigma expects numbers separated by commas (e.g. 0,0.05), got {text!r}") from None
+        if not math.isfinite(sigma) or sigma < 0:
+            raise RunError(f"noise level sigma must be a finite number >= 0 ([0, 1] pixel scale), got {text}")
+        if sigma not in sigmas:
+            sigmas.append(sigma)
+    if not sigmas:
+        raise RunError(f"--sigma names no noise level: {value!r}")
+    return sigmas
+
+
+def _parse_names(value: Any) -> list[str]:
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
+def _resolve_solvers(value: Any) -> list[str]:
+    import solvers
+
+    names = _parse_names(value)
+    if names == ["all"]:
+        return solvers.available()
+    if not names:
+        raise RunError(f"--solvers names no solver (available: {', '.join(solvers.available())}, all)")
+    for name in names:
+        solvers.get(name)  # an unknown name raises, with the closest valid one
+    return list(dict.fromkeys(names))
+
+
+def _read_config(path: str | Path) -> dict[str, Any]:
+    """The settings of a TOML (.toml) or YAML (.yaml, .yml) experiment file, checked against _CONFIG_KEYS."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"config file '{path}' does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        config = _parse_toml(path)
+    elif suffix in (".yaml", ".yml"):
+        config = _parse_yaml(path)
+    else:
+        raise RunError(f"config file '{path}' must be TOML (.toml) or YAML (.yaml, .yml)")
+    if not isinstance(config, dict):
+        raise RunError(f"config file '{path}' must hold a table of settings (key = value), not {type(config).__name__}")
+    config = {key.replace("-", "_"): value for key, value in config.items()}
+    for key in config:
+        if key not in _CONFIG_KEYS:
+            from operators import closest
+
+            close = closest(key, _CONFIG_KEYS)
+            hint = f"; did you mean '{close}'?" if close else ""
+            raise RunError(f"unknown key '{key}' in config file '{path}'{hint} (keys: {', '.join(_CONFIG_KEYS)})")
+    return config
+
+
+def _parse_toml(path: Path) -> Any:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the same parser ships as tomli
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            raise RunError("TOML configs need Python >= 3.11 or the tomli package (`pip install tomli`)") from None
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise RunError(f"config file '{path}' is not valid TOML: {error}") from None
+
+
+def _parse_yaml(path: Path) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise RunError(f"config file '{path}' is not valid YAML: {error}") from None
+
+
+SEED_MAX = 2**63 - 1  # seeds are stored in int64 parquet columns
+
+
+def _integer(value: Any, name: str, *, minimum: int, maximum: int | None = None) -> int | None:
+    """An integer option from the command line or the config file, range-checked; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RunError(f"--{name} (or the config key '{name}') must be an integer, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise RunError(f"--{name} must be {bound}, got {value}")
+    return value
+
+
+def settings_from_args(args: argparse.Namespace) -> RunSettings:
+    """Merge the command line over the --config file over the defaults, and check names and numbers."""
+    import operators
+    import solvers
+
+    config = _read_config(args.config) if args.config else {}
+
+    def pick(name: str, default: Any) -> Any:
+        value = getattr(args, name)
+        return value if value is not None else config.get(name, default)
+
+    config_sets = config.get("set", [])
+    if isinstance(config_sets, str) or not all(isinstance(item, str) for item in config_sets):
+        raise RunError(f"config key 'set' must be a list of 'solver.option=value' strings, got {config_sets!r}")
+    sets = list(config_sets) + list(args.set or [])
+    overrides = solvers.parse_overrides(sets)
+    solver_names = _resolve_solvers(pick("solvers", DEFAULT_SOLVERS))
+    for name in overrides:
+        if name not in solver_names:
+            raise RunError(f"--set gives options for solver '{name}', which this run does not include")
+    tasks_value = pick("tasks", "all")
+    tasks = operators.resolve_tasks(",".join(_parse_names(tasks_value)))
+    n_images = _integer(pick("n_images", None), "n-images", minimum=1)
+    batch_size = _integer(pick("batch_size", DEFAULT_BATCH_SIZE), "batch-size", minimum=1)
+    seed = _integer(pick("seed", 0), "seed", minimum=0, maximum=SEED_MAX)
+    force = config.get("force", False) if not args.force else True
+    if not isinstance(force, bool):
+        raise RunError(f"config key 'force' must be true or false, got {force!r}")
+    out = pick("out", None)
+    if out is None:
+        name = pick("name", None) or f"run-{datetime.date.today():%Y%m%d}"
+        out = Path("results") / name
+    return RunSettings(
+        solvers=solver_names,
+        tasks=tasks,
+        sigmas=_parse_sigmas(pick("sigma", DEFAULT_SIGMA)),
+        out=Path(out),
+        prior=str(pick("prior", DEFAULT_PRIOR)),
+        dataset=str(pick("dataset", DEFAULT_DATASET)),
+        n_images=n_images,
+        batch_size=batch_size,
+        seed=seed,
+        overrides=overrides,
+        device=str(pick("device", "auto")),
+        dtype=str(pick("dtype", "fp32")),
+        force=force,
+        progress=not args.no_progress,
+        budget=_check_budget(pick("budget", "auto")),
+    )
+
+
+def _check_budget(value: Any) -> str:
+    budget = str(value)
+    if budget not in BUDGETS:
+        raise RunError(f"--budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
+    return budget
+
+
+def budget_overrides(settings: RunSettings, device_kind: str) -> dict[str, dict[str, str]]:
+    """Per-solver options: the budget's (for "quick", each solver's `quick`) under the user's --set options."""
+    import solvers
+
+    budget = settings.budget
+    if budget == "auto":
+        budget = "quick" if device_kind == "cpu" else "paper"
+    merged: dict[str, dict[str, str]] = {}
+    for name in settings.solvers:
+        lowered = solvers.get(name).quick if budget == "quick" else {}
+        merged[name] = {**{key: str(value) for key, value in lowered.items()}, **settings.overrides.get(name, {})}
+    return merged
+
+
+def check_writable(folder: Path) -> None:
+    """Create `folder` if needed and prove a file can be written there; RunError naming --out if not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise RunError(
+            f"output folder '{folder}' is not writable ({error.strerror}); choose another with --out"
+        ) from None
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options of `run`. They default to None so that --config values can fill them (`settings_from_args`)."""
+    parser.add_argument("--solvers", help=f"comma-separated solver names, or all (default: {DEFAULT_SOLVERS})")
+    parser.add_argument("--tasks", help="comma-separated tasks, or all = the paper's five (default: all)")
+    parser.add_argument(
+        "--sigma", help=f"noise levels on the [0, 1] pixel scale, e.g. 0,0.05 (default: {DEFAULT_SIGMA})"
+    )
+    parser.add_argument("--prior", help=f"prior spec (default: {DEFAULT_PRIOR}; see `bench list priors`)")
+    parser.add_argument("--dataset", help=f"dataset spec (default: {DEFAULT_DATASET}; see `bench list datasets`)")
+    parser.add_argument("--n-images", type=int, help="use the first N images of the dataset (default: all)")
+    parser.add_argument("--batch-size", type=int, help=f"images per solver call (default: {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--seed", type=int, help="seed of masks, noise and solver randomness (default: 0)")
+    parser.add_argument(
+        "--set", action="append", metavar="SOLVER.OPTION=VALUE", help="override a solver option (repeatable)"
+    )
+    parser.add_argument("--out", help="run folder (default: results/<--name or run-YYYYMMDD>)")
+    parser.add_argument("--name", help="name of the run folder under results/")
+    parser.add_argument("--device", help="cpu, cuda or auto (default: auto = cuda when available)")
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="network dtype (default: fp32)")
+    parser.add_argument("--force", action="store_true", default=None, help="recompute units already done")
+    parser.add_argument(
+        "--budget",
+        choices=BUDGETS,
+        help="paper: every solver at its paper's settings; quick: fewer steps for the slow ones (DPS 100); "
+        "auto (default): quick on a CPU, paper on a GPU",
+    )
+    parser.add_argument("--config", help="TOML or YAML file with any of these options; the command line overrides it")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")

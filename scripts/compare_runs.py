@@ -1,0 +1,125 @@
+"""Compare two run folders unit by unit: the same keys, the same statuses, the same scores.
+
+    python scripts/compare_runs.py results/before results/after [--atol 1e-6] [--columns psnr,ssim,lpips]
+
+Units are matched by their key (`bench.units.unit_key`, which changes with any change of a unit's definition),
+so two folders of the same command on the same code compare row for row. The report lists keys found in one
+folder only, columns added or removed, status changes, and per score column how many rows are bit-identical,
+within `--atol`, or differ (with the largest difference and where it is). Traces and FID/KID set rows are
+compared the same way, by (key, step) and by set key. Columns that differ by nature (timings, memory, the
+commit, the part file) are not compared. Exit status 0 when every compared value agrees within the tolerance,
+1 otherwise; 2 for a folder without results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from bench.store import ResultStore  # noqa: E402
+
+SCORES = ("psnr", "ssim", "lpips", "consistency")
+# Columns a repeat of the same command is not expected to reproduce.
+VOLATILE = {
+    "part",
+    "wall_s",
+    "network_s",
+    "own_network_s",
+    "peak_memory_bytes",
+    "warmup",
+    "git_commit",
+    "torch_version",
+    "bench_version",
+    "rank",
+}
+
+
+def _differences(a: pd.Series, b: pd.Series, atol: float) -> dict[str, object]:
+    """Counts of bit-identical, close and differing values of two aligned columns (NaN equals NaN)."""
+    if pd.api.types.is_numeric_dtype(a) and pd.api.types.is_numeric_dtype(b):
+        x, y = a.to_numpy(dtype=float), b.to_numpy(dtype=float)
+        both_nan = np.isnan(x) & np.isnan(y)
+        identical = both_nan | (x == y)
+        gap = np.where(both_nan, 0.0, np.abs(x - y))
+        gap = np.where(np.isnan(gap), math.inf, gap)
+        close = gap <= atol
+        worst = int(np.argmax(gap)) if len(gap) else 0
+        return {
+            "identical": int(identical.sum()),
+            "close": int((close & ~identical).sum()),
+            "differ": int((~close).sum()),
+            "max_abs_diff": float(gap.max()) if len(gap) else 0.0,
+            "worst": a.index[worst] if len(gap) and gap.max() > 0 else None,
+        }
+    same = (a.astype(object).where(a.notna(), None) == b.astype(object).where(b.notna(), None)).to_numpy()
+    return {"identical": int(same.sum()), "close": 0, "differ": int((~same).sum()), "max_abs_diff": None, "worst": None}
+
+
+def compare_tables(
+    name: str, before: pd.DataFrame, after: pd.DataFrame, index: list[str], atol: float, columns: list[str] | None
+) -> bool:
+    """Print the comparison of one table; True when every compared value agrees within `atol`."""
+    print(f"== {name}: {len(before)} rows before, {len(after)} after")
+    if before.empty and after.empty:
+        return True
+    added = [c for c in after.columns if c not in before.columns]
+    removed = [c for c in before.columns if c not in after.columns]
+    if added:
+        print(f"   columns added: {', '.join(added)}")
+    if removed:
+        print(f"   columns removed: {', '.join(removed)}")
+    a, b = before.set_index(index).sort_index(), after.set_index(index).sort_index()
+    only_before, only_after = a.index.difference(b.index), b.index.difference(a.index)
+    if len(only_before) or len(only_after):
+        print(f"   rows only before: {len(only_before)}, only after: {len(only_after)}")
+    shared = a.index.intersection(b.index)
+    print(f"   rows matched: {len(shared)}")
+    a, b = a.loc[shared], b.loc[shared]
+    compared = columns or [c for c in a.columns if c in b.columns and c not in VOLATILE]
+    agree = not (len(only_before) or len(only_after))
+    for column in compared:
+        if column not in a.columns or column not in b.columns:
+            continue
+        result = _differences(a[column], b[column], atol)
+        if result["differ"] or column in SCORES or result["close"]:
+            extra = f", max |diff| {result['max_abs_diff']:.3g} at {result['worst']}" if result["max_abs_diff"] else ""
+            print(
+                f"   {column}: {result['identical']} identical, {result['close']} within {atol:g}, "
+                f"{result['differ']} differ{extra}"
+            )
+        agree = agree and result["differ"] == 0
+    return agree
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("before", type=Path)
+    parser.add_argument("after", type=Path)
+    parser.add_argument("--atol", type=float, default=1e-6, help="absolute tolerance of numeric columns (1e-6)")
+    parser.add_argument("--columns", help="compare only these unit columns (comma-separated); default: all stable")
+    args = parser.parse_args(argv)
+    stores = [ResultStore(folder) for folder in (args.before, args.after)]
+    units = [store.units() for store in stores]
+    for folder, table in zip((args.before, args.after), units, strict=True):
+        if table.empty:
+            print(f"{folder} holds no unit rows (no {folder / 'units'}/part-*.parquet)", file=sys.stderr)
+            return 2
+    columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
+    ok = compare_tables("units", *units, ["key"], args.atol, columns)
+    traces = [store.traces() for store in stores]
+    ok &= compare_tables("traces", *traces, ["key", "step"], args.atol, None)
+    sets = [store.sets() for store in stores]
+    ok &= compare_tables("sets", *sets, ["set_key"], args.atol, None)
+    print("agree" if ok else "DIFFER")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
