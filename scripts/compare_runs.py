@@ -25,7 +25,8 @@ import pandas as pd  # noqa: E402
 
 from bench.store import ResultStore  # noqa: E402
 
-SCORES = ("psnr", "ssim", "lpips", "consistency")
+# Columns always listed with their counts, even when they agree.
+SCORES = ("psnr", "ssim", "lpips", "consistency", "kurtosis", "residual", "fid", "kid", "kid_std")
 # Columns a repeat of the same command is not expected to reproduce.
 VOLATILE = {
     "part",
@@ -58,7 +59,8 @@ def _differences(a: pd.Series, b: pd.Series, atol: float) -> dict[str, object]:
             "max_abs_diff": float(gap.max()) if len(gap) else 0.0,
             "worst": a.index[worst] if len(gap) and gap.max() > 0 else None,
         }
-    same = (a.astype(object).where(a.notna(), None) == b.astype(object).where(b.notna(), None)).to_numpy()
+    missing = a.isna().to_numpy() & b.isna().to_numpy()  # None and NaN both mean "no value"
+    same = missing | (a.astype(object).to_numpy() == b.astype(object).to_numpy())
     return {"identical": int(same.sum()), "close": 0, "differ": int((~same).sum()), "max_abs_diff": None, "worst": None}
 
 
@@ -84,9 +86,8 @@ def compare_tables(
     a, b = a.loc[shared], b.loc[shared]
     compared = columns or [c for c in a.columns if c in b.columns and c not in VOLATILE]
     agree = not (len(only_before) or len(only_after))
-    for column in compared:
-        if column not in a.columns or column not in b.columns:
-            continue
+    quiet = 0
+    for column in [c for c in compared if c in a.columns and c in b.columns]:
         result = _differences(a[column], b[column], atol)
         if result["differ"] or column in SCORES or result["close"]:
             extra = f", max |diff| {result['max_abs_diff']:.3g} at {result['worst']}" if result["max_abs_diff"] else ""
@@ -94,7 +95,11 @@ def compare_tables(
                 f"   {column}: {result['identical']} identical, {result['close']} within {atol:g}, "
                 f"{result['differ']} differ{extra}"
             )
+        else:
+            quiet += 1
         agree = agree and result["differ"] == 0
+    if quiet:
+        print(f"   {quiet} other columns compared: all identical")
     return agree
 
 
