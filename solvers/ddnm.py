@@ -55,12 +55,18 @@ class DDNMConfig(SolverConfig):
     steps: int = 100  # DDC paper App. B (DDNM's configs use 100 as well)
     eta: float = 0.85  # DDC paper App. B; DDNM's default
     # No time travel (the DDC paper's App. B: "no time travel"), so no travel length / repeat options.
+    # Ours: 0, every singular value as the operator has it. DDNM's svd_operators.py (from DDRM's code) zeroes 1-D
+    # singular values below `ZERO = 3e-2` for blur and SR; `singular_cutoff=3e-2` does the same: those components
+    # count as unobserved, in DDNM+'s steps and, at σ = 0, in the pseudo-inverse V Σ⁺ Uᵀ (which then needs svd).
+    singular_cutoff: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise SolverError(f"ddnm.steps must be a positive integer, got {self.steps!r}")
         if not 0.0 <= self.eta <= 1.0:
             raise SolverError(f"ddnm.eta must lie in [0, 1], got {self.eta}")
+        if not 0.0 <= self.singular_cutoff < 1.0:
+            raise SolverError(f"ddnm.singular_cutoff must lie in [0, 1) (official: 3e-2), got {self.singular_cutoff}")
 
 
 @register
@@ -70,6 +76,11 @@ class DDNM(Solver):
     requires = frozenset({Cap.FORWARD, Cap.PINV})
     requires_when_noisy = frozenset({Cap.SVD})  # DDNM+ scales the correction per singular value
     summary = "DDNM: null-space consistency x̂0 − A⁺(A x̂0 − y); DDNM+ at σ > 0 (Wang et al. 2023)"
+
+    def required_capabilities(self, sigma: float) -> frozenset[Cap]:
+        # the official cutoff needs the singular values at σ = 0 too (jpeg10 then becomes unsupported)
+        extra = frozenset({Cap.SVD}) if self.config.singular_cutoff > 0 else frozenset()
+        return super().required_capabilities(sigma) | extra
 
     def nfe(self) -> int:
         return self.config.steps  # one prior call per step
@@ -90,9 +101,10 @@ class DDNM(Solver):
         shape, device = prior.image_shape, prior.device
         y = y.to(device=device, dtype=torch.float32)
         sigma_y = noise_std(float(sigma))
+        cutoff = self.config.singular_cutoff
         if sigma_y > 0:
             with torch.no_grad():
-                s, u_y = spectral_measurement(op, y)
+                s, u_y = spectral_measurement(op, y, cutoff)
             observed = s > 0
             y_bar = torch.where(observed, u_y / torch.where(observed, s, torch.ones_like(s)), torch.zeros_like(u_y))
 
@@ -108,7 +120,7 @@ class DDNM(Solver):
             z = randn_per_image(shape, generators, dtype=torch.float32, device=device)
             with torch.no_grad():
                 if sigma_y == 0:
-                    x0_y = prediction.x0 - op.pinv(op(prediction.x0) - y)  # Eq. 13
+                    x0_y = prediction.x0 - _pinv(op, op(prediction.x0) - y, cutoff)  # Eq. 13
                     x = a * x0_y + sigma_next * (eta * z + math.sqrt(1 - eta**2) * prediction.eps)
                 else:
                     x = self._ddnm_plus_step(prediction, z, op, s, u_y, y_bar, observed, a, sigma_next, sigma_y)
@@ -140,3 +152,12 @@ class DDNM(Solver):
         correction = math.sqrt(1 - eta**2) * sigma_next * (u_y - s * x0_bar) / (a * sigma_y)  # λ_i (ȳ_i − x̄0_i)
         x_bar = torch.where(partial, a * (x0_bar + correction) + sigma_next * eta * z_bar, x_bar)
         return svd.v(x_bar)
+
+
+def _pinv(op: Operator, residual: Tensor, cutoff: float) -> Tensor:
+    """A⁺ r: the operator's own pseudo-inverse, or V Σ⁺ Uᵀ r with the official 1-D cutoff when one is set."""
+    if cutoff <= 0:
+        return op.pinv(residual)
+    s, u_r = spectral_measurement(op, residual, cutoff)
+    kept = s > 0
+    return op.svd.v(torch.where(kept, u_r / torch.where(kept, s, torch.ones_like(s)), torch.zeros_like(u_r)))

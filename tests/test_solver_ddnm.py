@@ -55,8 +55,11 @@ def dense(apply, n_in: int) -> torch.Tensor:
     return apply(torch.eye(n_in, dtype=torch.float64)).reshape(n_in, -1).T
 
 
-def ddnm_law(prior, task: str, y: torch.Tensor, sigma: float, steps: int, eta: float):
-    """Mean (D,) and covariance (D, D) of DDNM's output given y, in pixel coordinates, as dense matrices."""
+def ddnm_law(prior, task: str, y: torch.Tensor, sigma: float, steps: int, eta: float, cutoff: float = 0.0):
+    """Mean (D,) and covariance (D, D) of DDNM's output given y, in pixel coordinates, as dense matrices.
+
+    `cutoff` > 0 (σ > 0 only): the singular values that the official 1-D rule discards are zero, taken from
+    dense SVDs of the operator's row and column matrices (`official_discarded`)."""
     op, many = bind(task, ["img"]), bind(task, ["img"] * D)
     basis = prior.to_basis(torch.eye(D, dtype=torch.float64).reshape(D, *SHAPE)).reshape(D, D).T  # rows: eigvecs
     lam, mu = prior.eigenvalues.reshape(-1), prior.mean.reshape(-1)
@@ -71,6 +74,8 @@ def ddnm_law(prior, task: str, y: torch.Tensor, sigma: float, steps: int, eta: f
     else:
         V = dense(lambda e: many.svd.v(e), D)
         s = op.svd.singulars.double().reshape(-1)
+        if cutoff > 0:
+            s = torch.where(official_discarded(op, cutoff), torch.zeros_like(s), s)
         u = op.svd.ut(y.double()).reshape(-1)
         s = torch.cat([s, s.new_zeros(D - s.numel())])
         u = torch.cat([u, u.new_zeros(D - u.numel())])
@@ -119,6 +124,16 @@ def ddnm_law(prior, task: str, y: torch.Tensor, sigma: float, steps: int, eta: f
     if sigma_y == 0:
         return m, P
     return V @ m, V @ P @ V.T
+
+
+def official_discarded(op, cutoff: float) -> torch.Tensor:
+    """(M,) True where DDNM's official separable operators zero the singular value s_h[i]·s_w[j]: 1-D values
+    below `cutoff` are set to 0 first (`ZERO = 3e-2` in their svd_operators.py)."""
+    s_h, s_w = torch.linalg.svdvals(op.a_h.double()), torch.linalg.svdvals(op.a_w.double())
+    torch.testing.assert_close(
+        op.svd.singulars.double().reshape(-1), (s_h[:, None] * s_w[None, :]).expand(SHAPE[0], -1, -1).reshape(-1)
+    )
+    return ((s_h[:, None] < cutoff) | (s_w[None, :] < cutoff)).expand(SHAPE[0], -1, -1).reshape(-1)
 
 
 def law_statistics(samples: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> tuple[float, float, float]:
@@ -282,3 +297,35 @@ def test_ddnm_bad_configuration_and_inputs_give_clear_errors(prior):
         solver.reconstruct(torch.zeros(1, *SHAPE), op, prior, sigma=0.0, generators=image_generators(0, ["i"], "s"))
     with pytest.raises(SolverError, match="one generator per image"):
         solver.reconstruct(torch.zeros(1, 3, 2, 2), op, prior, sigma=0.0, generators=[])
+
+
+OFFICIAL_CUTOFF = 3e-2
+
+
+def test_ddnm_plus_with_the_official_cutoff_follows_its_exact_law_on_gblur(prior):
+    """`ddnm.singular_cutoff=3e-2` at σ = 0.05: DDNM+ on the operator with the official zeroed singular values
+    (those components follow the prior), by the same acceptance test as the default."""
+    op, y = measurement(prior, "gblur", 0.05)
+    solver = solvers.build("ddnm", steps=LAW_STEPS, singular_cutoff=OFFICIAL_CUTOFF)
+    mean, cov = ddnm_law(prior, "gblur", y, 0.05, LAW_STEPS, solver.config.eta, OFFICIAL_CUTOFF)
+    assert follows_law(law_statistics(draws(solver, prior, "gblur", y, 0.05), mean, cov))
+    default_mean = case("gblur", 0.05)[2]
+    assert (mean - default_mean).norm() > 10 * (cov.diagonal().sum() / SAMPLES).sqrt()
+
+
+def test_ddnm_noise_free_with_the_official_cutoff_imposes_exactly_the_kept_components(prior):
+    """σ = 0 with the cutoff: A⁺ is V Σ⁺ Uᵀ over the kept singular values, so s_i (Vᵀx̂)_i = (Uᵀy)_i exactly where
+    the official rule keeps s_i, and not where it discards it (those follow the prior)."""
+    op, y = measurement(prior, "gblur", 0.0)
+    solver = solvers.build("ddnm", singular_cutoff=OFFICIAL_CUTOFF)
+    x_hat = solver.solve(y, op, prior, sigma=0.0, generators=image_generators(0, ["img"], "s"))
+    s = op.svd.singulars.double().reshape(-1)
+    m = s.numel()
+    residual = (s * op.svd.vt(x_hat.double())[0, :m] - op.svd.ut(y.double())[0]).abs()
+    discarded = official_discarded(op, OFFICIAL_CUTOFF)
+    assert discarded.any() and (~discarded).any()
+    assert residual[~discarded].max() < 1e-4
+    # in x's coordinates, (Vᵀx̂)_i − ȳ_i: the discarded components keep what the prior drew, not the measurement
+    assert (residual[discarded] / s[discarded]).median() > 1e-2
+    assert solver.unsupported(operators.build("jpeg10", shape=SHAPE), 0.0) is not None  # no SVD there
+    assert solvers.build("ddnm").unsupported(operators.build("jpeg10", shape=SHAPE), 0.0) is None
