@@ -97,9 +97,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from bench.validate import format_report, parse_sets, validate, write_json
 
     cls = solvers.load_class(args.solver) if ":" in args.solver else solvers.get(args.solver)
-    report = validate(
-        args.solver, parse_sets(args.set, cls.name), draws=args.draws, seed=args.seed, solver_class=cls
-    )
+    options = parse_sets(args.set, cls.name)
+    tasks = args.tasks.split(",") if args.tasks else None
+    report = validate(args.solver, options, draws=args.draws, seed=args.seed, tasks=tasks, solver_class=cls)
     print(format_report(report))
     if args.json:
         print(f"report written to {write_json(report, args.json)}")
@@ -324,8 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("solver", help="a solver name (see `bench list solvers`) or package.module:Class")
     check.add_argument("--set", action="append", default=[], metavar="SOLVER.OPTION=VALUE", help="solver option")
     check.add_argument("--json", metavar="FILE", help="also write the report as JSON")
-    check.add_argument("--draws", type=int, default=8, help="solver draws per measurement (default: %(default)s)")
+    check.add_argument("--draws", type=int, default=16, help="solver draws per measurement (default: %(default)s)")
     check.add_argument("--seed", type=int, default=0, help="seed of the truths, noise and generators")
+    check.add_argument("--tasks", help="comma-separated tasks (default: every task; 'all' = the paper's five)")
     check.set_defaults(func=_cmd_validate)
 
     report = commands.add_parser("report", help="render a run's tables, figures and image grids (HTML, Markdown)")

@@ -103,9 +103,17 @@ _SOLVE_KEYWORDS = ("sigma", "generators", "callback")
 def check_plugin(name: str, obj: Any) -> type[Solver]:
     """The Solver subclass an entry point names (a class, or a factory returning one), checked against the
     contract; a TypeError says what is missing."""
-    cls = obj() if callable(obj) and not isinstance(obj, type) else obj
+    cls = obj
+    if callable(obj) and not isinstance(obj, type):
+        try:
+            inspect.signature(obj).bind()
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"it names {obj!r}, neither a solvers.Solver subclass nor a factory without arguments"
+            ) from None
+        cls = obj()
     if not (isinstance(cls, type) and issubclass(cls, Solver)):
-        raise TypeError(f"it names {obj!r}, which is not a subclass of solvers.Solver (nor a factory returning one)")
+        raise TypeError(f"it names {cls!r}, which is not a subclass of solvers.Solver")
     where = f"{cls.__module__}.{cls.__qualname__}"
     if getattr(cls, "name", None) != name:
         raise TypeError(f"{where}.name is {getattr(cls, 'name', None)!r}; it must be the entry point's name {name!r}")
