@@ -523,8 +523,9 @@ def validate(
     for task in [] if missing else tasks:
         try:
             op = operators.build(task, shape=prior.image_shape)
-        except operators.OperatorError as error:
-            cases += [Case(task, s, "skipped", f"no operator at {prior.image_shape}: {error}") for s in sigmas]
+        except Exception as error:  # noqa: BLE001 - a plug-in operator may fail in its own way; it is skipped
+            reason = f"no operator at {prior.image_shape}: {type(error).__name__}: {error}"
+            cases += [Case(task, s, "skipped", reason) for s in sigmas]
             continue
         if not op.linear:
             cases += [Case(task, s, "skipped", "not linear: no exact posterior") for s in sigmas]

@@ -78,7 +78,12 @@ def example_site(tmp_path_factory) -> Path:
         site,
         "bench-broken",
         "0.2",
-        {"diffusion_inverse_bench.solvers": {"broken": "bench_broken_missing:Broken", "not-a-solver": "json:JSONDecoder"}},
+        {
+            "diffusion_inverse_bench.solvers": {
+                "broken": "bench_broken_missing:Broken",
+                "not-a-solver": "json:JSONDecoder",
+            }
+        },
         {},
     )
     return site
