@@ -110,9 +110,7 @@ def load(kind: str, check: Callable[[str, Any], T], taken: Iterable[str]) -> dic
 
 def failures(kind: str | None = None) -> list[PluginFailure]:
     """The plug-ins left out when their registry last loaded (of one kind, or all), sorted by kind and name."""
-    return sorted(
-        (f for f in _failures.values() if kind is None or f.kind == kind), key=lambda f: (f.kind, f.name)
-    )
+    return sorted((f for f in _failures.values() if kind is None or f.kind == kind), key=lambda f: (f.kind, f.name))
 
 
 def origin(kind: str, name: str) -> str | None:
