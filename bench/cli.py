@@ -76,10 +76,12 @@ def _list_solvers() -> None:
         solver = solvers.build(name)
         needs = ", ".join(sorted(c.value for c in solver.requires))
         noisy = ", ".join(sorted(c.value for c in solver.requires_when_noisy))
+        optional = ", ".join(sorted(c.value for c in solver.uses_when_available))
         grad = "; backprops through the network" if solver.backprop_through_network else ""
         grad += "" if solver.uses_prior else "; does not use the diffusion prior"
         print(f"  {name:<{width}}  {solver.summary}{_plugin_origin('solvers', name)}")
-        print(f"  {'':<{width}}  requires: {needs}{f'; +noisy: {noisy}' if noisy else ''}{grad}")
+        optional = f"; uses where offered: {optional}" if optional else ""
+        print(f"  {'':<{width}}  requires: {needs}{f'; +noisy: {noisy}' if noisy else ''}{optional}{grad}")
         defaults = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(solver.config).items())
         print(f"  {'':<{width}}  defaults: {defaults or '(none)'}")
     _list_plugin_failures("solvers")

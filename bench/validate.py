@@ -303,7 +303,7 @@ def _run_case(
     solver: solvers.Solver, prior, task: str, op: Operator, sigma: float, draws: int, seed: int, covariance: Tensor
 ) -> Case:
     case = Case(task, sigma, "ok")
-    allowed = solver.required_capabilities(sigma)
+    allowed = solver.required_capabilities(sigma) | solver.uses_when_available
     truth = prior.sample(1, generator=seeded_generator(seed, f"validate-{task}", "truth"))
     bound, y = _measure(op, truth, ["x"], sigma, seed)
     draw_ids = [f"draw{j}" for j in range(draws)]

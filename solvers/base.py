@@ -55,6 +55,9 @@ class Solver:
     Config: ClassVar[type[SolverConfig]] = SolverConfig
     requires: ClassVar[frozenset[Cap]] = frozenset({Cap.FORWARD})
     requires_when_noisy: ClassVar[frozenset[Cap]] = frozenset()  # extra needs for σ > 0 (e.g. DDNM+: svd)
+    # Capabilities taken where the operator has them (a closed form, a better start), with a fallback where it has
+    # not; they never make a task unsupported, but they are part of what the solver touches (`bench validate`).
+    uses_when_available: ClassVar[frozenset[Cap]] = frozenset()
     backprop_through_network: ClassVar[bool] = False
     # False for methods that bring their own network instead (PnP-ADMM's denoiser, CDDB's bridges): the runner
     # still passes the prior (for its device) and records it, and the callback reports their own network's calls.

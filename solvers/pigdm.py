@@ -111,6 +111,7 @@ class PiGDM(Solver):
     # A⁺ for the noiseless (and SVD-less) form; the SVD is used when present at σ > 0. The residual is
     # detached, so A itself is never differentiated.
     requires = frozenset({Cap.FORWARD, Cap.PINV})
+    uses_when_available = frozenset({Cap.SVD})  # the exact noisy likelihood step; A⁺ form without it
     backprop_through_network = True
     summary = "ΠGDM: DDIM steps guided by the Gaussian likelihood of y given x̂₀, a VJP through the network"
 

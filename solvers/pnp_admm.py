@@ -198,6 +198,8 @@ class PnPADMM(Solver):
     name = "pnp-admm"
     Config = PnPADMMConfig
     requires = frozenset({Cap.FORWARD, Cap.ADJOINT})
+    # A⁺y as the start and the data step in closed form in A's SVD; Aᵀy and conjugate gradients without them
+    uses_when_available = frozenset({Cap.PINV, Cap.SVD})
     backprop_through_network = False
     uses_prior = False
     summary = "plug-and-play ADMM with a Gaussian denoiser (DnCNN); ignores the diffusion prior"

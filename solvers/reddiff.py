@@ -88,6 +88,7 @@ class RedDiff(Solver):
     name = "reddiff"
     Config = RedDiffConfig
     requires = frozenset({Cap.FORWARD, Cap.PINV, Cap.DIFFERENTIABLE})
+    uses_when_available = frozenset({Cap.SVD})  # counts the measured entries; the measurement size without it
     summary = "RED-diff: Adam on ½||y - Aμ||² + λ/√SNR_t · sg(ε_θ(x_t) - ε)ᵀμ from μ = A⁺y, descending t"
 
     config: RedDiffConfig
