@@ -6,8 +6,9 @@ Spec syntax: ``<kind>[:<argument>][?<key>=<value>[&<key>=<value>...]]``; options
 * ``natural64``: the embedded default, a diffusers UNet2DModel trained on natural photos at 3x64x64,
   shipped under ``bench/assets/natural64/`` (model.safetensors + config.json as written by `save_unet`,
   or a diffusers unet/ + scheduler/ folder).
-* ``gaussian[:<size>][?channels=<1|3>]``: the analytic Gaussian prior (default 3x16x16) with an exact
-  denoiser and exact posteriors for linear operators, for testing solvers.
+* ``gaussian[:<size>][?channels=<1|3>&variant=<photo|lowvar>]``: the analytic Gaussian prior (default 3x16x16)
+  with an exact denoiser and exact posteriors for linear operators, for testing solvers; ``variant=lowvar`` is a
+  second prior with a varying mean, a steeper spectrum and pixel std ≈ 0.1.
 * ``diffusers:<folder or hub id>``: a diffusers UNet2DModel with its DDPMScheduler config (a pipeline
   folder, a bare UNet folder or a `save_unet` folder); a hub id only from the cache or when online.
 * ``adm:<checkpoint>[?preset=<name>]``: a guided-diffusion ADM checkpoint (.pt or .safetensors); presets
@@ -111,7 +112,8 @@ def _gaussian(argument: str | None, options: dict[str, str], device: Any, dtype:
                 raise PriorError(
                     f"gaussian prior {name} must be an integer, got {text!r} (e.g. 'gaussian:16?channels=3')"
                 ) from exc
-    return GaussianPrior(**kwargs, device=device, dtype=dtype)
+    variant = options.get("variant", "photo")
+    return GaussianPrior(**kwargs, variant=variant, device=device, dtype=dtype)
 
 
 def _diffusers(argument: str | None, options: dict[str, str], device: Any, dtype: Any) -> Prior:
@@ -161,8 +163,8 @@ _KINDS: dict[str, tuple[Callable[..., Prior], frozenset[str], str, str]] = {
     ),
     "gaussian": (
         _gaussian,
-        frozenset({"channels"}),
-        "gaussian[:<size>][?channels=<1|3>]",
+        frozenset({"channels", "variant"}),
+        "gaussian[:<size>][?channels=<1|3>&variant=<photo|lowvar>]",
         "analytic Gaussian prior (default 3x16x16): exact denoiser and exact posteriors of linear operators",
     ),
     "diffusers": (
