@@ -184,8 +184,11 @@ def run(settings: RunSettings) -> Any:
     from tqdm import tqdm
 
     dist = Distributed()
+    store = None
     try:
         context, units = _prepare(settings, dist.rank)
+        store = context.store
+        store.acquire_writer_lock()  # a second run into this folder waits, then skips what this one finished
         mine = shard(units, dist.rank, dist.world_size)
         done = set() if settings.force else context.store.done_keys()
         pending = [unit for unit in mine if unit.key not in done]
@@ -224,6 +227,8 @@ def run(settings: RunSettings) -> Any:
             print("\n".join(failure_report(table)), file=sys.stderr)
         return summary
     finally:
+        if store is not None:
+            store.release_writer_lock()
         dist.close()
 
 

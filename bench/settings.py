@@ -119,6 +119,8 @@ def _resolve_solvers(value: Any) -> list[str]:
 def _read_config(path: str | Path) -> dict[str, Any]:
     """The settings of a TOML (.toml) or YAML (.yaml, .yml) experiment file, checked against _CONFIG_KEYS."""
     path = Path(path)
+    if path.is_dir():
+        raise RunError(f"config file '{path}' is a folder; give the path of a .toml or .yaml file inside it")
     if not path.is_file():
         raise RunError(f"config file '{path}' does not exist")
     suffix = path.suffix.lower()
@@ -150,7 +152,7 @@ def _parse_toml(path: Path) -> Any:
         except ModuleNotFoundError:
             raise RunError("TOML configs need Python >= 3.11 or the tomli package (`pip install tomli`)") from None
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(_read_text(path))
     except tomllib.TOMLDecodeError as error:
         raise RunError(f"config file '{path}' is not valid TOML: {error}") from None
 
@@ -159,9 +161,31 @@ def _parse_yaml(path: Path) -> Any:
     import yaml
 
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(_read_text(path)) or {}
     except yaml.YAMLError as error:
         raise RunError(f"config file '{path}' is not valid YAML: {error}") from None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise RunError(
+            f"config file '{path}' is not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8"
+        ) from None
+    except OSError as error:
+        raise RunError(f"config file '{path}' cannot be read: {error.strerror or error}") from None
+
+
+def _run_name(name: Any) -> str:
+    """A run name is one folder under results/, never a path: --out takes paths."""
+    text = str(name)
+    if not text or text in (".", "..") or "/" in text or "\\" in text or Path(text).is_absolute():
+        raise RunError(
+            f"--name {text!r} is not a plain folder name (it would write outside results/); "
+            "use a name such as 'mine', or --out <path> to choose any folder"
+        )
+    return text
 
 
 SEED_MAX = 2**63 - 1  # seeds are stored in int64 parquet columns
@@ -209,8 +233,8 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         raise RunError(f"config key 'force' must be true or false, got {force!r}")
     out = pick("out", None)
     if out is None:
-        name = pick("name", None) or f"run-{datetime.date.today():%Y%m%d}"
-        out = Path("results") / name
+        name = pick("name", None)
+        out = Path("results") / (_run_name(name) if name is not None else f"run-{datetime.date.today():%Y%m%d}")
     return RunSettings(
         solvers=solver_names,
         tasks=tasks,

@@ -26,7 +26,9 @@ Only pandas and pyarrow are imported, never torch: the report reads results on m
 from __future__ import annotations
 
 import math
+import re
 import secrets
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -178,7 +180,16 @@ def measurement_path(images: Path, task: str, sigma: float, seed: int, image_id:
 # ----- reading -----------------------------------------------------------------------------------------------
 
 
-def _read_parts(paths: Iterable[Path]) -> pd.DataFrame:
+class StoreError(ValueError):
+    """A part file of the store cannot be used: the message names it and says what to do."""
+
+
+# The column that identifies a row of each table: a part without it cannot be merged with the others.
+_IDENTITY = {"units": "key", "traces": "key", "sets": "set_key"}
+_STEM_RANK = re.compile(r"^part-\d+-r(\d+)-")
+
+
+def _read_parts(paths: Iterable[Path], identity: str | None = None) -> pd.DataFrame:
     """The rows of these part files in order, each with column `part` (its file's stem, categorical).
 
     pyarrow reads the files and concatenates them once: pandas' reader costs several milliseconds per file,
@@ -196,7 +207,18 @@ def _read_parts(paths: Iterable[Path]) -> pd.DataFrame:
             data = path.read_bytes()
         except FileNotFoundError:
             continue  # removed by a concurrent consolidate(): its rows live on in the merged part
-        table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
+        try:
+            table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
+        except (pa.ArrowException, OSError) as error:
+            raise StoreError(
+                f"result part '{path}' is not a readable parquet file ({error}); move it out of "
+                f"'{path.parent}' and re-run: the units it held are computed again"
+            ) from None
+        if identity is not None and table.num_rows and identity not in table.column_names:
+            raise StoreError(
+                f"result part '{path}' has no '{identity}' column, so its rows cannot be told apart; it was not "
+                f"written by this harness: move it out of '{path.parent}'"
+            )
         if table.num_rows:
             tables.append(table)
             stems.append(path.stem)
@@ -239,6 +261,68 @@ class ResultStore:
     def __init__(self, root: str | Path, rank: int = 0) -> None:
         self.root = Path(root)
         self.rank = int(rank)
+        self._lock_file: Any = None
+
+    # ----- one writer per rank -----------------------------------------------------------------------
+    def _lock_path(self, rank: int) -> Path:
+        return self.root / f".writer-r{rank:04d}.lock"
+
+    def acquire_writer_lock(self) -> None:
+        """Become the only writer of this rank's parts; a second run into the same folder waits here.
+
+        The waiting run then reads the finished units afresh and skips them, so two runs never compute the same
+        unit twice. The lock is an OS file lock (flock): a killed run releases it with its process."""
+        try:
+            import fcntl
+        except ImportError:  # no flock on this platform: runs into one folder are not serialised
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        handle = open(self._lock_path(self.rank), "a")  # noqa: SIM115 - held until release_writer_lock
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(
+                f"another run is writing to {self.root} (rank {self.rank}); waiting for it to finish, then the "
+                "units it finished are skipped",
+                file=sys.stderr,
+            )
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        self._lock_file = handle
+
+    def release_writer_lock(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    def _writer_idle(self, rank: int) -> bool:
+        """True when no process other than this one is writing parts of `rank` (its lock is free or ours)."""
+        if rank == self.rank and self._lock_file is not None:
+            return True
+        try:
+            import fcntl
+        except ImportError:
+            return False
+        path = self._lock_path(rank)
+        if not path.exists():
+            return True
+        with open(path, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        return True
+
+    def orphan_traces(self) -> list[Path]:
+        """Trace parts without a unit part, of ranks no one is writing now: a batch or a merge that was killed
+        after its traces were written. Readers already ignore them; `consolidate` deletes them."""
+        committed = {path.stem for path in self.parts(UNITS)}
+        orphans = []
+        for path in self.parts(TRACES):
+            match = _STEM_RANK.match(path.stem)
+            if path.stem not in committed and match and self._writer_idle(int(match.group(1))):
+                orphans.append(path)
+        return orphans
 
     # ----- writing -----------------------------------------------------------------------------------
     def new_stem(self) -> str:
@@ -270,7 +354,7 @@ class ResultStore:
 
     def read(self, kind: str) -> pd.DataFrame:
         """Every row of table `kind` ever written, duplicates (retries, --force) included, with column `part`."""
-        return _read_parts(self.parts(kind))
+        return _read_parts(self.parts(kind), _IDENTITY.get(kind))
 
     def raw_units(self) -> pd.DataFrame:
         """Every unit row ever written, with the part it came from."""
@@ -311,16 +395,19 @@ class ResultStore:
         resolve to the identical merged row, and the next consolidation removes. Only the parts listed at the
         start are touched: parts another process commits meanwhile are left as they are.
         """
+        orphans = self.orphan_traces()
+        for path in orphans:
+            path.unlink(missing_ok=True)
         unit_parts = self.parts(UNITS)
         committed = {path.stem for path in unit_parts}
         trace_parts = [path for path in self.parts(TRACES) if path.stem in committed]
         set_parts = self.parts(SETS)
         if len(unit_parts) <= 1 and len(set_parts) <= 1:
-            return 0
+            return len(orphans)
 
-        units = latest(_read_parts(unit_parts), "key")
-        traces = _committed_traces(_read_parts(trace_parts), units, superseded=True)
-        sets = latest(_read_parts(set_parts), "set_key")
+        units = latest(_read_parts(unit_parts, "key"), "key")
+        traces = _committed_traces(_read_parts(trace_parts, "key"), units, superseded=True)
+        sets = latest(_read_parts(set_parts, "set_key"), "set_key")
 
         stem = self.new_stem()
         for kind, table in ((TRACES, traces), (UNITS, units), (SETS, sets)):
@@ -328,4 +415,4 @@ class ResultStore:
                 self.write_part(kind, table.drop(columns="part").to_dict(orient="records"), stem=stem)
         for path in [*unit_parts, *trace_parts, *set_parts]:
             path.unlink(missing_ok=True)
-        return len(unit_parts) + len(trace_parts) + len(set_parts)
+        return len(orphans) + len(unit_parts) + len(trace_parts) + len(set_parts)
