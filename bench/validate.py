@@ -41,6 +41,7 @@ from torch import Tensor
 import operators
 import solvers
 from operators import Cap, Operator, image_generators, seeded_generator
+from operators.base import noise_std
 
 DEFAULT_PRIOR = "gaussian:16"
 DEFAULT_SIGMAS = (0.0, 0.05)
@@ -290,7 +291,7 @@ def _figures(draws: Tensor, posterior, prior, matrix: Tensor, y: Tensor, sigma: 
     return {
         "mean_err": float((sample_mean - post_mean).norm()) / reference if reference > 0 else None,
         "cov_tr": sample_trace / post_trace if post_trace > 1e-9 * x.shape[1] else None,
-        "resid": rms / (2.0 * sigma) if sigma > 0 else rms,
+        "resid": rms / noise_std(sigma) if sigma > 0 else rms,
     }
 
 

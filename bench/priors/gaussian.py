@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from operators.base import noise_std
+
 from .base import DDPM_BETA_END, DDPM_BETA_START, DDPM_NUM_TIMESTEPS, Prior, PriorError, linear_betas
 
 __all__ = ["GaussianPosterior", "GaussianPrior", "dct_matrix", "opponent_colour_matrix"]
@@ -309,7 +311,7 @@ class GaussianPrior(Prior):
         sigma = self.covariance()
         mean = self._mean64.reshape(-1)
         cross = sigma @ matrix.T  # Σ Aᵀ, (D, M)
-        gram = matrix @ cross + (2.0 * sigma_y) ** 2 * torch.eye(matrix.shape[0], dtype=torch.float64)
+        gram = matrix @ cross + noise_std(sigma_y) ** 2 * torch.eye(matrix.shape[0], dtype=torch.float64)
         gain = _solve_psd(gram, cross.T).T  # Σ Aᵀ K⁺, (D, M)
         post_mean = mean + (y64 - matrix @ mean) @ gain.T
         post_cov = sigma - gain @ cross.T
