@@ -79,6 +79,7 @@ def _base_row(context: RunContext, unit: Any) -> dict[str, Any]:
         device=str(context.device),
         rank=context.store.rank,
         dtype=context.settings.dtype,
+        compiled=bool(getattr(context.prior, "compiled", False)),
         solver_version=context.solvers[unit.solver].version,
         solver_config=context.solver_configs[unit.solver],
         **context.versions,

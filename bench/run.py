@@ -69,7 +69,7 @@ def _prepare(settings: RunSettings, rank: int) -> tuple[RunContext, list[Any]]:
     if lowered and rank == 0:
         listed = "; ".join(f"{name}: {', '.join(f'{k}={v}' for k, v in o.items())}" for name, o in lowered.items())
         print(f"budget quick ({kind}): {listed} (--budget paper for the papers' settings)", file=sys.stderr)
-    prior = load_prior(settings.prior, device=device, dtype=settings.dtype)
+    prior = load_prior(settings.prior, device=device, dtype=settings.dtype, compile=settings.compile or None)
     for name, solver in built.items():  # a step count the prior cannot serve fails here, not once per unit
         if reason := solver.prior_mismatch(prior):
             raise RunError(f"{reason} '{settings.prior}'; use --set {name}.steps=<1..{prior.num_timesteps}>")

@@ -45,6 +45,7 @@ _CONFIG_KEYS = (
     "name",
     "device",
     "dtype",
+    "compile",
     "force",
     "budget",
 )
@@ -73,6 +74,7 @@ class RunSettings:
     overrides: dict[str, dict[str, str]] = field(default_factory=dict)
     device: str = "auto"
     dtype: str = "fp32"
+    compile: bool = False  # torch.compile the prior's network (a prior runtime option, recorded in its spec)
     force: bool = False
     progress: bool = True
     budget: str = "auto"
@@ -231,6 +233,9 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
     force = config.get("force", False) if not args.force else True
     if not isinstance(force, bool):
         raise RunError(f"config key 'force' must be true or false, got {force!r}")
+    compile_network = config.get("compile", False) if not args.compile else True
+    if not isinstance(compile_network, bool):
+        raise RunError(f"config key 'compile' must be true or false, got {compile_network!r}")
     out = pick("out", None)
     if out is None:
         name = pick("name", None)
@@ -248,6 +253,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         overrides=overrides,
         device=str(pick("device", "auto")),
         dtype=str(pick("dtype", "fp32")),
+        compile=compile_network,
         force=force,
         progress=not args.no_progress,
         budget=_check_budget(pick("budget", "auto")),
@@ -307,6 +313,12 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="name of the run folder under results/")
     parser.add_argument("--device", help="cpu, cuda or auto (default: auto = cuda when available)")
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="network dtype (default: fp32)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch.compile the prior's network (GPU runs; the first batch pays the compile time)",
+    )
     parser.add_argument("--force", action="store_true", default=None, help="recompute units already done")
     parser.add_argument(
         "--budget",

@@ -113,6 +113,7 @@ UNIT_COLUMNS = (
     Column("device", "str", "the torch device that computed the unit"),
     Column("rank", "int64", "the torchrun process that computed the unit", 0),
     Column("dtype", "str", "network dtype: fp32, bf16 or fp16"),
+    Column("compiled", "bool", "the prior's network ran under torch.compile (--compile or the spec's ?compile=1)", False),
     Column("solver_version", "int64", "the solver's `version` (bumped when its math changes)"),
     Column("solver_config", "str", "the solver's resolved config as canonical JSON"),
     *_VERSIONS,

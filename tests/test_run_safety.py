@@ -141,3 +141,25 @@ def test_config_file_errors_name_the_file(tmp_path, capsys):
 
 def test_run_error_is_a_value_error():
     assert issubclass(RunError, ValueError) and issubclass(StoreError, ValueError)
+
+
+def test_compile_is_a_run_setting_and_a_checked_config_key(tmp_path):
+    from bench.cli import build_parser
+    from bench.settings import settings_from_args
+
+    def parse(*argv: str):
+        return settings_from_args(build_parser().parse_args(["run", *argv]))
+
+    assert parse().compile is False and parse("--compile").compile is True
+    config = tmp_path / "exp.toml"
+    config.write_text("compile = true\n")
+    assert parse("--config", str(config)).compile is True
+    config.write_text('compile = "yes"\n')
+    with pytest.raises(RunError, match="config key 'compile' must be true or false"):
+        parse("--config", str(config))
+
+
+def test_rows_record_whether_the_prior_was_compiled(tmp_path, photos, capsys):
+    out = tmp_path / "run"
+    small_run(out, photos, capsys)
+    assert ResultStore(out).units()["compiled"].eq(False).all()
