@@ -317,10 +317,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_speed_parser(commands)
 
-    from bench.speed import add_speed_parser
-
-    add_speed_parser(commands)
-
     matrix = commands.add_parser("matrix", help="print the solver x task support table (Markdown)")
     matrix.set_defaults(func=_cmd_matrix)
 
