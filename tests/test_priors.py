@@ -333,7 +333,7 @@ def test_gaussian_half_precision_network_returns_input_dtype():
     full, half = GaussianPrior(size=8), GaussianPrior(size=8, dtype="bf16")
     x = torch.randn(4, 3, 8, 8)
     eps_half = half.eps(x, 400)
-    assert eps_half.dtype == torch.float32 and half.spec()["dtype"] == "bfloat16"
+    assert eps_half.dtype == torch.float32 and half.spec()["dtype"] == "bfloat16" and half.spec()["precision"] == "autocast"
     torch.testing.assert_close(eps_half, full.eps(x, 400), atol=0.05, rtol=0.05)
 
 

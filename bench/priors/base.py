@@ -336,6 +336,10 @@ class Prior:
             "checkpoint_sha256": self.checkpoint_sha256,
             "dtype": str(self.dtype).removeprefix("torch."),
         }
+        if self.dtype != torch.float32:
+            # bf16/fp16 once meant weights cast to that dtype; since it means autocast over float32 weights, which
+            # rounds differently, results stored under the old meaning must not be reused
+            spec["precision"] = "autocast"
         if self.compiled:
             spec["compile"] = True
         if self.channels_last:
