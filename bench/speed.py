@@ -33,9 +33,10 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # `bench report` builds the whole CLI and must not import torch
+    import torch
 
 # The config field that sets a solver's length, in the order looked for (pinv has none).
 STEP_FIELDS = ("steps", "iterations", "nfe")
@@ -129,6 +130,8 @@ def build_solver(name: str, length: int | None, phi: Any = None):
 
 
 def _synchronize(device: torch.device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -136,6 +139,8 @@ def _synchronize(device: torch.device) -> None:
 def time_solve(solver, prior, op, y, generators_fn: Callable[[], list], device: torch.device, sigma: float) -> Timing:
     """One solve of the batch y, synchronised, with its network use and peak memory (measured as the run's rows
     measure it, `bench.memory.PeakMemory`)."""
+    import torch
+
     from bench.memory import PeakMemory
 
     prior.reset_stats()
@@ -190,6 +195,8 @@ def measure_solver(
     seed: int = 0,
 ) -> SpeedRow:
     """Time solver `name` on `task` for one batch (see the module docstring); an unsupported pair is a row too."""
+    import torch
+
     import operators
 
     device = prior.device
@@ -241,6 +248,8 @@ def measure_solver(
 
 # ----- the whole table ------------------------------------------------------------------------------
 def device_name(device: torch.device) -> str:
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     model = platform.processor() or platform.machine()
@@ -255,6 +264,8 @@ def device_name(device: torch.device) -> str:
 
 
 def parameter_count(module: Any) -> int:
+    import torch
+
     return sum(p.numel() for p in module.parameters()) if isinstance(module, torch.nn.Module) else 0
 
 
@@ -275,6 +286,8 @@ def speed_table(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Every solver at every batch size on one prior: a JSON-able report with a row per (solver, batch size)."""
+    import torch
+
     import solvers
     from bench.priors import load_prior
 
@@ -433,6 +446,8 @@ def add_speed_parser(commands: Any) -> None:
 
 
 def _cmd_speed(args: argparse.Namespace) -> int:
+    import torch
+
     import solvers
 
     names = [n.strip() for n in args.solvers.split(",") if n.strip()] if args.solvers else solvers.available()

@@ -33,6 +33,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from bench.files import file_sha256
+
 __all__ = [
     "PosteriorCoefficients",
     "Prediction",
@@ -119,15 +121,6 @@ def pop_runtime_options(spec_options: MutableMapping[str, Any], keywords: Mutabl
         if values:
             chosen[key] = values[0]
     return chosen
-
-
-def file_sha256(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
