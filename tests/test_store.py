@@ -138,8 +138,10 @@ def test_store_consolidate_merges_parts_and_keeps_every_latest_row(tmp_path):
         store.write_part("units", [row("a", "ok", 10.0 + i), *([row("b", "failed")] if i == 0 else [])], stem=stem)
     store.write_part("sets", [{"set_key": "s", "fid": 1.0}])
     store.write_part("sets", [{"set_key": "s", "fid": 2.0}, {"set_key": "t", "fid": 3.0}])
-    in_flight = store.new_stem()  # another process' traces whose unit part is not committed yet
-    store.write_part("traces", [{"key": "c", "step": 0, "kurtosis": 9.0}], stem=in_flight)
+    writer = ResultStore(tmp_path)  # another process, writing: its traces' unit part is not committed yet
+    writer.acquire_writer_lock()
+    in_flight = writer.new_stem()
+    writer.write_part("traces", [{"key": "c", "step": 0, "kurtosis": 9.0}], stem=in_flight)
 
     def tables():
         return (
@@ -157,6 +159,8 @@ def test_store_consolidate_merges_parts_and_keeps_every_latest_row(tmp_path):
     assert len(store.parts("units")) == 1 and len(store.parts("sets")) == 1
     assert (tmp_path / "traces" / f"{in_flight}.parquet").exists()  # left for its own process to commit
     assert store.consolidate() == 0
+    writer.release_writer_lock()  # the writer died before committing: its traces are an orphan now
+    assert store.consolidate() == 1 and not (tmp_path / "traces" / f"{in_flight}.parquet").exists()
 
 
 def test_unit_group():
