@@ -323,3 +323,15 @@ def test_ddrm_with_the_official_cutoff_follows_its_exact_law_on_gblur(prior, sig
 def test_ddrm_singular_cutoff_is_checked(prior):
     with pytest.raises(SolverError, match="singular_cutoff"):
         solvers.build("ddrm", singular_cutoff=-0.1)
+
+
+@pytest.mark.parametrize("task", ["sr4", "inpaint"])
+def test_ddrm_follows_its_exact_law_on_the_low_variance_prior(task):
+    """The law check on a second, different prior (`gaussian:16?variant=lowvar`: a mean that varies over the
+    image, λ ∝ (1 + u² + v²)^−1.5, pixel std 0.1), where a bug that only a constant mean or a flatter spectrum
+    hides would show."""
+    lowvar = load_prior("gaussian:16?variant=lowvar")
+    op, y = measurement(lowvar, task, 0.05)
+    cfg = solvers.build("ddrm").config
+    mean, cov = ddrm_law(lowvar, task, y, 0.05, cfg.steps, cfg.eta, cfg.eta_b, cfg.zero_singular_rtol)
+    assert follows_law(law_statistics(draws(solvers.build("ddrm"), lowvar, task, y, 0.05), mean, cov))
