@@ -163,3 +163,21 @@ def test_rows_record_whether_the_prior_was_compiled(tmp_path, photos, capsys):
     out = tmp_path / "run"
     small_run(out, photos, capsys)
     assert ResultStore(out).units()["compiled"].eq(False).all()
+
+
+def test_the_support_matrix_marks_an_operator_it_cannot_build(monkeypatch):
+    """An operator (a plug-in's, say) that refuses the matrix's 3×64×64 shape is a column of n/a with its
+    reason, not a crash of `bench matrix`."""
+    import operators
+    from bench.matrix import support_matrix
+
+    def only_16(shape, **params):
+        raise ValueError(f"needs 16x16 images, got {tuple(shape)}")
+
+    registry = dict(operators._registry())
+    registry["tiny-op"] = (only_16, {}, "an operator for 16x16 images only")
+    monkeypatch.setattr(operators, "_REGISTRY", registry)
+    table = support_matrix()
+    assert "| tiny-op |" in table.splitlines()[0]
+    assert table.splitlines()[2].endswith("| n/a |")
+    assert "n/a: `tiny-op` cannot be built at 3×64×64 (ValueError: needs 16x16 images, got (3, 64, 64))" in table
