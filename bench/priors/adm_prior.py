@@ -60,9 +60,15 @@ def load_adm_prior(
             f"(presets: {', '.join(sorted(adm.PRESETS))})"
         )
     network = _with_attention(adm.load_adm(path, preset), attention)
+    preset_name = preset if isinstance(preset, str) else "custom"
+    return _adm_prior(network, "adm", {"preset": preset_name}, attention, device, dtype, checkpoint_files=[path])
+
+
+def _adm_prior(network, kind: str, identity: dict, attention: str, device, dtype, checkpoint_files=()) -> Prior:
+    """A Prior around an ADM network: its architecture, the linear schedule and `identity` (preset, weights)."""
     architecture = network.config
     config = {
-        "preset": preset if isinstance(preset, str) else "custom",
+        **identity,
         "architecture": json.loads(json.dumps(asdict(architecture))),
         "schedule": _schedule_record(),
     }
@@ -72,10 +78,10 @@ def load_adm_prior(
         network,
         linear_betas(),
         (architecture.in_channels, architecture.image_size, architecture.image_size),
-        kind="adm",
+        kind=kind,
         config=config,
         learned_variance=architecture.learn_sigma,
-        checkpoint_files=[path],
+        checkpoint_files=checkpoint_files,
         device=device,
         dtype=dtype,
     )
@@ -116,21 +122,5 @@ def load_random_adm_prior(
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise PriorError(f"device {device} requested but CUDA is not available; use device='cpu'")
     network = _with_attention(adm.random_adm(config_adm, seed), attention)
-    config = {
-        "preset": names.get(architecture, architecture),
-        "architecture": json.loads(json.dumps(asdict(config_adm))),
-        "weights": f"random (seed {seed})",
-        "schedule": _schedule_record(),
-    }
-    if attention != "sdpa":
-        config["attention"] = attention
-    return Prior(
-        network,
-        linear_betas(),
-        (config_adm.in_channels, config_adm.image_size, config_adm.image_size),
-        kind="adm-random",
-        config=config,
-        learned_variance=config_adm.learn_sigma,
-        device=device,
-        dtype=dtype,
-    )
+    identity = {"preset": names.get(architecture, architecture), "weights": f"random (seed {seed})"}
+    return _adm_prior(network, "adm-random", identity, attention, device, dtype)
