@@ -317,9 +317,11 @@ class ResultStore:
     def orphan_traces(self) -> list[Path]:
         """Trace parts without a unit part, of ranks no one is writing now: a batch or a merge that was killed
         after its traces were written. Readers already ignore them; `consolidate` deletes them."""
-        committed = {path.stem for path in self.parts(UNITS)}
+        return self._orphans(self.parts(TRACES), {path.stem for path in self.parts(UNITS)})
+
+    def _orphans(self, trace_parts: list[Path], committed: set[str]) -> list[Path]:
         orphans = []
-        for path in self.parts(TRACES):
+        for path in trace_parts:
             match = _STEM_RANK.match(path.stem)
             if path.stem not in committed and match and self._writer_idle(int(match.group(1))):
                 orphans.append(path)
@@ -394,21 +396,23 @@ class ResultStore:
         merges them. The merged parts get a fresh (newest) stem and are written traces, units, then sets;
         only then are the parts they replace deleted. A kill in between leaves rows twice, which readers
         resolve to the identical merged row, and the next consolidation removes. Only the parts listed at the
-        start are touched: parts another process commits meanwhile are left as they are.
+        start are touched: parts another process commits meanwhile are left as they are. Orphan trace parts
+        (`orphan_traces`) are deleted first.
         """
-        orphans = self.orphan_traces()
-        for path in orphans:
-            path.unlink(missing_ok=True)
         unit_parts = self.parts(UNITS)
         committed = {path.stem for path in unit_parts}
-        trace_parts = [path for path in self.parts(TRACES) if path.stem in committed]
+        all_traces = self.parts(TRACES)
+        orphans = self._orphans(all_traces, committed)
+        for path in orphans:
+            path.unlink(missing_ok=True)
+        trace_parts = [path for path in all_traces if path.stem in committed]
         set_parts = self.parts(SETS)
         if len(unit_parts) <= 1 and len(set_parts) <= 1:
             return len(orphans)
 
-        units = latest(_read_parts(unit_parts, "key"), "key")
-        traces = _committed_traces(_read_parts(trace_parts, "key"), units, superseded=True)
-        sets = latest(_read_parts(set_parts, "set_key"), "set_key")
+        units = latest(_read_parts(unit_parts, _IDENTITY[UNITS]), "key")
+        traces = _committed_traces(_read_parts(trace_parts, _IDENTITY[TRACES]), units, superseded=True)
+        sets = latest(_read_parts(set_parts, _IDENTITY[SETS]), "set_key")
 
         stem = self.new_stem()
         for kind, table in ((TRACES, traces), (UNITS, units), (SETS, sets)):

@@ -106,7 +106,7 @@ class DDNM(Solver):
             with torch.no_grad():
                 s, u_y = spectral_measurement(op, y, cutoff)
             observed = s > 0
-            y_bar = torch.where(observed, u_y / torch.where(observed, s, torch.ones_like(s)), torch.zeros_like(u_y))
+            y_bar = _divide_observed(u_y, s)  # ȳ = Σ⁺ Uᵀ y
 
         ts = prior.timesteps(self.config.steps)
         x = randn_per_image(shape, generators, dtype=torch.float32, device=device)
@@ -159,5 +159,10 @@ def _pinv(op: Operator, residual: Tensor, cutoff: float) -> Tensor:
     if cutoff <= 0:
         return op.pinv(residual)
     s, u_r = spectral_measurement(op, residual, cutoff)
-    kept = s > 0
-    return op.svd.v(torch.where(kept, u_r / torch.where(kept, s, torch.ones_like(s)), torch.zeros_like(u_r)))
+    return op.svd.v(_divide_observed(u_r, s))
+
+
+def _divide_observed(u: Tensor, s: Tensor) -> Tensor:
+    """Σ⁺ u: u_i / s_i where s_i > 0, and 0 where the component is not observed."""
+    observed = s > 0
+    return torch.where(observed, u / torch.where(observed, s, torch.ones_like(s)), torch.zeros_like(u))
