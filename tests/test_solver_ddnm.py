@@ -15,6 +15,7 @@ import math
 
 import pytest
 import torch
+from test_solver_ddrm import OFFICIAL_CUTOFF, official_discarded  # the official 1-D rule, from dense SVDs
 
 import operators
 import solvers
@@ -124,16 +125,6 @@ def ddnm_law(prior, task: str, y: torch.Tensor, sigma: float, steps: int, eta: f
     if sigma_y == 0:
         return m, P
     return V @ m, V @ P @ V.T
-
-
-def official_discarded(op, cutoff: float) -> torch.Tensor:
-    """(M,) True where DDNM's official separable operators zero the singular value s_h[i]·s_w[j]: 1-D values
-    below `cutoff` are set to 0 first (`ZERO = 3e-2` in their svd_operators.py)."""
-    s_h, s_w = torch.linalg.svdvals(op.a_h.double()), torch.linalg.svdvals(op.a_w.double())
-    torch.testing.assert_close(
-        op.svd.singulars.double().reshape(-1), (s_h[:, None] * s_w[None, :]).expand(SHAPE[0], -1, -1).reshape(-1)
-    )
-    return ((s_h[:, None] < cutoff) | (s_w[None, :] < cutoff)).expand(SHAPE[0], -1, -1).reshape(-1)
 
 
 def law_statistics(samples: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> tuple[float, float, float]:
@@ -299,7 +290,6 @@ def test_ddnm_bad_configuration_and_inputs_give_clear_errors(prior):
         solver.reconstruct(torch.zeros(1, 3, 2, 2), op, prior, sigma=0.0, generators=[])
 
 
-OFFICIAL_CUTOFF = 3e-2
 
 
 def test_ddnm_plus_with_the_official_cutoff_follows_its_exact_law_on_gblur(prior):
