@@ -57,13 +57,6 @@ def fisher_kurtosis(eps: Any) -> Any:
     return m4 / m2.pow(2) - 3.0
 
 
-def _sync(device: Any) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _base_row(context: RunContext, unit: Any) -> dict[str, Any]:
     """A unit's row before it is computed: the schema's defaults with the unit's identity filled in."""
     return new_row(
@@ -92,7 +85,7 @@ def evaluate_batch(context: RunContext, batch: list[Any]) -> tuple[list[dict[str
 
     import operators
     from bench import metrics
-    from bench.memory import PeakMemory
+    from bench.memory import PeakMemory, synchronize
 
     first = batch[0]
     solver, op = context.solvers[first.solver], context.ops[first.task]
@@ -115,21 +108,21 @@ def evaluate_batch(context: RunContext, batch: list[Any]) -> tuple[list[dict[str
         tracing = [0.0]  # seconds spent in the trace callback, taken out of the solver's wall time
 
         def record(*, step: int, t: int, x_t: Any, eps: Any, x0: Any) -> None:
-            _sync(device)
+            synchronize(device)
             began = time.perf_counter()
             with torch.no_grad():
                 residual = (bound(x0.detach()) - y).reshape(len(ids), -1).norm(dim=1)
                 steps.append((step, int(t), fisher_kurtosis(eps), residual.double()))
-            _sync(device)
+            synchronize(device)
             tracing[0] += time.perf_counter() - began
 
         prior.reset_stats()
         solver.reset_network_use()
-        _sync(device)
+        synchronize(device)
         with PeakMemory(device) as memory:
             start = time.perf_counter()
             estimate = solver.reconstruct(y, bound, prior, sigma=first.sigma, generators=generators, callback=record)
-            _sync(device)
+            synchronize(device)
             wall = time.perf_counter() - start - tracing[0]
         peak = memory.peak
         stats = prior.stats

@@ -82,6 +82,14 @@ class HeapPeak:
         self.peak = max(0, max(self.highest, self._in_use()) - self.start)
 
 
+def synchronize(device: Any) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously), so that a timer around it is honest."""
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
 class PeakMemory:
     """The peak memory of the block on `device`, in `self.peak` (bytes) after it: CUDA's allocator peak since
     the block began, or on a CPU `HeapPeak`'s."""

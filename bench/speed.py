@@ -129,30 +129,23 @@ def build_solver(name: str, length: int | None, phi: Any = None):
     return solvers.build(name, **overrides)
 
 
-def _synchronize(device: torch.device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_solve(solver, prior, op, y, generators_fn: Callable[[], list], device: torch.device, sigma: float) -> Timing:
     """One solve of the batch y, synchronised, with its network use and peak memory (measured as the run's rows
     measure it, `bench.memory.PeakMemory`)."""
     import torch
 
-    from bench.memory import PeakMemory
+    from bench.memory import PeakMemory, synchronize
 
     prior.reset_stats()
     solver.reset_network_use()
     meter = PeakMemory(device)
     reconstruct = getattr(solver, "reconstruct", None) or solver.solve
     generators = generators_fn()
-    _synchronize(device)
+    synchronize(device)
     with meter:
         start, cpu_start = time.perf_counter(), time.process_time()
         estimate = reconstruct(y, op, prior, sigma=sigma, generators=generators)
-        _synchronize(device)
+        synchronize(device)
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     if not torch.isfinite(estimate).all():
         raise RuntimeError(f"{solver.name}: the solve returned non-finite values")
@@ -395,7 +388,6 @@ def write_json(report: dict[str, Any], path: str | Path) -> Path:
     from bench.files import atomic_write_text
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(report, indent=2) + "\n")
     return path
 

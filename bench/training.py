@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bench.files import atomic_write_text, git_commit, replace_folder  # noqa: F401 - two re-exported for importers
+from bench.files import git_commit
 
 CHECKPOINT_NAME = "checkpoint.pt"
 

@@ -29,8 +29,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ from torch import Tensor
 
 import operators
 import solvers
+from bench.files import atomic_write_text
 from operators import Cap, Operator, image_generators, seeded_generator
 from operators.base import noise_std
 
@@ -583,16 +582,7 @@ def format_report(report: Report) -> str:
 def write_json(report: Report, path: str | Path) -> Path:
     """The report as JSON, written atomically (a temporary file in the same folder, then renamed)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(report.as_dict(), stream, indent=2, ensure_ascii=False)
-            stream.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(report.as_dict(), indent=2, ensure_ascii=False) + "\n")
     return path
 
 

@@ -117,7 +117,7 @@ def check_plugin(name: str, obj: Any) -> type[Solver]:
     where = f"{cls.__module__}.{cls.__qualname__}"
     if getattr(cls, "name", None) != name:
         raise TypeError(f"{where}.name is {getattr(cls, 'name', None)!r}; it must be the entry point's name {name!r}")
-    for attribute in ("requires", "requires_when_noisy"):
+    for attribute in ("requires", "requires_when_noisy", "uses_when_available"):
         value = getattr(cls, attribute)
         if not isinstance(value, frozenset) or not all(isinstance(c, Cap) for c in value):
             raise TypeError(f"{where}.{attribute} must be a frozenset of operators.Cap, got {value!r}")
