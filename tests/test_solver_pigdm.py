@@ -209,9 +209,9 @@ def test_pigdm_rejects_wrong_generator_count(prior):
 
 
 # Relative error ‖E[x̂] − exact mean‖ / ‖μ − exact mean‖ at sr4, σ = 0.05 (64 draws, 25 steps), measured:
-# photo prior: paper likelihood 0.15, noiseless 0.36; lowvar prior: 0.13 and 3.69 (at the default 100 steps and
-# 128 draws: 0.24 / 0.33 and 0.53 / 1.84). The public (noiseless) update pulls A x̂ onto the noisy y; on the
-# low-variance prior that moves the mean further from the posterior's than the prior mean is.
+# photo prior: paper likelihood 0.15, noiseless 0.36; lowvar prior: 0.13 and 3.69. The public (noiseless) update
+# pulls A x̂ onto the noisy y; on the low-variance prior that moves the mean further from the posterior's than the
+# prior mean is.
 NOISY_SR4 = {"gaussian": (0.25, None), "gaussian:16?variant=lowvar": (0.25, 1.5)}
 
 
