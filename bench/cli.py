@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 LIST_SECTIONS = ("tasks", "solvers", "priors", "datasets", "metrics")
 
@@ -115,6 +116,54 @@ def _cmd_report(args: argparse.Namespace) -> int:
     out = render_report(results, args.out, ci=args.ci)
     print(f"report of {results} written to {out} (open {out / 'index.html'})")
     return 0
+
+
+def _cmd_fetch_weights(args: argparse.Namespace) -> int:
+    from bench import weights
+
+    names = args.names or weights.available()
+    if args.cache:
+        os.environ[weights.CACHE_ENV] = args.cache
+    failed = 0
+    for name in names:
+        try:
+            path = weights.resolve(name)
+        except weights.WeightsError as error:
+            failed += 1
+            print(f"error: {error}", file=sys.stderr)
+            continue
+        print(f"{name:<14} {path}  ({weights.describe(name)})")
+    if not failed:
+        print(
+            f"all {len(names)} weight file(s) are in {weights.cache_dir()}; a node that runs offline needs this folder "
+            f"(copy it there, or point ${weights.CACHE_ENV} at a shared copy)"
+        )
+    return 1 if failed else 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from bench.metrics import spec
+    from bench.report import latest_results
+    from bench.rescore import rescore
+
+    results = Path(args.results) if args.results else latest_results("results")
+    if not (results / "units").is_dir():
+        print(
+            f"error: '{results}' holds no run (no units/ folder); pass the folder `bench run --out` wrote",
+            file=sys.stderr,
+        )
+        return 2
+    added = [name.strip().lstrip("+") for name in (args.metrics or "").split(",") if name.strip()]
+    for name in added:
+        spec(name)  # an unknown name is an error with a suggestion
+    result = rescore(results, added, device=args.device)
+    print(
+        f"{results}: {result.scores} score(s) filled in on {result.units} unit(s) from the saved PNGs; "
+        f"{result.sets} FID/KID set(s) computed again"
+    )
+    for line in result.left:
+        print(f"  not scored: {line}", file=sys.stderr)
+    return 1 if result.left else 0
 
 
 def _registry(module_name: str) -> list[tuple[str, str]]:
@@ -228,6 +277,25 @@ def _cmd_train_ddc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import_ddc(args: argparse.Namespace) -> int:
+    from solvers.ddc_official import import_official
+
+    dest, provenance = import_official(
+        args.src, args.dest, variant=args.variant, prior_checkpoint=args.prior_checkpoint, force=args.force
+    )
+    dropped = ", ".join(f"{k}={v}" for k, v in provenance["dropped_config_fields"].items()) or "none"
+    print(f"dropped from config.json (EMA and private fields, not UNet2DModel arguments): {dropped}")
+    if not provenance["official_architecture"]:
+        print(f"note: not the released architecture ({provenance['parameters']:,} parameters, not 113,676,675)")
+    if provenance["prior"]["checkpoint_sha256"] is None:
+        print("note: no --prior-checkpoint: the sampler cannot check that the prior holds the ADM weights φ expects")
+    print(
+        f"imported DDC φ '{args.variant}' to {dest} (clip_x0=false, inpaint_unobserved=noise); run it with "
+        f"--prior adm:<256x256_diffusion_uncond.pt> --solvers ddc --set ddc.network={dest}"
+    )
+    return 0
+
+
 def _cmd_train_bridge(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -337,6 +405,22 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--ci", action="store_true", help="add 95%% confidence intervals over images to the tables")
     report.set_defaults(func=_cmd_report)
 
+    fetch = commands.add_parser(
+        "fetch-weights",
+        help="fetch and convert the metric networks (LPIPS, FID Inception) into the bench cache ahead of an offline run",
+    )
+    fetch.add_argument("names", nargs="*", help="weights to fetch (default: all; see bench.weights.available())")
+    fetch.add_argument("--cache", help="cache folder (default: $BENCH_CACHE or ~/.cache/diffusion-inverse-bench)")
+    fetch.set_defaults(func=_cmd_fetch_weights)
+
+    score = commands.add_parser(
+        "score", help="fill in a run's missing metrics (and failed FID/KID sets) from its saved images, no solving"
+    )
+    score.add_argument("--results", help="run folder (default: the most recently modified one under results/)")
+    score.add_argument("--metrics", help="per-image metrics to add to every unit, comma-separated, e.g. lpips-vgg")
+    score.add_argument("--device", default="cpu", help="device for the metric networks (default: cpu)")
+    score.set_defaults(func=_cmd_score)
+
     train = commands.add_parser("train-prior", help="train a diffusion prior (a diffusers UNet2DModel) on photos")
     _add_training_options(train, steps=100_000, batch_size=32, lr=2e-4, size=64)
     train.set_defaults(func=_cmd_train_prior)
@@ -415,6 +499,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="let the per-image channel means through φ's last normalisation, so Δ can shift colours (see DeltaNetwork)",
     )
     ddc.set_defaults(func=_cmd_train_ddc)
+
+    imported = commands.add_parser(
+        "import-ddc", help="import the DDC authors' released φ (diffusers folder) as a φ folder with provenance"
+    )
+    imported.add_argument("src", help="the authors' folder: config.json + diffusion_pytorch_model.safetensors")
+    imported.add_argument("dest", help="the φ folder to write (pass it with --set ddc.network=DEST)")
+    imported.add_argument("--variant", choices=["standard", "wolpips"], default="standard", help="which release")
+    imported.add_argument(
+        "--prior-checkpoint", help="your 256x256_diffusion_uncond.pt: its sha256 is recorded and checked at run time"
+    )
+    imported.add_argument("--force", action="store_true", help="replace DEST if it exists")
+    imported.set_defaults(func=_cmd_import_ddc)
     return parser
 
 

@@ -16,10 +16,17 @@ Every image the benchmark sees goes through the same steps:
 5. map the 8-bit values v to float32 ``v / 127.5 - 1`` in [-1, 1] (`pil_to_signed`, the one place this
    module converts pixel values).
 
+Steps 1, 3 and 4 are the ``ours`` protocol. A `folder:` spec may instead name the ground-truth protocol of a
+paper (`PROTOCOLS`; docs/datasets.md): ``ddrm`` (DDRM/DDNM ImageNet-1k), ``adm`` (guided-diffusion's
+``center_crop_arr``), ``ddc`` (resize only) and ``dps`` (images used as they are). The papers' loaders do
+not apply the EXIF orientation, so these protocols skip it too; steps 2 and 5 are shared by all.
+
 Datasets:
 
 * `ImageFolder`: the image files directly inside one folder (no recursion), sorted by file name; an
-  image's id is its file stem. `load_dataset("folder:<path>")` builds one.
+  image's id is its file stem. `load_dataset("folder:<path>")` builds one; the spec's options
+  ``?protocol=<name>&recursive=1&list=<file>`` pick the protocol, take sub-folders too (ids are relative
+  paths without extension, "/" written "__") or take the images a file list names, in its order.
 * `load_dataset("skimage-natural")`: the natural photographs bundled inside scikit-image's wheel (no
   download; see `SKIMAGE_NATURAL_COLOUR` and `SKIMAGE_NATURAL_GREY`).
 * `load_dataset("kodak24")`: the Kodak photos at ../shared/data/kodak24 next to the repository, when present.
@@ -33,9 +40,11 @@ import difflib
 import hashlib
 import importlib.util
 import math
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,13 +60,17 @@ __all__ = [
     "ImageDataset",
     "ImageFolder",
     "ImageReadError",
+    "PROTOCOLS",
     "RandomCrops",
+    "adm_center_crop",
     "available",
     "center_square",
+    "ddrm_square",
     "list_image_files",
     "load_dataset",
     "manifest_sha256",
     "pil_to_signed",
+    "read_file_list",
     "read_image",
 ]
 
@@ -92,6 +105,30 @@ _SHARED_FOLDERS: dict[str, tuple[Path, str]] = {
 }
 _FOLDER_PREFIX = "folder:"
 _SKIMAGE_NATURAL = "skimage-natural"
+
+#: Ground-truth protocols a `folder:` spec can name (``?protocol=<name>``), as name -> what it does (this
+#: text goes into `ImageDataset.describe`). docs/datasets.md says which paper uses which and where it is
+#: defined in their code.
+PROTOCOLS: dict[str, str] = {
+    "ours": "center square crop, PIL bicubic resize (reducing_gap=None), 8-bit, v/127.5-1",
+    "ddrm": (
+        "DDRM/DDNM ImageNet-1k: no EXIF rotation, centre square crop with offset int(round(margin / 2.0)) "
+        "(torchvision center_crop, halves to even), PIL bilinear resize (torchvision Resize on PIL), 8-bit, v/127.5-1"
+    ),
+    "adm": (
+        "guided-diffusion center_crop_arr: no EXIF rotation, BOX halving while short side >= 2*size, PIL bicubic "
+        "resize of the short side to size (long side round()), centre crop with offset floor(margin / 2), 8-bit, v/127.5-1"
+    ),
+    "ddc": "DDC: no EXIF rotation, PIL bilinear resize to size x size (no crop), 8-bit, v/127.5-1",
+    "dps": "DPS: no EXIF rotation, images used as they are (must already be size x size), 8-bit, v/127.5-1",
+}
+_DEFAULT_PROTOCOL = "ours"
+# Options a `folder:` spec accepts after its last "?".
+_FOLDER_OPTIONS = ("protocol", "recursive", "list")
+_TRUE_WORDS = ("1", "true", "yes")
+_FALSE_WORDS = ("0", "false", "no")
+# How a sub-folder separator is written inside an image id (ids become file names of results).
+_ID_SEPARATOR = "__"
 
 # Pillow's 16-bit greyscale modes; their full range is 0..65535.
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -133,16 +170,18 @@ def _to_mode(image: Image.Image, channels: int, path: Path) -> Image.Image:
     return image.convert(target)
 
 
-def read_image(path: str | Path, channels: int = 3) -> Image.Image:
-    """Decode one image file into an upright 8-bit Pillow image in mode "RGB" (channels=3) or "L" (channels=1).
+def read_image(path: str | Path, channels: int = 3, *, exif_transpose: bool = True) -> Image.Image:
+    """Decode one image file into an 8-bit Pillow image in mode "RGB" (channels=3) or "L" (channels=1).
 
-    Raises `ImageReadError` naming the file when it is missing, truncated or not an image.
+    The EXIF orientation tag is applied (the image stands upright) unless `exif_transpose` is False, as the
+    papers' loaders (plain ``Image.open(...).convert("RGB")``) do. Raises `ImageReadError` naming the file
+    when it is missing, truncated or not an image.
     """
     path = Path(path)
     try:
         with Image.open(path) as opened:
             opened.load()
-            upright = ImageOps.exif_transpose(opened)
+            upright = ImageOps.exif_transpose(opened) if exif_transpose else opened.copy()
         return _to_mode(upright, channels, path)
     except ImageReadError:
         raise
@@ -166,6 +205,75 @@ def center_square(image: Image.Image, size: int) -> Image.Image:
     return square.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
 
 
+def ddrm_square(image: Image.Image, size: int) -> Image.Image:
+    """DDRM/DDNM's ImageNet ground truth: `image` (W x H) -> `size` x `size`, same mode.
+
+    Their ``CenterCropLongEdge`` is torchvision ``center_crop(img, min(img.size))``, whose offset is
+    ``int(round(margin / 2.0))``: Python rounds halves to even, so an odd margin m leaves the extra pixel on
+    the left/top when m = 3 (mod 4) (e.g. 500 x 333: offset 84) and on the right/bottom when m = 1 (mod 4)
+    (e.g. 500 x 375: offset 62). Then ``transforms.Resize(size)`` on a PIL image is Pillow's bilinear
+    resize, which widens its kernel when it shrinks (antialiased in every torchvision version; the
+    ``antialias`` argument only concerns tensors). ``reducing_gap=None`` is Pillow's default there.
+    """
+    width, height = image.size
+    side = min(width, height)
+    left = int(round((width - side) / 2.0))
+    top = int(round((height - side) / 2.0))
+    square = image.crop((left, top, left + side, top + side))
+    if side == size:
+        return square  # torchvision's Resize returns the image untouched when it already has the size
+    return square.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
+
+
+def adm_center_crop(image: Image.Image, size: int) -> Image.Image:
+    """guided-diffusion's ``center_crop_arr``: `image` (W x H) -> `size` x `size`, same mode.
+
+    While the short side is at least 2 * size, halve both sides (integer division) with Pillow's BOX
+    filter; then bicubic-resize so the short side is `size` (each side becomes ``round(side * size /
+    short)``, Python's half-to-even round); then crop the centred square with offset ``(margin) // 2``
+    (the extra pixel of an odd margin goes to the right/bottom).
+    """
+    while min(image.size) >= 2 * size:
+        image = image.resize(tuple(side // 2 for side in image.size), Image.Resampling.BOX)
+    scale = size / min(image.size)
+    image = image.resize(tuple(round(side * scale) for side in image.size), Image.Resampling.BICUBIC)
+    left = (image.width - size) // 2
+    top = (image.height - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def _ddc_resize(image: Image.Image, size: int) -> Image.Image:
+    """DDC's loader (torchvision ``Resize([size, size])`` on PIL): bilinear to `size` x `size`, no crop."""
+    return image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
+
+
+def _as_is(image: Image.Image, size: int) -> Image.Image:
+    """DPS's loader: no crop, no resize; `ImageFolder` checks beforehand that every image is size x size."""
+    if image.size != (size, size):
+        raise DatasetError(
+            f"protocol 'dps' uses images as they are, but this one is {image.width}x{image.height}, not "
+            f"{size}x{size}; resize the files first or use protocol=ddc (resize only) or adm (crop)"
+        )
+    return image
+
+
+# The geometric step of each protocol: (image W x H, size) -> size x size image of the same mode.
+_GEOMETRY = {
+    "ours": center_square,
+    "ddrm": ddrm_square,
+    "adm": adm_center_crop,
+    "ddc": _ddc_resize,
+    "dps": _as_is,
+}
+
+
+def _check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        close = difflib.get_close_matches(str(protocol), list(PROTOCOLS), n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise DatasetError(f"unknown ground-truth protocol {protocol!r}; {hint}(available: {', '.join(PROTOCOLS)})")
+
+
 def pil_to_signed(image: Image.Image) -> torch.Tensor:
     """8-bit Pillow image ("L" or "RGB", H x W) -> float32 tensor (C, H, W) in [-1, 1], via v / 127.5 - 1."""
     # np.array copies, so the tensor owns writable memory.
@@ -175,25 +283,48 @@ def pil_to_signed(image: Image.Image) -> torch.Tensor:
     return pixels.permute(2, 0, 1).to(torch.float32).contiguous() / 127.5 - 1.0
 
 
-def list_image_files(folder: str | Path) -> list[Path]:
-    """The image files directly inside `folder`, sorted by file name.
+def _is_image_file(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
 
-    Image files are those whose name ends in one of `IMAGE_EXTENSIONS` (any case); hidden files (name
-    starting with ".") and sub-folders are skipped. Raises `DatasetError` when the folder does not exist,
-    is a file, or holds no image files.
-    """
-    folder = Path(folder).expanduser()
+
+def _check_folder(folder: Path) -> None:
     if not folder.exists():
         raise DatasetError(f"image folder '{folder}' does not exist; check the path")
     if not folder.is_dir():
         raise DatasetError(f"'{folder}' is a file, not a folder; give the folder that holds the images")
+
+
+def _walk_image_files(folder: Path) -> list[Path]:
+    """Every image file under `folder` at any depth, hidden files and folders skipped, sorted by relative path.
+
+    Sorting compares the relative paths part by part, so a folder's files come together in name order
+    (ImageNet's class folders in class order); symbolic links to folders are not followed (no loops).
+    """
+    found = []
+    for parent, folders, files in os.walk(folder):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        found += [Path(parent) / name for name in files if _is_image_file(Path(parent) / name)]
+    return sorted(found, key=lambda p: p.relative_to(folder).parts)
+
+
+def list_image_files(folder: str | Path, *, recursive: bool = False) -> list[Path]:
+    """The image files directly inside `folder` (or at any depth when `recursive`), sorted by name.
+
+    Image files are those whose name ends in one of `IMAGE_EXTENSIONS` (any case); hidden files (name
+    starting with ".") are skipped, and so are sub-folders unless `recursive` (then hidden sub-folders are
+    skipped and files sort by relative path, part by part). Raises `DatasetError` when the folder does not
+    exist, is a file, or holds no image files.
+    """
+    folder = Path(folder).expanduser()
+    _check_folder(folder)
     entries = sorted(folder.iterdir(), key=lambda p: p.name)
-    images = [p for p in entries if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS]
+    images = _walk_image_files(folder) if recursive else [p for p in entries if _is_image_file(p)]
     if not images:
         others = [p.name for p in entries if not p.name.startswith(".")]
         held = f"it holds {len(others)} other entries, e.g. {others[:3]}" if others else "it is empty"
+        where = "folder or its sub-folders" if recursive else "folder"
         raise DatasetError(
-            f"no image files in folder '{folder}' ({held}); image files end in {', '.join(IMAGE_EXTENSIONS)}"
+            f"no image files in {where} '{folder}' ({held}); image files end in {', '.join(IMAGE_EXTENSIONS)}"
         )
     return images
 
@@ -217,8 +348,17 @@ class ImageDataset(Dataset):
     Images are decoded on access (nothing is cached); see the module docstring for the preprocessing.
     """
 
-    def __init__(self, entries: Sequence[tuple[str, Path]], size: int, channels: int = 3, name: str = "") -> None:
+    def __init__(
+        self,
+        entries: Sequence[tuple[str, Path]],
+        size: int,
+        channels: int = 3,
+        name: str = "",
+        *,
+        protocol: str = _DEFAULT_PROTOCOL,
+    ) -> None:
         _check_size_channels(size, channels)
+        _check_protocol(protocol)
         if not entries:
             raise DatasetError(f"dataset '{name}' has no images")
         seen: dict[str, Path] = {}
@@ -227,14 +367,15 @@ class ImageDataset(Dataset):
             key = image_id.lower()
             if key in seen:
                 raise DatasetError(
-                    f"two files share the image id '{image_id}': '{seen[key]}' and '{path}'; "
-                    "image ids are file stems (compared ignoring case), so rename or remove one of them"
+                    f"two files share the image id '{image_id}': '{seen[key]}' and '{path}'; image ids are "
+                    "file names without extension (compared ignoring case), so rename or remove one of them"
                 )
             seen[key] = path
         self._entries = [(image_id, Path(path)) for image_id, path in entries]
         self.size = size
         self.channels = channels
         self.name = name
+        self.protocol = protocol
 
     @property
     def ids(self) -> list[str]:
@@ -254,7 +395,12 @@ class ImageDataset(Dataset):
         if not -len(self) <= index < len(self):
             raise IndexError(f"image index {index} out of range for {len(self)} images")
         image_id, path = self._entries[index]
-        return image_id, pil_to_signed(center_square(read_image(path, self.channels), self.size))
+        # Only our protocol stands photos upright; the papers' loaders ignore the EXIF orientation.
+        image = read_image(path, self.channels, exif_transpose=self.protocol == _DEFAULT_PROTOCOL)
+        try:
+            return image_id, pil_to_signed(_GEOMETRY[self.protocol](image, self.size))
+        except DatasetError as error:
+            raise DatasetError(f"image '{path}': {error}") from None
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         for index in range(len(self)):
@@ -275,7 +421,7 @@ class ImageDataset(Dataset):
             "n_images": len(self),
             "size": self.size,
             "channels": self.channels,
-            "preprocessing": "center square crop, PIL bicubic resize (reducing_gap=None), 8-bit, v/127.5-1",
+            "preprocessing": PROTOCOLS[self.protocol],
             "ids": self.ids,
         }
 
@@ -283,22 +429,191 @@ class ImageDataset(Dataset):
         return f"{type(self).__name__}(name={self.name!r}, n_images={len(self)}, size={self.size}, channels={self.channels})"
 
 
+def _relative_id(relative: PurePosixPath) -> str:
+    """Image id of a file or list name relative to the folder: the path without its image extension, with
+    "/" written "__" ("n01440764/ILSVRC2012_val_00000293.JPEG" -> "n01440764__ILSVRC2012_val_00000293").
+    A file directly in the folder gets its stem, as before there were options."""
+    if relative.suffix.lower() in IMAGE_EXTENSIONS:
+        relative = relative.with_suffix("")
+    return _ID_SEPARATOR.join(relative.parts)
+
+
+def read_file_list(path: str | Path) -> list[str]:
+    """The image names of a file list, in its order.
+
+    The format is DDRM's ``imagenet_val_1k.txt`` (from deep-generative-prior): one image per line, its name
+    relative to the image folder, optionally followed by whitespace and a class label, which is ignored
+    (``ILSVRC2012_val_00000293.JPEG 0`` or ``n01440764/ILSVRC2012_val_00000293.JPEG 0``). Names therefore
+    hold no spaces. Blank lines and lines starting with "#" are skipped. Raises `DatasetError` when the
+    file is missing or empty, a name is absolute or climbs out with "..", or a name repeats.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DatasetError(f"file list '{path}' does not exist or is not a file; check the path given as list=<file>")
+    names: list[str] = []
+    first_line: dict[str, int] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        name = fields[0]
+        parts = PurePosixPath(name).parts
+        if name.startswith("/") or ".." in parts:
+            raise DatasetError(
+                f"file list '{path}' line {number}: '{name}' is not a path inside the image folder; "
+                "write names relative to the folder (e.g. n01440764/ILSVRC2012_val_00000293.JPEG)"
+            )
+        if name in first_line:
+            raise DatasetError(
+                f"file list '{path}' names '{name}' twice (lines {first_line[name]} and {number}); remove one"
+            )
+        first_line[name] = number
+        names.append(name)
+    if not names:
+        raise DatasetError(f"file list '{path}' names no images; write one '<name> [<label>]' per line")
+    return names
+
+
+class _FileIndex:
+    """The image files under a folder at any depth, looked up by a file list's names (see `_find_listed`)."""
+
+    def __init__(self, root: Path) -> None:
+        self._by_key: dict[tuple[str, str], list[Path]] = {}
+        for path in _walk_image_files(root):
+            relative = PurePosixPath(path.relative_to(root).as_posix())
+            keys = (
+                ("path", relative.as_posix()),
+                ("path-stem", relative.with_suffix("").as_posix()),
+                ("name", relative.name),
+                ("name-stem", relative.stem),
+            )
+            for key in keys:
+                self._by_key.setdefault(key, []).append(path)
+
+    def find(self, name: str) -> list[Path]:
+        """Files matching list name `name`: the path itself; a bare file name at any depth; without an image
+        extension, any file with that stem (DDRM appends an extension to the names of its list)."""
+        relative = PurePosixPath(name)
+        nested = len(relative.parts) > 1
+        kinds = ["path"] if nested else ["path", "name"]
+        if relative.suffix.lower() not in IMAGE_EXTENSIONS:
+            kinds += ["path-stem"] if nested else ["path-stem", "name-stem"]
+        for kind in kinds:
+            matches = self._by_key.get((kind, relative.as_posix()), [])
+            if matches:
+                return matches
+        return []
+
+
+def _find_listed(root: Path, names: Sequence[str], list_path: Path) -> list[tuple[str, Path]]:
+    """(id, file) for each list name, in list order; ids come from the names (see `_relative_id`).
+
+    A name is first taken as a path relative to `root`; only when some are not there is the folder walked
+    once (50,000 ImageNet files take about a second), so a bare name also finds the file in a class folder.
+    """
+    _check_folder(root)
+    entries: list[tuple[str, Path]] = []
+    missing: list[str] = []
+    index: _FileIndex | None = None
+    for name in names:
+        direct = root / name
+        if _is_image_file(direct):
+            entries.append((_relative_id(PurePosixPath(name)), direct))
+            continue
+        index = index or _FileIndex(root)
+        matches = index.find(name)
+        if len(matches) > 1:
+            shown = ", ".join(str(p.relative_to(root)) for p in matches[:3])
+            raise DatasetError(
+                f"file list '{list_path}' name '{name}' matches {len(matches)} files under '{root}' ({shown}); "
+                "write the name with its sub-folder so that it names one file"
+            )
+        if matches:
+            entries.append((_relative_id(PurePosixPath(name)), matches[0]))
+        else:
+            missing.append(name)
+    if missing:
+        raise DatasetError(
+            f"{len(missing)} of the {len(names)} images named in file list '{list_path}' are not under "
+            f"'{root}', e.g. {missing[:5]}; check that list=<file> and the folder belong together (names are "
+            "paths relative to the folder, or bare file names found in any sub-folder)"
+        )
+    return entries
+
+
+def _check_native_size(paths: Sequence[Path], size: int) -> None:
+    """For protocol 'dps': every file must already be size x size (read from the headers, no decoding)."""
+    wrong = []
+    for path in paths:
+        try:
+            with Image.open(path) as opened:
+                if opened.size != (size, size):
+                    wrong.append(f"{path.name} ({opened.width}x{opened.height})")
+        except (OSError, SyntaxError, ValueError) as err:
+            raise ImageReadError(f"could not read image file '{path}': {err}. Replace or remove the file") from err
+    if wrong:
+        raise DatasetError(
+            f"protocol 'dps' uses images as they are, but {len(wrong)} of {len(paths)} are not {size}x{size}, "
+            f"e.g. {wrong[:5]}; resize the files first or use protocol=ddc (resize only) or adm (crop)"
+        )
+
+
+def _folder_name(root: Path, protocol: str, recursive: bool, file_list: Path | None) -> str:
+    """The dataset's name (a key of every result): 'folder:<root>' plus its non-default options, in a fixed
+    order, so the default spec keeps the name it always had and equal options give equal names."""
+    options = []
+    if protocol != _DEFAULT_PROTOCOL:
+        options.append(f"protocol={protocol}")
+    if recursive and file_list is None:  # a list is looked up at any depth anyway
+        options.append("recursive=1")
+    if file_list is not None:
+        options.append(f"list={file_list}")
+    return f"{_FOLDER_PREFIX}{root}" + (f"?{'&'.join(options)}" if options else "")
+
+
 class ImageFolder(ImageDataset):
     """The image files directly inside `path`, sorted by file name; ids are file stems.
 
     `n_images` keeps the first N files in that order (an error when the folder holds fewer). Two files with
     the same stem (e.g. a.png and a.jpg) are an error naming both.
+
+    Options (all off by default, which keeps the behaviour and names above):
+
+    * `protocol`: the ground-truth preprocessing, one of `PROTOCOLS` ("ours" by default);
+    * `recursive`: also take the image files in sub-folders at any depth, sorted by relative path; ids are
+      the relative paths without extension, "/" written "__" (files directly inside keep their stems);
+    * `file_list`: take exactly the images a file list names (`read_file_list`), in its order, found at any
+      depth; ids come from the names the same way. Names not found are one error listing the first few.
     """
 
-    def __init__(self, path: str | Path, size: int, channels: int = 3, n_images: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        size: int,
+        channels: int = 3,
+        n_images: int | None = None,
+        *,
+        protocol: str = _DEFAULT_PROTOCOL,
+        recursive: bool = False,
+        file_list: str | Path | None = None,
+    ) -> None:
         _check_size_channels(size, channels)
+        _check_protocol(protocol)
         self.root = Path(path).expanduser()
-        files = list_image_files(self.root)
-        count = _check_n_images(n_images, len(files), f"folder '{self.root}'")
+        list_path = None if file_list is None else Path(file_list).expanduser()
+        if list_path is None:
+            files = list_image_files(self.root, recursive=recursive)
+            entries = [(_relative_id(PurePosixPath(p.relative_to(self.root).as_posix())), p) for p in files]
+        else:
+            entries = _find_listed(self.root, read_file_list(list_path), list_path)
+        count = _check_n_images(n_images, len(entries), f"folder '{self.root}'")
+        name = _folder_name(self.root, protocol, recursive, list_path)
         # Duplicate stems are checked over the whole folder, not just the first N, so that the ids of a
         # folder do not depend on how many images are asked for.
-        super().__init__([(p.stem, p) for p in files], size, channels, name=f"{_FOLDER_PREFIX}{self.root}")
+        super().__init__(entries, size, channels, name=name, protocol=protocol)
         self._entries = self._entries[:count]
+        if protocol == "dps":
+            _check_native_size(self.paths, size)  # fail before a run starts, not at its first odd image
 
 
 def _skimage_data_dir() -> Path:
@@ -325,6 +640,55 @@ def _skimage_natural(size: int, channels: int, n_images: int | None) -> ImageDat
     return ImageDataset(entries[:count], size, channels, name=_SKIMAGE_NATURAL)
 
 
+def _parse_flag(key: str, value: str, spec: str) -> bool:
+    word = value.lower()
+    if word in _TRUE_WORDS or word in _FALSE_WORDS:
+        return word in _TRUE_WORDS
+    raise DatasetError(f"option {key}={value!r} in dataset spec '{spec}' must be 1 or 0")
+
+
+def _folder_options(query: str, spec: str) -> dict[str, Any]:
+    """'protocol=ddrm&recursive=1&list=<file>' -> keyword arguments of `ImageFolder`."""
+    options: dict[str, Any] = {}
+    for pair in filter(None, query.split("&")):
+        key, equals, value = (part.strip() for part in pair.partition("="))
+        if not equals or not key or not value:
+            raise DatasetError(
+                f"bad option {pair!r} in dataset spec '{spec}'; write options as "
+                f"'{_FOLDER_PREFIX}<path>?protocol=ddrm&recursive=1&list=<file>'"
+            )
+        if key not in _FOLDER_OPTIONS:
+            close = difflib.get_close_matches(key, _FOLDER_OPTIONS, n=1, cutoff=0.5)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise DatasetError(
+                f"unknown option '{key}' in dataset spec '{spec}'; {hint}(options: {', '.join(_FOLDER_OPTIONS)})"
+            )
+        if key == "protocol":
+            _check_protocol(value)
+            options["protocol"] = value
+        elif key == "recursive":
+            options["recursive"] = _parse_flag(key, value, spec)
+        else:
+            options["file_list"] = value
+    return options
+
+
+def _split_folder_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """'folder:<path>[?options]' -> (path, `ImageFolder` keyword arguments).
+
+    The last "?" starts the options, so a path may not hold "?" -- unless the whole text is an existing
+    folder, which keeps any folder spec that worked before options existed working the same.
+    """
+    text = spec[len(_FOLDER_PREFIX) :].strip()
+    head, mark, query = text.rpartition("?")
+    if not mark or Path(text).expanduser().is_dir():
+        head, query = text, ""
+    folder = head.strip()
+    if not folder:
+        raise DatasetError(f"dataset spec '{spec}' names no folder; write it as '{_FOLDER_PREFIX}<path>'")
+    return folder, _folder_options(query, spec)
+
+
 def available() -> list[tuple[str, str]]:
     """(spec pattern, description) for every dataset `load_dataset` accepts."""
     colour = ", ".join(image_id for image_id, _ in SKIMAGE_NATURAL_COLOUR)
@@ -334,7 +698,11 @@ def available() -> list[tuple[str, str]]:
             _SKIMAGE_NATURAL,
             f"photos bundled with scikit-image, no download: {colour} (channels=1 adds {grey})",
         ),
-        (f"{_FOLDER_PREFIX}<path>", "every image file directly inside <path>, sorted by name; ids are file stems"),
+        (
+            f"{_FOLDER_PREFIX}<path>",
+            "every image file directly inside <path>, sorted by name; ids are file stems. Options "
+            f"?protocol=<{'|'.join(PROTOCOLS)}>&recursive=1&list=<file> (docs/datasets.md)",
+        ),
     ]
     for name, (folder, description) in _SHARED_FOLDERS.items():
         state = "present" if folder.is_dir() else "absent"
@@ -350,10 +718,8 @@ def load_dataset(spec: str, size: int, channels: int = 3, n_images: int | None =
     _check_size_channels(size, channels)
     spec = spec.strip()
     if spec.startswith(_FOLDER_PREFIX):
-        folder = spec[len(_FOLDER_PREFIX) :].strip()
-        if not folder:
-            raise DatasetError(f"dataset spec '{spec}' names no folder; write it as '{_FOLDER_PREFIX}<path>'")
-        return ImageFolder(folder, size, channels, n_images)
+        folder, options = _split_folder_spec(spec)
+        return ImageFolder(folder, size, channels, n_images, **options)
     if spec == _SKIMAGE_NATURAL:
         return _skimage_natural(size, channels, n_images)
     if spec in _SHARED_FOLDERS:
@@ -368,6 +734,12 @@ def load_dataset(spec: str, size: int, channels: int = 3, n_images: int | None =
         return dataset
     names = [_SKIMAGE_NATURAL, *_SHARED_FOLDERS]
     listing = f"(available: {', '.join(names)}, {_FOLDER_PREFIX}<path>)"
+    head, mark, query = spec.rpartition("?")
+    if mark and head in _SHARED_FOLDERS:
+        raise DatasetError(
+            f"dataset '{head}' takes no options; options belong to folder specs: "
+            f"'{_FOLDER_PREFIX}{_SHARED_FOLDERS[head][0]}?{query}'"
+        )
     if spec and Path(spec).expanduser().is_dir():
         raise DatasetError(
             f"unknown dataset '{spec}'; it is a folder: did you mean '{_FOLDER_PREFIX}{spec}'? {listing}"

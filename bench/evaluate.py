@@ -20,10 +20,8 @@ from bench.store import SET_COLUMNS, TRACE_COLUMNS, UNIT_COLUMNS, measurement_pa
 if TYPE_CHECKING:
     from bench.settings import RunSettings
 
-__all__ = ["LPIPS_MIN_SIZE", "SET_METRIC_MIN_IMAGES", "RunContext", "evaluate_batch", "fisher_kurtosis", "set_metrics"]
+__all__ = ["SET_METRIC_MIN_IMAGES", "RunContext", "evaluate_batch", "fisher_kurtosis", "set_metrics"]
 
-# LPIPS' AlexNet trunk pools its input down five times: smaller images leave nothing to compare.
-LPIPS_MIN_SIZE = 32
 # FID/KID need a few images per set (the KID subsets hold n // 2 of them; see bench.metrics.fid_kid).
 SET_METRIC_MIN_IMAGES = 4
 
@@ -42,19 +40,42 @@ class RunContext:
     device: Any
     store: Any
     versions: dict[str, str]
+    metrics: tuple[str, ...] = ()  # the selected metrics (`bench.metrics.select`); empty = the defaults
     warm: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        if not self.metrics:
+            from bench.metrics import select
+
+            self.metrics = select(None)
+
+
+def _accumulation_dtype(device: Any) -> Any:
+    """float64 where the device computes it (CPU, CUDA), else float32: Apple's MPS has no float64 at all."""
+    import torch
+
+    return torch.float64 if torch.device(device).type in ("cpu", "cuda") else torch.float32
 
 
 def fisher_kurtosis(eps: Any) -> Any:
-    """Fisher excess kurtosis m4 / m2² − 3 of each image over all its elements: (B, ...) -> (B,) float64.
+    """Fisher excess kurtosis m4 / m2² − 3 of each image over all its elements: (B, ...) -> (B,) on eps' device.
 
-    The biased moment estimator (scipy.stats.kurtosis(fisher=True, bias=True)); 0 for Gaussian noise.
+    The biased moment estimator (scipy.stats.kurtosis(fisher=True, bias=True)); 0 for Gaussian noise. Computed
+    in `_accumulation_dtype` (float64, or float32 where the device lacks float64); the two-pass form (centre
+    first, then take powers) keeps float32 within ~1e-5 of float64, where m4 − 4 m3 μ + ... would cancel.
     """
-    flat = eps.detach().reshape(eps.shape[0], -1).double()
+    flat = eps.detach().reshape(eps.shape[0], -1)
+    flat = flat.to(_accumulation_dtype(flat.device))
     centred = flat - flat.mean(dim=1, keepdim=True)
     m2 = centred.pow(2).mean(dim=1)
     m4 = centred.pow(4).mean(dim=1)
     return m4 / m2.pow(2) - 3.0
+
+
+def _is_per_image(name: str) -> bool:
+    from bench.metrics import spec
+
+    return spec(name).scope == "image"
 
 
 def _base_row(context: RunContext, unit: Any) -> dict[str, Any]:
@@ -75,6 +96,7 @@ def _base_row(context: RunContext, unit: Any) -> dict[str, Any]:
         compiled=bool(getattr(context.prior, "compiled", False)),
         solver_version=context.solvers[unit.solver].version,
         solver_config=context.solver_configs[unit.solver],
+        metrics=",".join(name for name in context.metrics if _is_per_image(name)),
         **context.versions,
     )
 
@@ -130,13 +152,8 @@ def evaluate_batch(context: RunContext, batch: list[Any]) -> tuple[list[dict[str
         estimate = estimate.detach()
         finite = torch.isfinite(estimate.reshape(len(ids), -1)).all(dim=1).tolist()
         safe = torch.nan_to_num(estimate, nan=0.0, posinf=1.0, neginf=-1.0)
-        scores = {
-            "psnr": metrics.psnr(safe, clean),
-            "ssim": metrics.ssim(safe, clean),
-            "consistency": metrics.consistency(bound, safe, y),
-        }
-        if min(clean.shape[-2:]) >= LPIPS_MIN_SIZE:
-            scores["lpips"] = metrics.lpips(safe, clean)
+        scores, missing = metrics.score_images(context.metrics, safe, clean, op=bound, y=y)
+        missed = "; ".join(f"{name}: {why}" for name, why in missing.items())
         warmup = first.solver not in context.warm
         context.warm.add(first.solver)
         for b, row in enumerate(rows):
@@ -155,6 +172,8 @@ def evaluate_batch(context: RunContext, batch: list[Any]) -> tuple[list[dict[str
                 row.update(status="diverged", error="the estimate holds NaN or Inf values")
                 continue
             row.update({name: float(values[b]) for name, values in scores.items()})
+            if missed:  # images and the other scores are kept; `bench score` fills these in later
+                row["metrics_missing"] = missed
         _save_images(context, batch, clean, bound, y, estimate, finite)
         if steps:
             # one transfer for the whole trajectory rather than one per value
@@ -238,8 +257,15 @@ def set_metrics(context: RunContext, units: list[Any]) -> None:
     from bench import metrics
     from bench.data import pil_to_signed, read_image
 
+    if not {"fid", "kid"} & set(context.metrics):
+        return
     statuses = context.store.statuses()
-    known = set() if context.settings.force else set(context.store.sets().get("set_key", []))
+    known = set()
+    if not context.settings.force:
+        sets = context.store.sets()
+        if not sets.empty:  # a set whose scoring failed (no Inception weights, say) is tried again
+            retry = sets["fid"].isna() & sets["note"].fillna("").str.contains("failed:")
+            known = set(sets.loc[~retry, "set_key"])
     groups: dict[tuple[str, str, float], list[Any]] = {}
     for unit in units:
         groups.setdefault(unit.group, []).append(unit)

@@ -14,7 +14,7 @@ import difflib
 import io
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -88,6 +88,46 @@ def ssim(x_hat: Tensor, x: Tensor) -> Tensor:
     if min(x.shape[-2:]) < 11:
         raise MetricError(f"SSIM's 11x11 window needs images of at least 11x11 pixels, got {tuple(x.shape[-2:])}")
     return structural_similarity_index_measure(to_unit(x_hat), to_unit(x), data_range=1.0, reduction="none")
+
+
+# The SSIM of the DDC and DPS evaluation code: skimage's `structural_similarity` on float images in [0, 1]
+# with the library's defaults of the versions they pin: a 7x7 uniform window, the sample covariance
+# (N / (N - 1)), K1 = 0.01, K2 = 0.03, and for float input a data range of 2 (dtype_range of floats is
+# [-1, 1] there; skimage >= 0.20 makes the caller pass it). Colour images: the mean over channels.
+SKIMAGE_SSIM_WINDOW = 7
+SKIMAGE_SSIM_DATA_RANGE = 2.0
+
+
+def ssim_skimage(x_hat: Tensor, x: Tensor) -> Tensor:
+    """SSIM as the DDC/DPS papers computed it (skimage conventions, see above), (B,).
+
+    Written in torch so it runs on the images' device in a batch; `tests/test_metrics.py` checks it against
+    `skimage.metrics.structural_similarity(..., data_range=2, channel_axis=...)` on real photos. skimage
+    filters the whole image and then averages only pixels at least 3 from the border, where the 7x7 window
+    lies inside the image: that is the valid region of an unpadded 7x7 average, which is computed here.
+    Images need H, W >= 7. Computed in float64 where the device has it (CPU, CUDA), as skimage does.
+    """
+    import torch.nn.functional as F
+
+    x_hat, x = _check_pair(x_hat, x)
+    size = SKIMAGE_SSIM_WINDOW
+    if min(x.shape[-2:]) < size:
+        raise MetricError(f"skimage SSIM's {size}x{size} window needs images of at least {size}x{size} pixels")
+    dtype = torch.float64 if x.device.type in ("cpu", "cuda") else torch.float32
+    a, b = to_unit(x_hat).to(dtype), to_unit(x).to(dtype)
+
+    def mean(t: Tensor) -> Tensor:
+        return F.avg_pool2d(t, size, stride=1)
+
+    n = size * size
+    cov_norm = n / (n - 1)  # skimage's use_sample_covariance=True
+    mu_a, mu_b = mean(a), mean(b)
+    var_a = cov_norm * (mean(a * a) - mu_a * mu_a)
+    var_b = cov_norm * (mean(b * b) - mu_b * mu_b)
+    cov = cov_norm * (mean(a * b) - mu_a * mu_b)
+    c1, c2 = (0.01 * SKIMAGE_SSIM_DATA_RANGE) ** 2, (0.03 * SKIMAGE_SSIM_DATA_RANGE) ** 2
+    index = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return index.mean(dim=(1, 2, 3)).float()  # channel mean of each channel's spatial mean (equal sizes)
 
 
 # Loaded networks, keyed by (what, device); each loads once per process.
@@ -323,11 +363,24 @@ def kid(estimates: ImageSet | np.ndarray, references: ImageSet | np.ndarray, **o
 
 @dataclass(frozen=True)
 class MetricSpec:
+    """A registered metric. Per-image metrics are called as fn(x_hat, x) (or fn(op, x_hat, y) when
+    `uses_measurement`) and return (B,); per-set ones compare two image sets. `weights` are the
+    `bench.weights` names the metric loads: a run resolves them before its first unit."""
+
     name: str
     higher_is_better: bool
     scope: Literal["image", "set"]
     description: str
     fn: Callable[..., Any]
+    weights: tuple[str, ...] = ()
+    min_size: int = 1  # smaller images get NaN: the metric is not defined there
+    uses_measurement: bool = False
+    reported_by: str = ""  # which papers report the metric this way
+
+    @property
+    def column(self) -> str:
+        """The metric's column in the store's tables."""
+        return self.name.replace("-", "_")
 
 
 def _lpips_vgg(x_hat: Tensor, x: Tensor) -> Tensor:
@@ -337,15 +390,78 @@ def _lpips_vgg(x_hat: Tensor, x: Tensor) -> Tensor:
 _METRICS: dict[str, MetricSpec] = {
     spec.name: spec
     for spec in (
-        MetricSpec("psnr", True, "image", "PSNR in dB on [0, 1]", psnr),
-        MetricSpec("ssim", True, "image", "SSIM, 11x11 Gaussian window (std 1.5)", ssim),
-        MetricSpec("lpips", False, "image", "LPIPS v0.1, AlexNet", lpips),
-        MetricSpec("lpips-vgg", False, "image", "LPIPS v0.1, VGG16", _lpips_vgg),
-        MetricSpec("consistency", False, "image", "RMS of A(x_hat) - y on the measurement's scale", consistency),
-        MetricSpec("fid", False, "set", "Frechet Inception distance (clean-fid; biased below ~2k images)", fid),
-        MetricSpec("kid", False, "set", "kernel Inception distance, mean and std over subsets (clean-fid)", kid),
+        MetricSpec("psnr", True, "image", "PSNR in dB on [0, 1]", psnr, reported_by="every paper"),
+        MetricSpec(
+            "ssim",
+            True,
+            "image",
+            "SSIM, 11x11 Gaussian window (std 1.5), data range 1",
+            ssim,
+            min_size=11,
+            reported_by="torchmetrics' default (RED-diff)",
+        ),
+        MetricSpec(
+            "ssim-skimage",
+            True,
+            "image",
+            "SSIM as skimage computes it in DDC's and DPS's code: 7x7 uniform window, sample covariance, data range 2",
+            ssim_skimage,
+            min_size=SKIMAGE_SSIM_WINDOW,
+            reported_by="DDC, DPS",
+        ),
+        # LPIPS' AlexNet trunk pools its input down five times: smaller images leave nothing to compare
+        MetricSpec(
+            "lpips",
+            False,
+            "image",
+            "LPIPS v0.1, AlexNet",
+            lpips,
+            weights=("lpips-alex",),
+            min_size=32,
+            reported_by="DDC, RED-diff",
+        ),
+        MetricSpec(
+            "lpips-vgg",
+            False,
+            "image",
+            "LPIPS v0.1, VGG16",
+            _lpips_vgg,
+            weights=("lpips-vgg",),
+            min_size=16,
+            reported_by="DPS, DAPS, InverseBench (piq's VGG)",
+        ),
+        MetricSpec(
+            "consistency",
+            False,
+            "image",
+            "RMS of A(x_hat) - y on the measurement's scale",
+            consistency,
+            uses_measurement=True,
+        ),
+        MetricSpec(
+            "fid",
+            False,
+            "set",
+            "Frechet Inception distance (clean-fid; biased below ~2k images)",
+            fid,
+            weights=("inception-fid",),
+            reported_by="RED-diff (clean-fid)",
+        ),
+        MetricSpec(
+            "kid",
+            False,
+            "set",
+            "kernel Inception distance, mean and std over subsets (clean-fid)",
+            kid,
+            weights=("inception-fid",),
+        ),
     )
 }
+
+#: What `bench run` scores when --metrics is not given.
+DEFAULT_METRICS = ("psnr", "ssim", "lpips", "consistency", "fid", "kid")
+#: Scored in every run whatever --metrics says: they need no network, and the summary and report use them.
+ALWAYS_METRICS = ("psnr", "consistency")
 
 
 def spec(name: str) -> MetricSpec:
@@ -362,9 +478,71 @@ def names(scope: Literal["image", "set"] | None = None) -> list[str]:
     return [m.name for m in _METRICS.values() if scope is None or m.scope == scope]
 
 
+def select(text: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The metric selection of a run, in registry order: the defaults, `+name` added to them, or a full list.
+
+    text: None (the defaults), "lpips-vgg,ssim-skimage" (exactly these), "+lpips-vgg" (the defaults and
+    these), or a sequence of such items. `ALWAYS_METRICS` are always included.
+    """
+    items = [part.strip() for part in (text.split(",") if isinstance(text, str) else (text or ())) if part.strip()]
+    if items and all(item.startswith("+") for item in items):
+        chosen = {*DEFAULT_METRICS, *(item[1:] for item in items)}
+    elif any(item.startswith("+") for item in items):
+        raise MetricError(
+            "--metrics mixes '+name' (add to the defaults) with plain names (exactly these); use one form, "
+            f"e.g. --metrics +lpips-vgg or --metrics {','.join(DEFAULT_METRICS)},lpips-vgg"
+        )
+    else:
+        chosen = set(items or DEFAULT_METRICS)
+    for name in chosen:
+        spec(name)  # an unknown name is an error with a suggestion
+    chosen |= set(ALWAYS_METRICS)
+    return tuple(name for name in _METRICS if name in chosen)
+
+
+def weights_needed(selection: Sequence[str], image_size: int) -> dict[str, list[str]]:
+    """weight name -> the selected metrics that load it, for images of `image_size` pixels a side."""
+    needed: dict[str, list[str]] = {}
+    for name in selection:
+        metric = spec(name)
+        if metric.scope == "image" and image_size < metric.min_size:
+            continue
+        for weight in metric.weights:
+            needed.setdefault(weight, []).append(name)
+    return needed
+
+
+def score_images(
+    selection: Sequence[str], x_hat: Tensor, x: Tensor, *, op: Operator, y: Tensor
+) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The selected per-image metrics of a batch: ({column: (B,) scores}, {metric: why it is missing}).
+
+    A metric whose weights cannot be found is reported missing (its images stay scorable later with
+    `bench score`); any other error propagates. Images smaller than a metric's `min_size` get no score.
+    """
+    from bench.weights import WeightsError
+
+    scores: dict[str, Tensor] = {}
+    missing: dict[str, str] = {}
+    for name in selection:
+        metric = spec(name)
+        if metric.scope != "image" or min(x.shape[-2:]) < metric.min_size:
+            continue
+        try:
+            scores[metric.column] = metric.fn(op, x_hat, y) if metric.uses_measurement else metric.fn(x_hat, x)
+        except WeightsError as error:
+            missing[name] = str(error).splitlines()[0]
+    return scores, missing
+
+
 def available() -> list[tuple[str, str]]:
     """(name, one-line description with direction and scope) for each metric, for `bench list`."""
+    default = set(DEFAULT_METRICS)
     return [
-        (m.name, f"{'higher' if m.higher_is_better else 'lower'} is better, per {m.scope}: {m.description}")
+        (
+            m.name,
+            f"{'higher' if m.higher_is_better else 'lower'} is better, per {m.scope}"
+            f"{', default' if m.name in default else ''}: {m.description}",
+        )
         for m in _METRICS.values()
     ]

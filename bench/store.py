@@ -84,6 +84,14 @@ _VERSIONS = (
     Column("torch_version", "str", "torch.__version__ of the process that wrote the row"),
     Column("bench_version", "str", "bench.__version__"),
     Column("git_commit", "str", 'the code\'s commit, "+dirty" when tracked files differ from it; "unknown" off git'),
+    # The process' numerics switches (`bench.run.numerics_flags`): on a GPU they change results and speed
+    # (TF32 rounds float32 matmuls to 10 mantissa bits), so rows say which were on. Not part of unit keys, like
+    # the versions above. None in rows written before they were recorded.
+    Column("tf32_matmul", "bool", "torch.backends.cuda.matmul.allow_tf32: CUDA float32 matmuls in TF32"),
+    Column("tf32_cudnn", "bool", "torch.backends.cudnn.allow_tf32: cuDNN float32 convolutions in TF32"),
+    Column("float32_matmul_precision", "str", "torch.get_float32_matmul_precision(): highest, high or medium"),
+    Column("deterministic", "bool", "torch.are_deterministic_algorithms_enabled()"),
+    Column("cudnn_benchmark", "bool", "torch.backends.cudnn.benchmark: cuDNN picks convolution kernels by timing"),
 )
 #: Table `units`: one row per (solver, task, σ, image) work unit, in column order.
 UNIT_COLUMNS = (
@@ -101,6 +109,11 @@ UNIT_COLUMNS = (
     Column("ssim", "float64", "SSIM against the clean image", _NAN),
     Column("lpips", "float64", "LPIPS (AlexNet) against the clean image; NaN below 32×32 pixels", _NAN),
     Column("consistency", "float64", "‖A(x̂) − y‖ per measured entry, on the [-1, 1] scale", _NAN),
+    Column("ssim_skimage", "float64", "SSIM the DDC/DPS way (skimage, 7×7 uniform window, range 2)", _NAN),
+    Column("lpips_vgg", "float64", "LPIPS (VGG16) against the clean image; NaN below 16×16 pixels", _NAN),
+    Column("metrics", "str", "the per-image metrics the run asked for, comma-separated (`--metrics`)", ""),
+    Column("metrics_missing", "str", "metrics not scored for lack of weights, with why; `bench score` fills them", ""),
+    Column("metrics_from_png", "str", "metrics `bench score` filled in later from the saved 8-bit PNGs", ""),
     Column("nfe", "int64", "calls of the prior's network, a batched call counted once", 0),
     Column("own_nfe", "int64", "calls of the solver's own networks (DDC's φ, PnP-ADMM's DnCNN, CDDB's bridge)", 0),
     Column("own_networks", "str", "names of those networks, comma-separated", ""),

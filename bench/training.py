@@ -54,7 +54,7 @@ class TrainConfig:
     snapshot_steps: tuple[int, ...] = ()
     seed: int = 0
     device: str = "cpu"
-    amp_dtype: str | None = None  # "bf16" on GPUs that have it; None trains in fp32
+    amp_dtype: str | None = None  # "bf16" on GPUs that have it, "fp16" (with loss scaling); None trains in fp32
     max_wall_seconds: float | None = None  # stop early (with a checkpoint) once this much time is spent
     lr_schedule: str = "constant"  # after warm-up: "constant", or "cosine" decay to 0 at `steps`
 
@@ -137,6 +137,28 @@ def hardware() -> dict[str, Any]:
     return info
 
 
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_dtype(amp_dtype: str | None) -> torch.dtype | None:
+    """The autocast dtype of `TrainConfig.amp_dtype`: None (or "none") trains in float32."""
+    if amp_dtype in (None, "", "none"):
+        return None
+    if amp_dtype not in _AMP_DTYPES:
+        raise ValueError(f"unknown amp_dtype {amp_dtype!r}; use bf16, fp16 or none")
+    return _AMP_DTYPES[amp_dtype]
+
+
+def loss_scaler(amp: torch.dtype | None, device: torch.device) -> torch.amp.GradScaler:
+    """Dynamic loss scaling for float16 autocast, disabled (a pass-through) otherwise.
+
+    float16 gradients below 6e-8 flush to zero and above 65504 become inf; the scaler multiplies the loss by
+    a large factor before backward, divides the gradients before they are used, and skips a step (halving the
+    factor) whose gradients overflowed. bfloat16 has float32's exponent range and needs none.
+    """
+    return torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+
+
 class Trainer:
     """Runs `config.steps` optimisation steps of `loss_fn` on `network`, checkpointing into `out_dir`."""
 
@@ -164,6 +186,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.network.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
         )
+        self.amp = autocast_dtype(config.amp_dtype)
+        self.scaler = loss_scaler(self.amp, self.device)
         self.out_dir = Path(out_dir)
         self.state = TrainState()
         self.description = description or {}
@@ -182,6 +206,7 @@ class Trainer:
                 "state": asdict(self.state),
                 "data_generator": self.data_generator.get_state(),
                 "loss_generator": self.loss_generator.get_state(),
+                "scaler": self.scaler.state_dict(),  # empty unless fp16: its scale resumes where it was
                 "config": json.dumps(asdict(self.config)),
             },
             self.checkpoint_path(),
@@ -198,6 +223,8 @@ class Trainer:
         self.state = TrainState(**ckpt["state"])
         self.data_generator.set_state(ckpt["data_generator"])
         self.loss_generator.set_state(ckpt["loss_generator"])
+        if ckpt.get("scaler") and self.scaler.is_enabled():  # checkpoints from before fp16 scaling have none
+            self.scaler.load_state_dict(ckpt["scaler"])
 
     # ----- the loop --------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -215,15 +242,17 @@ class Trainer:
         images = self.next_batch(self.config.batch_size).to(self.device, non_blocking=True)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.state.step)
-        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.amp_dtype or "")
-        with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             loss = self.loss_fn(self.network, images, self.loss_generator)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {self.state.step}; lower --lr")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # The scaler is a pass-through unless fp16 (see `loss_scaler`): fp32 and bf16 steps are unchanged.
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)  # clip the true gradient, not the scaled one
         nn.utils.clip_grad_norm_(self.network.parameters(), self.config.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # skipped when a gradient overflowed; the scale then halves
+        self.scaler.update()
         update_ema(self.ema, self.network, ema_decay_at(self.state.step, self.config.ema_decay))
         self.state.step += 1
         self.state.images_seen += images.shape[0]

@@ -173,12 +173,48 @@ class SeparableOperator(Operator):
         return svd.v(padded)
 
 
+# SuperResolution's `kernel` option. "bicubic" is this project's sr4/sr8; the other two are the degradations the
+# released I²SB / CDDB bridges were trained on (I²SB corruption/superresolution.py, from DDRM), so that a bridge
+# and the operator it was trained for can be paired.
+SR_KERNELS = ("bicubic", "pool", "ddrm-bicubic")
+
+
+def box_downsample_matrix(n: int, factor: int) -> Tensor:
+    """The (n/factor x n) matrix averaging each run of `factor` pixels: DDRM's / I²SB's "pool" SR in 1-D."""
+    matrix = torch.zeros(n // factor, n, dtype=torch.float64)
+    for i in range(n // factor):
+        matrix[i, i * factor : (i + 1) * factor] = 1.0 / factor
+    return matrix
+
+
+def ddrm_bicubic_downsample_matrix(n: int, factor: int, a: float = -0.5) -> Tensor:
+    """The (n/factor x n) matrix of DDRM's SRConv bicubic (I²SB's "sr4x-bicubic"), in float64.
+
+    The same Keys kernel stretched by the factor as `bicubic_downsample_matrix` (4·factor taps, normalised,
+    centred between pixels), but with symmetric padding that repeats the edge pixel (index -1 maps to 0) where
+    ours mirrors without repeating it. DDRM also zeroes 1-D singular values below 3e-2 before applying it; for
+    factor 4 the smallest is about 0.35 at any size, so that truncation changes nothing there.
+    """
+    taps = 4 * factor
+    offsets = torch.arange(taps, dtype=torch.float64) - taps // 2 + 0.5  # tap k sits at (k - 2·factor + 0.5)
+    kernel = keys_cubic(offsets / factor, a)
+    kernel = kernel / kernel.sum()
+    matrix = torch.zeros(n // factor, n, dtype=torch.float64)
+    for row, centre in enumerate(range(factor // 2, n + factor // 2, factor)):
+        for k, w in enumerate(kernel.tolist()):
+            j = centre - taps // 2 + k
+            j = -j - 1 if j < 0 else (2 * n - 1 - j if j >= n else j)  # symmetric: the edge pixel repeats
+            matrix[row, j] += w
+    return matrix
+
+
 class SuperResolution(SeparableOperator):
-    """Bicubic downsampling by an integer factor (antialiased Keys kernel, a = -0.5, reflect padding)."""
+    """Downsampling by an integer factor: bicubic (antialiased Keys kernel, a = -0.5, reflect padding) by default;
+    `kernel="pool"` or `"ddrm-bicubic"` give the degradations of I²SB's released bridges (see SR_KERNELS)."""
 
     task = "sr"
 
-    def __init__(self, shape, factor: int = 4, rcond: float = DEFAULT_RCOND):
+    def __init__(self, shape, factor: int = 4, rcond: float = DEFAULT_RCOND, kernel: str = "bicubic"):
         factor = int(factor)
         _, h, w = check_shape(shape)
         if factor < 1:
@@ -188,12 +224,23 @@ class SuperResolution(SeparableOperator):
                 f"image size {h}x{w} is not divisible by the SR factor {factor}; "
                 f"crop or resize to a multiple of {factor} (e.g. {h - h % factor}x{w - w % factor})"
             )
-        self.factor = factor
+        if kernel not in SR_KERNELS:
+            raise OperatorError(f"unknown SR kernel {kernel!r}; choose one of {', '.join(SR_KERNELS)}")
+        if kernel == "ddrm-bicubic" and factor % 2:
+            raise OperatorError(f"the ddrm-bicubic kernel needs an even factor (DDRM centres taps at factor/2), got {factor}")
+        self.factor, self.kernel = factor, kernel
         self.task = f"sr{factor}"
-        super().__init__(shape, bicubic_downsample_matrix(h, factor), bicubic_downsample_matrix(w, factor), rcond)
+        matrix = {"bicubic": bicubic_downsample_matrix, "pool": box_downsample_matrix}.get(
+            kernel, ddrm_bicubic_downsample_matrix
+        )
+        super().__init__(shape, matrix(h, factor), matrix(w, factor), rcond)
 
     def params(self) -> dict[str, Any]:
-        return {
+        if self.kernel == "pool":
+            return {"factor": self.factor, "kernel": "pool", "padding": "none", "rcond": self.rcond}
+        if self.kernel == "ddrm-bicubic":
+            return {"factor": self.factor, "kernel": "ddrm-bicubic", "padding": "symmetric", "rcond": self.rcond}
+        return {  # unchanged from before the kernel option, so that stored results keep their keys
             "factor": self.factor,
             "kernel": "bicubic-keys-a-0.5-antialiased",
             "padding": "reflect",

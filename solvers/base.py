@@ -123,7 +123,7 @@ class Solver:
         """
         self.check(op, sigma)
         check_inputs(self.name, y, op, prior if self.uses_prior else None, generators)
-        reason = self.prior_mismatch(prior)
+        reason = self.precision_mismatch(getattr(prior, "dtype", torch.float32)) or self.prior_mismatch(prior)
         if reason:
             raise SolverError(reason)
         return self.solve(y, op, prior, sigma=sigma, generators=generators, callback=callback).clamp(-1, 1)
@@ -147,6 +147,24 @@ class Solver:
         total = getattr(prior, "num_timesteps", None)
         if self.uses_prior and isinstance(steps, int) and isinstance(total, int) and steps > total:
             return f"{self.name}.steps={steps} exceeds the {total} timesteps of the prior"
+        return None
+
+    def precision_mismatch(self, dtype: torch.dtype | str) -> str | None:
+        """Why this solver refuses a prior whose network computes in `dtype` ('fp16', torch.float16, ...), or None.
+
+        float16 autocast without loss scaling flushes gradients below 6e-8 to zero and turns those above 65504
+        into inf; a solver that backpropagates through the prior's network takes its data-consistency step from
+        such a gradient. Scaling it would need each solver to redo a step whose scaled gradient overflowed (an
+        extra network call that changes the method's cost), so it is refused instead: bfloat16 has float32's
+        exponent range and needs no scaling.
+        """
+        name = str(dtype).removeprefix("torch.").lower()
+        if self.backprop_through_network and self.uses_prior and name in ("float16", "fp16", "half"):
+            return (
+                f"{self.name} backpropagates through the prior's network, and float16 gradients without loss "
+                "scaling underflow to 0 or overflow to inf; use dtype bf16 (--dtype bf16: float32's range, "
+                f"no scaling needed) or fp32 for {self.name}"
+            )
         return None
 
     def missing_weights(self) -> str | None:

@@ -8,11 +8,20 @@ and predicts a residual Δ that moves x̂₀ toward data consistency (paper Eq. 
 The reverse step is the DDPM posterior q(x_s | x_t, x̂₀,y) with the corrected estimate (paper Eq. 22), with the
 prior's learned variance where it has one. φ is trained by `python -m bench train-ddc` (bench/train_ddc.py).
 
-One departure from the official code, recorded in each network's provenance and checked when it loads: φ sees
-x̂₀ clipped to [-1, 1] (`clip_x0`, see bench.train_ddc.CLIP_X0); `--set ddc.clip_x0=false` runs a network
-trained on the unclipped x̂₀ as the official code does. Two names share this sampler: `ddc` (φ trained with
-the LPIPS term, bench/assets/ddc-natural64) and `ddc-nolpips` (the paper's "DDC w/o LPIPS" ablation,
-bench/assets/ddc-natural64-nolpips).
+Each φ folder's provenance.json states the conventions its network was trained with, and the sampler follows
+them (`DDCConfig` options left at None); an explicit option that contradicts them is an error naming the fix, and
+a folder without provenance.json is refused (the DDC authors' released φ gets one from `python -m bench
+import-ddc`, solvers/ddc_official.py). The conventions:
+
+- clip_x0: φ sees x̂₀ clipped to [-1, 1] (our trained networks, see bench.train_ddc.CLIP_X0) or unclipped (the
+  official code and its released φ).
+- y_to_image: how y reaches image size (see `measurement_to_image`).
+- inpaint_unobserved: what φ sees where the measurement observes nothing. `Operator.measure` zeroes those
+  pixels ("zero", how our φ are trained); the official code adds the noise after masking, so they hold noise
+  of the measurement's std ("noise", drawn from the solver's per-image generators, see `fill_unobserved`).
+
+Two names share this sampler: `ddc` (φ trained with the LPIPS term, bench/assets/ddc-natural64) and
+`ddc-nolpips` (the paper's "DDC w/o LPIPS" ablation, bench/assets/ddc-natural64-nolpips).
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from operators import Cap, Operator, randn_per_image
+from operators.base import noise_std
 
 from . import register
 from .base import Solver, SolverConfig, SolverError, StepCallback
@@ -35,6 +45,12 @@ from .uncond import posterior_step
 
 ASSETS = Path(__file__).resolve().parents[1] / "bench" / "assets"
 Y_TO_IMAGE = ("replicate", "pinv")
+INPAINT_UNOBSERVED = ("zero", "noise")
+PROVENANCE = "provenance.json"
+# What a φ without a recorded convention gets: our trainer's choices (a φ injected as a function has no folder).
+# clip_x0 False for a provenance.json that predates the key: those networks were trained unclipped.
+DEFAULT_CONVENTIONS = {"y_to_image": "replicate", "clip_x0": True, "inpaint_unobserved": "zero"}
+LEGACY_PROVENANCE = {"y_to_image": "replicate", "clip_x0": False, "inpaint_unobserved": "zero"}
 
 # φ as a plain function: (x̂₀ (B, C, H, W), y brought to image size (B, C, H, W), t (B,) int64) -> Δ (B, C, H, W)
 Phi = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -44,10 +60,13 @@ Phi = Callable[[Tensor, Tensor, Tensor], Tensor]
 class DDCConfig(SolverConfig):
     steps: int = 5  # DDC paper Sec. 4 / Appendix B: 5 steps (official schedule 800, 600, 400, 200, 0)
     network: str = "natural64"  # φ weights: a folder under bench/assets/ddc-<name>/, or a path to such a folder
-    y_to_image: str = "replicate"  # official code: adaptive average pooling to image size (nearest for SR)
-    clip_x0: bool = True  # φ sees x̂₀ clipped to [-1, 1], as natural64's φ was trained (bench.train_ddc.CLIP_X0)
+    # The conventions below default to None: "as the network's provenance.json says" (see the module docstring).
+    # "replicate" equals the official adaptive average pooling on every built-in task (see measurement_to_image).
+    y_to_image: str | None = None  # "replicate" or "pinv"
+    clip_x0: bool | None = None  # True: φ sees x̂₀ clipped to [-1, 1] (ours); False: unclipped (official)
     # A φ trained at the sampler's timesteps only refuses other step counts; true runs it anyway (steps ablation).
     off_schedule: bool = False
+    inpaint_unobserved: str | None = None  # "zero" (Operator.measure, ours) or "noise" (official): see fill_unobserved
 
 
 DC_WEIGHTS = "output_dc.safetensors"  # the mean-passing gain of a φ built with output_dc=True
@@ -87,8 +106,11 @@ def measurement_to_image(y: Tensor, op: Operator, mode: str = "replicate") -> Te
     """y (B, *op.measurement_shape) brought to the image shape (B, C, H, W): φ's second input.
 
     "replicate": image-sized measurements (blur, inpainting, JPEG, denoising) are used as they are; a
-        measurement smaller by an integer factor (super-resolution) is replicated nearest-neighbour, which is
-        what the official code's adaptive average pooling to image size does for SR.
+        measurement smaller by an integer factor (super-resolution) is replicated nearest-neighbour. The
+        official code's `AdaptiveAvgPool2d` to image size does exactly this whenever the size ratio is an
+        integer (each output pixel's pooling window holds one input pixel; identity at equal size), i.e. on
+        every built-in task (tests/test_ddc_official.py checks it bit for bit); shapes that it would average,
+        not replicate, are refused here.
     "pinv": A⁺y, the pseudo-inverse's image.
     """
     if mode == "pinv":
@@ -105,6 +127,28 @@ def measurement_to_image(y: Tensor, op: Operator, mode: str = "replicate") -> Te
     raise SolverError(
         f"ddc: cannot replicate a {measured} measurement of {op.task} to a {image} image; use --set ddc.y_to_image=pinv"
     )
+
+
+def unobserved_mask(op: Operator, like: Tensor) -> Tensor:
+    """(B, *op.measurement_shape) bool: the entries `op.restrict` zeroes, i.e. that y observes nothing of.
+
+    Inpainting's hidden pixels; all False for operators that observe every entry of their measurement.
+    """
+    return op.restrict(torch.ones_like(like)) == 0
+
+
+def fill_unobserved(y: Tensor, op: Operator, sigma: float, generators: Sequence[torch.Generator]) -> Tensor:
+    """y (B, *op.measurement_shape) with its unobserved entries replaced by N(0, noise_std(σ)²) noise.
+
+    The official DDC code adds the measurement noise after masking, so the pixels inpainting hides hold noise;
+    `Operator.measure` zeroes them. This gives φ the measurement it was trained on. Image b's noise comes from
+    generators[b] alone (one draw of the measurement's shape per image), so it does not depend on the batch.
+    """
+    hidden = unobserved_mask(op, y)
+    if not hidden.any():
+        return y
+    noise = randn_per_image(tuple(y.shape[1:]), generators, dtype=y.dtype, device=y.device)
+    return torch.where(hidden, noise_std(float(sigma)) * noise, y)
 
 
 def corrected_prediction(prior, phi: nn.Module | Phi, x_t: Tensor, t: int, y_image: Tensor, *, clip_x0: bool):
@@ -128,6 +172,26 @@ def network_folder(network: str) -> Path:
     """The folder of φ weights named by `network`: bench/assets/ddc-<name>/ for a bare name, else a path."""
     named = ASSETS / f"ddc-{network}"
     return named if "/" not in network and not Path(network).is_dir() else Path(network)
+
+
+def read_provenance(folder: str | Path) -> dict[str, Any] | None:
+    """The provenance.json of a φ folder as a dict, or None where the folder has none."""
+    path = Path(folder) / PROVENANCE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise SolverError(f"ddc: cannot read {path}: {error}; re-save or re-import the network") from None
+    if not isinstance(record, dict):
+        raise SolverError(f"ddc: {path} must hold a JSON object; re-save or re-import the network")
+    return record
+
+
+def trained_conventions(provenance: dict[str, Any]) -> dict[str, Any]:
+    """The conventions (y_to_image, clip_x0, inpaint_unobserved) a φ was trained with, from its provenance;
+    keys the record lacks take `LEGACY_PROVENANCE`'s values (networks saved before the key existed)."""
+    return {key: provenance.get(key, default) for key, default in LEGACY_PROVENANCE.items()}
 
 
 def load_phi(folder: str | Path) -> tuple[DeltaNetwork, dict[str, Any]]:
@@ -154,8 +218,7 @@ def load_phi(folder: str | Path) -> tuple[DeltaNetwork, dict[str, Any]]:
         load_exact(unet, load_file(str(weights_path), device="cpu"))
     except WeightsError as error:
         raise SolverError(f"ddc: {weights_path} does not fit its config: {error}") from None
-    provenance_path = folder / "provenance.json"
-    provenance = json.loads(provenance_path.read_text()) if provenance_path.is_file() else {}
+    provenance = read_provenance(folder) or {}
     output_dc = bool(provenance.get("output_dc", False))
     network = DeltaNetwork(unet, output_dc=output_dc)
     dc_path = folder / DC_WEIGHTS
@@ -184,41 +247,66 @@ class DDC(Solver):
         return self.config.steps  # one prior call per step
 
     def __init__(self, config: SolverConfig | None = None, *, phi: nn.Module | Phi | None = None, **overrides: Any):
+        """`self.requested` keeps the options as given (None: follow the provenance); `self.config` holds them
+        resolved against the network's provenance.json, so that code reading `config.clip_x0` sees what runs."""
         super().__init__(config, **overrides)
+        self.requested = self.config
         self._provenance: dict[str, Any] | None = None
-        if self.config.y_to_image not in Y_TO_IMAGE:
+        if self.requested.y_to_image is not None and self.requested.y_to_image not in Y_TO_IMAGE:
             raise SolverError(
-                f"ddc: unknown y_to_image '{self.config.y_to_image}' (available: {', '.join(Y_TO_IMAGE)})"
+                f"ddc: unknown y_to_image '{self.requested.y_to_image}' (available: {', '.join(Y_TO_IMAGE)})"
+            )
+        unobserved = self.requested.inpaint_unobserved
+        if unobserved is not None and unobserved not in INPAINT_UNOBSERVED:
+            raise SolverError(
+                f"ddc: unknown inpaint_unobserved '{unobserved}' (available: {', '.join(INPAINT_UNOBSERVED)})"
             )
         if int(self.config.steps) < 1:
             raise SolverError(f"ddc: steps must be >= 1, got {self.config.steps}")
         self._phi = phi
         self._trained_for: dict[str, Any] | None = None  # the prior spec φ was trained with, from its provenance
+        # Before φ loads, from provenance.json alone (result keys are computed before any weights load).
+        on_disk = None if phi is not None else read_provenance(network_folder(self.config.network))
+        self.config = self._resolved(on_disk)
+
+    def _resolved(self, provenance: dict[str, Any] | None) -> DDCConfig:
+        """The requested config with each convention left at None taken from `provenance` (None: no record,
+        e.g. an injected φ or a folder not there yet, whose conventions are `DEFAULT_CONVENTIONS`)."""
+        known = DEFAULT_CONVENTIONS if provenance is None else trained_conventions(provenance)
+        chosen = {key: getattr(self.requested, key) for key in DEFAULT_CONVENTIONS}
+        return dataclasses.replace(
+            self.requested, **{key: known[key] if value is None else value for key, value in chosen.items()}
+        )
+
+    def spec(self) -> dict[str, Any]:
+        """The resolved config; inpaint_unobserved appears only off "zero", so that results stored before the
+        option existed keep their keys (a shipped φ resolves to exactly the config it had then)."""
+        spec = super().spec()
+        if spec["config"]["inpaint_unobserved"] == "zero":
+            del spec["config"]["inpaint_unobserved"]
+        return spec
 
     def missing_weights(self) -> str | None:
         if self._phi is not None:
             return None
         folder = network_folder(self.config.network)
-        if (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file():
-            return None
-        return f"ddc: no trained φ network at {folder}; train one with `python -m bench train-ddc`"
+        if not (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file():
+            return f"ddc: no trained φ network at {folder}; train one with `python -m bench train-ddc`"
+        if not (folder / PROVENANCE).is_file():
+            return _unprovenanced(folder)
+        return None
 
     def phi(self, device: torch.device) -> nn.Module | Phi:
-        """The φ network: the injected one, else loaded (once) from `config.network`."""
+        """The φ network: the injected one, else loaded (once) from `config.network`, whose provenance must
+        agree with every convention set explicitly."""
         if self._phi is None:
-            network, provenance = load_phi(network_folder(self.config.network))
-            trained_with = provenance.get("y_to_image")
-            if trained_with is not None and trained_with != self.config.y_to_image:
-                raise SolverError(
-                    f"ddc: the network at {self.config.network} was trained with y_to_image={trained_with}; "
-                    f"use --set ddc.y_to_image={trained_with}"
-                )
-            clipped = bool(provenance.get("clip_x0", False))  # networks from before the option: unclipped
-            if provenance and clipped != bool(self.config.clip_x0):
-                raise SolverError(
-                    f"ddc: the network at {self.config.network} was trained with clip_x0={clipped}; "
-                    f"use --set ddc.clip_x0={str(clipped).lower()}"
-                )
+            folder = network_folder(self.config.network)
+            network, _ = load_phi(folder)
+            provenance = read_provenance(folder)
+            if provenance is None:
+                raise SolverError(_unprovenanced(folder))
+            self._check_conventions(trained_conventions(provenance))
+            self.config = self._resolved(provenance)
             self._phi = network
             self._provenance = provenance
             self._trained_for = provenance.get("prior") if isinstance(provenance.get("prior"), dict) else None
@@ -226,8 +314,29 @@ class DDC(Solver):
             self._phi.to(device)
         return self._phi
 
+    def _check_conventions(self, trained: dict[str, Any]) -> None:
+        """An explicit option that contradicts the provenance is an error: φ would see inputs unlike its training's."""
+        for key, value in trained.items():
+            asked = getattr(self.requested, key)
+            if asked is not None and asked != value:
+                shown = str(value).lower() if isinstance(value, bool) else value
+                raise SolverError(
+                    f"ddc: the network at {self.config.network} was trained with {key}={value}; "
+                    f"use --set ddc.{key}={shown} (or leave ddc.{key} unset to follow its provenance.json)"
+                )
+
     def _check_prior(self, prior) -> None:
-        """φ corrects one prior's x̂₀: refuse a network whose provenance names another prior's weights."""
+        """φ corrects one prior's x̂₀: refuse a network whose provenance names another prior's weights, or
+        another architecture preset (the official φ: ADM ImageNet-256)."""
+        preset = ((self._trained_for or {}).get("config") or {}).get("preset")
+        current = prior.spec() if hasattr(prior, "spec") else {}
+        current_preset = (current.get("config") or {}).get("preset")
+        if preset and current_preset != preset:
+            raise SolverError(
+                f"ddc: the φ network '{self.config.network}' was trained for an ADM prior of preset '{preset}', "
+                f"not this one ({current.get('kind')}, preset {current_preset}); run it with "
+                f"--prior adm:<checkpoint>?preset={preset} (adm-random:<architecture> for tests)"
+            )
         trained = (self._trained_for or {}).get("checkpoint_sha256")
         current = prior.spec().get("checkpoint_sha256") if hasattr(prior, "spec") else None
         if trained and current and trained != current:
@@ -254,10 +363,13 @@ class DDC(Solver):
         shape, device = prior.image_shape, prior.device
         phi = self.counted("phi", self.phi(device))
         self._check_prior(prior)
-        y_image = measurement_to_image(y.to(device), op, self.config.y_to_image)
         ts = prior.timesteps(self.config.steps)
         self._check_schedule(ts)
         x = randn_per_image(shape, generators, dtype=torch.float32, device=device)
+        y = y.to(device)
+        if self.config.inpaint_unobserved == "noise":  # drawn after x_T, which stays the one "zero" draws
+            y = fill_unobserved(y, op, sigma, generators)
+        y_image = measurement_to_image(y, op, self.config.y_to_image)
         for i, (t, s) in enumerate(zip(ts, [*ts[1:], -1], strict=True)):
             with torch.no_grad():
                 corrected = corrected_prediction(prior, phi, x, t, y_image, clip_x0=self.config.clip_x0)
@@ -279,6 +391,15 @@ class DDC(Solver):
                 f"{len(trained)}-step sampler, and {self.config.steps} steps visit {unseen[:6]} too; run "
                 f"ddc.steps={len(trained)}, or --set ddc.off_schedule=true to run it off its training schedule"
             )
+
+
+def _unprovenanced(folder: Path) -> str:
+    return (
+        f"ddc: the φ network at {folder} has no {PROVENANCE}, so the conventions it was trained with (x̂₀ clipped "
+        "or not, how y reaches image size, inpainting's unobserved pixels) are unknown and it is not run; for "
+        "the DDC authors' released φ run `python -m bench import-ddc <their folder> <new folder>` and pass the "
+        "new folder; a φ of ours gets its provenance.json from `python -m bench train-ddc`"
+    )
 
 
 @dataclasses.dataclass(frozen=True)

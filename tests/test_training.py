@@ -153,3 +153,50 @@ def test_trainer_learning_rate_warms_up_then_follows_its_schedule():
     assert constant.lr_at(100) == pytest.approx(1e-3)
     with pytest.raises(ValueError, match="unknown lr_schedule 'step'"):
         trainer("step").lr_at(50)
+
+
+def _tiny_trainer(tmp_path: Path, amp_dtype: str | None, loss_fn=None):
+    from bench.training import TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    config = TrainConfig(steps=1, batch_size=4, warmup_steps=1, amp_dtype=amp_dtype)
+    batch = torch.randn(4, 8, generator=torch.Generator().manual_seed(1))
+
+    def mse(network, images, generator):
+        return (network(images).float() - images).square().mean()
+
+    return Trainer(torch.nn.Linear(8, 8), loss_fn or mse, lambda b: batch, torch.Generator(), config, tmp_path)
+
+
+def test_fp16_training_scales_the_loss_and_skips_overflowing_steps(tmp_path):
+    trainer = _tiny_trainer(tmp_path, "fp16")
+    assert trainer.scaler.is_enabled() and trainer.amp == torch.float16
+    calls: list[str] = []
+    for name in ("scale", "unscale_", "step", "update"):
+        method = getattr(trainer.scaler, name)
+        setattr(trainer.scaler, name, lambda *a, _m=method, _n=name: calls.append(_n) or _m(*a))
+    before = trainer.network.weight.detach().clone()
+    assert torch.isfinite(trainer.train_step())
+    assert calls == ["scale", "unscale_", "step", "update"]
+    assert not torch.equal(trainer.network.weight, before)  # a finite step was taken
+
+    # A gradient beyond float16's range (65504) once scaled: the step is skipped and the scale halves.
+    def overflowing(network, images, generator):
+        return (network(images).float() * 1e30).mean()
+
+    huge = _tiny_trainer(tmp_path, "fp16", overflowing)
+    scale, weight = huge.scaler.get_scale(), huge.network.weight.detach().clone()
+    huge.train_step()
+    assert torch.equal(huge.network.weight, weight) and huge.scaler.get_scale() == scale / 2
+    # --resume continues with the scale reached, not the initial one
+    huge.save_checkpoint()
+    resumed = _tiny_trainer(tmp_path, "fp16")
+    resumed.load_checkpoint()
+    assert resumed.scaler.get_scale() == scale / 2
+
+
+def test_bf16_and_fp32_training_use_no_loss_scaling(tmp_path):
+    assert not _tiny_trainer(tmp_path, "bf16").scaler.is_enabled()
+    assert not _tiny_trainer(tmp_path, None).scaler.is_enabled()
+    with pytest.raises(ValueError, match="unknown amp_dtype 'fp8'; use bf16, fp16 or none"):
+        _tiny_trainer(tmp_path, "fp8")

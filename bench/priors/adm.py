@@ -98,6 +98,28 @@ class ADMConfig:
         return frozenset(level for level in levels if self.image_size >> level in self.attention_resolutions)
 
 
+@dataclass(frozen=True)
+class ADMConfigWithOutputs(ADMConfig):
+    """An ADMConfig whose output width is its own field instead of following ``in_channels`` and ``learn_sigma``:
+    I²SB's conditional bridge takes [x_n, x₁] (6 channels) and predicts 3 (fixed variance).
+
+    A subclass rather than a new ADMConfig field because ``asdict(ADMConfig)`` is part of every ADM prior's spec,
+    hence of every stored result's key: a field there, even defaulted, would re-key all stored ADM results.
+    """
+
+    output_channels: int = 3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.output_channels, bool) or not isinstance(self.output_channels, int) or self.output_channels < 1:
+            raise ValueError(f"output_channels must be a positive integer, got {self.output_channels!r}")
+
+    @property
+    def out_channels(self) -> int:
+        """Output channels, as set by ``output_channels``."""
+        return self.output_channels
+
+
 PRESETS: dict[str, ADMConfig] = {
     # 256x256_diffusion_uncond.pt: MODEL_FLAGS of the unconditional ImageNet-256 model in guided-diffusion's
     # README; channel_mult is create_model's default for image_size 256. 552,814,086 parameters.
@@ -213,9 +235,17 @@ def legacy_qkv_attention(qkv: torch.Tensor, num_heads: int, implementation: str 
             f"unknown attention implementation {implementation!r} (available: {', '.join(ATTENTION_IMPLEMENTATIONS)})"
         )
     batch, _, length = qkv.shape
-    q, k, v = _split_heads(qkv, num_heads)
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-    return out.transpose(1, 2).reshape(batch, -1, length)
+    q, k, v = (_heads_first(x, batch, num_heads) for x in _split_heads(qkv, num_heads))
+    out = F.scaled_dot_product_attention(q, k, v)  # (B, H, T, C)
+    return out.permute(0, 1, 3, 2).reshape(batch, -1, length)
+
+
+def _heads_first(x: torch.Tensor, batch: int, num_heads: int) -> torch.Tensor:
+    """(B*H, C, T) -> (B, H, T, C), contiguous. CUDA's flash and memory-efficient SDPA kernels take only
+    4-D (batch, heads, sequence, head_dim) inputs whose last dimension has stride 1; anything else falls
+    back to the math kernel, which keeps the T x T matrix."""
+    _, channels, length = x.shape
+    return x.reshape(batch, num_heads, channels, length).transpose(2, 3).contiguous()
 
 
 def legacy_qkv_attention_reference(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
