@@ -326,6 +326,14 @@ def _cmd_train_bridge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import_bridge(args: argparse.Namespace) -> int:
+    from solvers.cddb_official import import_bridge
+
+    dest = import_bridge(args.src, args.dest, task=args.task, adm_options=args.adm_options)
+    print(f"imported bridge written to {dest} (use it with --set cddb.bridge={dest})")
+    return 0
+
+
 def _int_list(text: str, flag: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(","))
@@ -457,6 +465,19 @@ def build_parser() -> argparse.ArgumentParser:
     bridge.add_argument("--cond-x1", action="store_true", help="also give the network x₁ = A⁺y (I²SB --cond-x1)")
     bridge.add_argument("--warmup-steps", type=int, default=None, help="linear learning-rate warm-up (default: 200)")
     bridge.set_defaults(func=_cmd_train_bridge)
+
+    imported = commands.add_parser(
+        "import-bridge", help="import a released I²SB / CDDB bridge (latest.pt + options.pkl) as a bridge folder"
+    )
+    imported.add_argument("src", help="the folder holding latest.pt and options.pkl")
+    imported.add_argument("dest", help="the bridge folder to write (replaced whole)")
+    imported.add_argument("--task", choices=["sr4", "jpeg10"], help="check that the bridge is for this task")
+    imported.add_argument(
+        "--adm-options",
+        default=None,
+        help="I²SB's data/256x256_diffusion_*_fixedsigma.pkl (the ADM's create_model arguments); default: its values",
+    )
+    imported.set_defaults(func=_cmd_import_bridge)
 
     ddc = commands.add_parser("train-ddc", help="train DDC's data-consistency network (Algorithm 2) on photos")
     _add_training_options(ddc, steps=160_000, batch_size=8, lr=1e-4, size=None)

@@ -7,7 +7,8 @@ size and one measurement noise, and the solver refuses any other: `bridge.json` 
 operator's full spec and the schedule.
 
 The network is a diffusers UNet2DModel on x_n (and, with `cond_x1`, x₁ concatenated on channels, I²SB's
-`--cond-x1`), conditioned on the integer step. I²SB's networks are ADM-256 started from the unconditional
+`--cond-x1`), conditioned on the integer step, wrapped in solvers.bridge_network.BridgeNetwork: the loader
+(`load_bridge`) lives beside the solver that uses it and is re-exported here. I²SB's networks are ADM-256 started from the unconditional
 ImageNet prior; the 64² default here is a few million parameters trained from scratch, with its output
 convolution zero-initialised so that training starts from x̂₀ = x_n.
 """
@@ -25,9 +26,11 @@ from torch import Tensor, nn
 from bench.files import atomic_write_text, replace_folder
 from bench.training import TrainConfig, Trainer, crop_batches, data_record
 from operators.base import noise_std
+from solvers.bridge_network import BRIDGE_FILE, BridgeNetwork, load_bridge
 from solvers.bridge_schedule import DEFAULT_BETA_MAX, BridgeSchedule
 
-BRIDGE_FILE = "bridge.json"
+__all__ = ["BRIDGE_FILE", "BridgeNetwork", "load_bridge", "save_bridge", "train_bridge"]  # the first three re-exported
+
 LAYERS_PER_BLOCK = 1
 DEFAULT_CHANNELS = (32, 64, 128, 128)
 # I²SB trains with AdamW at lr 5e-5, batch 256 and EMA 0.99 for its ADM; a small network from scratch on a
@@ -52,21 +55,6 @@ def bridge_unet_config(size: int, channels: int, block_out_channels: Sequence[in
         "norm_num_groups": min(32, min(blocks)),
         "dropout": 0.0,
     }
-
-
-class BridgeNetwork(nn.Module):
-    """(x_n (B, C, H, W), n (B,) int64, x₁ (B, C, H, W)) -> the prediction of (x_n − x₀)/σ_n.
-
-    x₁ is concatenated to the input only when the network was built with cond_x1; otherwise it is ignored."""
-
-    def __init__(self, unet: nn.Module, *, cond_x1: bool):
-        super().__init__()
-        self.unet = unet
-        self.cond_x1 = cond_x1
-
-    def forward(self, x_n: Tensor, n: Tensor, x1: Tensor) -> Tensor:
-        inputs = torch.cat([x_n, x1], dim=1) if self.cond_x1 else x_n
-        return self.unet(inputs, n).sample
 
 
 def build_bridge_network(
@@ -129,38 +117,6 @@ def save_bridge(network: BridgeNetwork, out_dir: Path, provenance: dict[str, Any
         atomic_write_text(folder / "provenance.json", json.dumps(provenance, indent=2) + "\n")
 
     replace_folder(out_dir, write)
-
-
-def load_bridge(folder: str | Path) -> tuple[BridgeNetwork, dict[str, Any]]:
-    """(network in eval mode, the bridge record of bridge.json) from a folder written by `save_bridge`.
-
-    Strict: a missing file, or a key the config does not expect (or lacks), is an error naming it."""
-    from diffusers import UNet2DModel
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    config_path = folder / "unet" / "config.json"
-    weights_path = folder / "unet" / "diffusion_pytorch_model.safetensors"
-    record_path = folder / BRIDGE_FILE
-    for path in (config_path, weights_path, record_path):
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"bridge file {path} is missing; train a bridge with `python -m bench train-bridge --task <task> "
-                "--data <photos> --out <dir>` and use <dir>/final"
-            )
-    record = json.loads(record_path.read_text())
-    for key in ("task", "operator", "image_shape", "sigma", "schedule", "cond_x1"):
-        if key not in record:
-            raise ValueError(f"{record_path} has no '{key}'; re-save the bridge with bench.train_bridge.save_bridge")
-    from bench.weights import WeightsError, load_exact
-
-    unet = UNet2DModel.from_config(json.loads(config_path.read_text()))
-    try:
-        load_exact(unet, load_file(str(weights_path), device="cpu"))
-    except WeightsError as error:
-        raise ValueError(f"{weights_path} does not fit its config: {error}") from None
-    network = BridgeNetwork(unet, cond_x1=bool(record["cond_x1"]))
-    return network.eval().requires_grad_(False), record
 
 
 def train_bridge(

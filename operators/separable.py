@@ -227,7 +227,9 @@ class SuperResolution(SeparableOperator):
         if kernel not in SR_KERNELS:
             raise OperatorError(f"unknown SR kernel {kernel!r}; choose one of {', '.join(SR_KERNELS)}")
         if kernel == "ddrm-bicubic" and factor % 2:
-            raise OperatorError(f"the ddrm-bicubic kernel needs an even factor (DDRM centres taps at factor/2), got {factor}")
+            raise OperatorError(
+                f"the ddrm-bicubic kernel needs an even factor (DDRM centres taps at factor/2), got {factor}"
+            )
         self.factor, self.kernel = factor, kernel
         self.task = f"sr{factor}"
         matrix = {"bicubic": bicubic_downsample_matrix, "pool": box_downsample_matrix}.get(

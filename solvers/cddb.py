@@ -13,6 +13,12 @@ so the correction is the gradient step x̂₀ − λ∇ taken inside the posteri
 the network. `cddb-deep` (CDDB's "CDDB-deep") differentiates through the network instead,
 x_m ← x_m − λ·∇_{x_n}‖y − A(x̂₀(x_n))‖², and `i2sb` is the bridge alone (λ = 0). The output is x at step 0.
 
+Released I²SB / CDDB bridges (`python -m bench import-bridge`, solvers.cddb_official) run here too: their
+bridge.json says how the network sees the step (I²SB's linspace(t0, T, N)[n]·N, applied by the loaded network,
+solvers.bridge_network) and how x₁ is formed (y upsampled by nearest-neighbour for their SR, not A⁺y); the
+operator must be the one they were trained on (sr4 with kernel="pool" or "ddrm-bicubic"), and a bridge whose
+degradation this project lacks (their JPEG) is refused with the reason.
+
 None of them uses the diffusion prior: the runner passes it, and records it in each row, but only its device is
 read. A task without a trained bridge (for this image size and measurement noise) is unsupported, and the reason
 names the command that trains one.
@@ -27,7 +33,7 @@ JPEG operator's straight-through gradient is that of the codec without rounding 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +44,7 @@ from operators import Cap, Operator, randn_per_image
 
 from . import register
 from .base import Solver, SolverConfig, SolverError, StepCallback
+from .bridge_network import BRIDGE_FILE, load_bridge, weights_file
 from .bridge_schedule import BridgeSchedule
 
 ASSETS = Path(__file__).resolve().parents[1] / "bench" / "assets"
@@ -71,6 +78,16 @@ def bridge_folder(bridge: str, task: str, size: int) -> Path:
     return ASSETS / f"cddb-{task}-{size}" if bridge == "auto" else Path(bridge)
 
 
+def _spec_difference(trained: Mapping[str, Any], given: Mapping[str, Any]) -> str:
+    """The keys on which two operator specs differ, as 'key: trained vs given' (for refusal messages)."""
+    keys = sorted(set(trained) | set(given))
+    return "; ".join(
+        f"{k}: {trained.get(k)!r} (bridge) vs {given.get(k)!r} (this operator)"
+        for k in keys
+        if trained.get(k) != given.get(k)
+    )
+
+
 def _fit(record: dict[str, Any], op: Operator, sigma: float) -> str | None:
     """Why a bridge described by `record` cannot serve `op` at σ, or None when it can."""
     import json
@@ -78,13 +95,28 @@ def _fit(record: dict[str, Any], op: Operator, sigma: float) -> str | None:
     spec = json.loads(json.dumps(op.spec()))  # tuples as lists, as bridge.json stores them
     if record["task"] != op.task:
         return f"it was trained for {record['task']}, not {op.task}"
+    if record.get("operator_mismatch"):
+        return record["operator_mismatch"]
     if list(record["image_shape"]) != list(op.input_shape):
         return f"it was trained for {tuple(record['image_shape'])} images, not {tuple(op.input_shape)}"
     if record["operator"] != spec:
-        return f"it was trained for the operator {record['operator']}, not {spec}"
+        return f"it was trained for another operator ({_spec_difference(record['operator'], spec)})"
     if abs(float(record["sigma"]) - float(sigma)) > 1e-12:
         return f"it was trained at measurement noise σ = {record['sigma']:g}, not σ = {sigma:g}"
     return None
+
+
+def bridge_start(record: Mapping[str, Any], op: Operator, y: Tensor) -> Tensor:
+    """x₁, where the bridge starts (and what a cond_x1 network sees), from y (B, *measurement) -> (B, C, H, W).
+
+    A⁺y for ours; y upsampled by nearest-neighbour to the image size for I²SB's SR bridges (`x1` in bridge.json:
+    their `upsample(_img)`), which is A⁺y for the pool kernel and not for their bicubic."""
+    kind = record.get("x1", "pinv")
+    if kind == "nearest-upsample":
+        return torch.nn.functional.interpolate(y, size=tuple(op.input_shape[1:]), mode="nearest")
+    if kind in ("pinv", "decoded"):
+        return op.pinv(y)
+    raise SolverError(f"unknown x1 convention {kind!r} in bridge.json; re-import or re-train the bridge")
 
 
 @register
@@ -115,8 +147,6 @@ class CDDB(Solver):
         """(folder, bridge.json record) of the bridge for `op`, or the reason there is none."""
         import json
 
-        from bench.train_bridge import BRIDGE_FILE
-
         folder = bridge_folder(self.config.bridge, op.task, op.input_shape[-1])
         path = folder / BRIDGE_FILE
         if not path.is_file():
@@ -126,7 +156,8 @@ class CDDB(Solver):
             )
             return (
                 f"{self.name} has no trained bridge {where}; train one with `python -m bench train-bridge --task "
-                f"{op.task} --size {h} --data <photos> --out <dir>` and pass --set {self.name}.bridge=<dir>/final"
+                f"{op.task} --size {h} --data <photos> --out <dir>` (or import a released one with `python -m bench "
+                f"import-bridge`) and pass --set {self.name}.bridge=<dir>/final"
             )
         return folder, json.loads(path.read_text())
 
@@ -139,6 +170,8 @@ class CDDB(Solver):
             return found
         folder, record = found
         mismatch = _fit(record, op, sigma)
+        if mismatch and record.get("official"):
+            return f"{self.name}: the released bridge at {folder} does not fit: {mismatch}"
         if mismatch:
             return (
                 f"{self.name}: the bridge at {folder} does not fit: {mismatch}; train one with `python -m bench "
@@ -154,34 +187,35 @@ class CDDB(Solver):
             spec["bridge"] = f"callable:{getattr(self.bridge_fn, '__qualname__', type(self.bridge_fn).__name__)}"
         elif self.config.bridge == "auto":
             spec["bridge_sha256"] = {
-                folder.name: file_sha256(folder / "unet" / "diffusion_pytorch_model.safetensors")
+                folder.name: file_sha256(weights_file(folder))
                 for folder in sorted(ASSETS.glob("cddb-*"))
-                if (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+                if weights_file(folder).is_file()
             }
         else:
-            weights = Path(self.config.bridge) / "unet" / "diffusion_pytorch_model.safetensors"
+            weights = weights_file(self.config.bridge)
             if weights.is_file():
                 spec["bridge_sha256"] = file_sha256(weights)
         return spec
 
-    def bridge(self, op: Operator, sigma: float, device: torch.device) -> tuple[BridgeFn, BridgeSchedule]:
-        """The bridge network for `op` at σ on `device` and its schedule; SolverError when there is none."""
+    def bridge(
+        self, op: Operator, sigma: float, device: torch.device
+    ) -> tuple[BridgeFn, BridgeSchedule, dict[str, Any]]:
+        """The bridge network for `op` at σ on `device`, its schedule and its bridge.json record; SolverError when
+        there is none. An injected bridge_fn gets an empty record (x₁ = A⁺y, the integer step)."""
         if self.bridge_fn is not None:
-            return self.bridge_fn, self.schedule_for_fn
+            return self.bridge_fn, self.schedule_for_fn, {}
         reason = self.unsupported(op, sigma)
         if reason:
             raise SolverError(reason)
         folder, _ = self._record(op)  # type: ignore[misc]
         key = str(folder.resolve())
         if key not in self._loaded:
-            from bench.train_bridge import load_bridge
-
             try:
                 self._loaded[key] = load_bridge(folder)
             except (ValueError, OSError) as error:
                 raise SolverError(f"{self.name} cannot load the bridge in {folder}: {error}") from error
         network, record = self._loaded[key]
-        return network.to(device), BridgeSchedule.from_spec(record["schedule"])
+        return network.to(device), BridgeSchedule.from_spec(record["schedule"]), record
 
     # ----- sampling -------------------------------------------------------------------------------
     def solve(
@@ -198,11 +232,11 @@ class CDDB(Solver):
 
         The callback receives the network's output as eps and x̂₀ (before the data-consistency step) as x0."""
         device = prior.device
-        network, schedule = self.bridge(op, sigma, device)
+        network, schedule, record = self.bridge(op, sigma, device)
         network = self.counted("bridge", network)
         step_size = self.step_size(op.task)
         y = y.to(device=device, dtype=torch.float32)
-        x1 = op.pinv(y)
+        x1 = bridge_start(record, op, y)
         x = x1
         steps = schedule.sampling_steps(self.config.nfe)
         for i, (n, m) in enumerate(zip(reversed(steps[1:]), reversed(steps[:-1]), strict=True)):

@@ -318,3 +318,248 @@ def test_image_folder_sixteen_bit_grey_is_scaled_to_full_range(tmp_path: Path) -
     torch.testing.assert_close(grey, reference_tensor(np.round(ramp / 257).astype(np.uint8)), rtol=0, atol=1e-6)
     _, colour = ImageFolder(tmp_path, size=16, channels=3)[0]
     torch.testing.assert_close(colour, grey.expand(3, -1, -1), rtol=0, atol=0)
+
+
+# ----- folder: spec options: the papers' ground-truth protocols, sub-folders and file lists --------------
+# References below are written from each paper's loader (torchvision / PIL / numpy calls as their code makes
+# them), independently of bench.data, and compared as 8-bit pixels with exact equality: every protocol ends
+# in an 8-bit image and v / 127.5 - 1 is inverted exactly by round((x + 1) * 127.5).
+
+IMAGENET = SHARED_DATA / "imagenet-val8"
+needs_imagenet = pytest.mark.skipif(not IMAGENET.is_dir(), reason=f"ImageNet photos not found at {IMAGENET}")
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """(C, H, W) float in [-1, 1] from v / 127.5 - 1 -> the 8-bit v as (H, W, C) uint8."""
+    return np.round((image.numpy().astype(np.float64) + 1.0) * 127.5).astype(np.uint8).transpose(1, 2, 0)
+
+
+def reference_ddrm(image: Image.Image, size: int) -> np.ndarray:
+    """DDRM/DDNM imagenet_subset.py: CenterCropLongEdge (= center_crop(img, min(img.size))), Resize(size)."""
+    from torchvision import transforms
+    from torchvision.transforms import functional
+
+    return np.asarray(transforms.Resize(size)(functional.center_crop(image, min(image.size))))
+
+
+def reference_adm(image: Image.Image, size: int) -> np.ndarray:
+    """guided-diffusion center_crop_arr, from its definition: BOX halving, bicubic short side, numpy slice."""
+    while min(*image.size) >= 2 * size:
+        image = image.resize(tuple(x // 2 for x in image.size), resample=Image.BOX)
+    scale = size / min(*image.size)
+    arr = np.array(image.resize(tuple(round(x * scale) for x in image.size), resample=Image.BICUBIC))
+    top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
+    return arr[top : top + size, left : left + size]
+
+
+def reference_ddc(image: Image.Image, size: int) -> np.ndarray:
+    """DDC guided_diffusion/datasets: torchvision ImageFolder + Resize([size, size]), no crop."""
+    from torchvision import transforms
+
+    return np.asarray(transforms.Resize([size, size])(image))
+
+
+REFERENCES = {"ddrm": reference_ddrm, "adm": reference_adm, "ddc": reference_ddc}
+
+
+@pytest.fixture(scope="module")
+def odd_margins(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Odd-sized images whose square crops have odd margins in both orientations and both residues mod 4:
+    real 500 x 333 (margin 167) and 333 x 498 (165) crops of ImageNet photos, noise 333 x 500 and 498 x 333."""
+    if not IMAGENET.is_dir():
+        pytest.skip(f"ImageNet photos not found at {IMAGENET}")
+    folder = tmp_path_factory.mktemp("odd")
+    wide = np.asarray(Image.open(IMAGENET / "ILSVRC2012_val_00001185.JPEG").convert("RGB"))  # 500 x 375
+    tall = np.asarray(Image.open(IMAGENET / "ILSVRC2012_val_00031751.JPEG").convert("RGB"))  # 375 x 500
+    Image.fromarray(wide[:333]).save(folder / "real_wide.png")
+    Image.fromarray(tall[:498, :333]).save(folder / "real_tall.png")
+    write_noise_png(folder / "noise_tall.png", 333, 500, seed=3)
+    write_noise_png(folder / "noise_wide.png", 498, 333, seed=4)
+    return folder
+
+
+@needs_imagenet
+@pytest.mark.parametrize("protocol", sorted(REFERENCES))
+def test_protocol_matches_papers_loader_on_imagenet_photos(protocol: str) -> None:
+    # The eight photos are 500x375, 486x500, 500x476, 283x400, 375x500, 500x500, 396x500 and 1024x768 (the
+    # one adm halves with BOX first at 256, as 768 >= 512).
+    dataset = load_dataset(f"folder:{IMAGENET}?protocol={protocol}", size=256)
+    assert dataset.ids == sorted(p.stem for p in IMAGENET.glob("*.JPEG"))
+    for (image_id, image), path in zip(dataset, dataset.paths, strict=True):
+        expected = REFERENCES[protocol](Image.open(path).convert("RGB"), 256)
+        np.testing.assert_array_equal(to_uint8(image), expected, err_msg=f"{protocol} {image_id}")
+
+
+@pytest.mark.parametrize("protocol", sorted(REFERENCES))
+@pytest.mark.parametrize("size", [64, 256])
+def test_protocol_matches_papers_loader_on_odd_margins(odd_margins: Path, protocol: str, size: int) -> None:
+    dataset = ImageFolder(odd_margins, size=size, protocol=protocol)
+    assert dataset.ids == ["noise_tall", "noise_wide", "real_tall", "real_wide"]
+    for (image_id, image), path in zip(dataset, dataset.paths, strict=True):
+        expected = REFERENCES[protocol](Image.open(path).convert("RGB"), size)
+        np.testing.assert_array_equal(to_uint8(image), expected, err_msg=f"{protocol} {image_id} at {size}")
+
+
+def test_protocol_crop_offsets_follow_each_papers_rounding(tmp_path: Path) -> None:
+    # Each pixel holds its column (or row) index, and size = the short side so nothing is resampled: the
+    # first column served is the crop offset itself.
+    for width, height in ((500, 333), (498, 333), (333, 500), (333, 498)):
+        ramp = np.arange(max(width, height), dtype=np.uint8)
+        pixels = np.broadcast_to(ramp[:width] if width > height else ramp[:height, None], (height, width))
+        Image.fromarray(np.ascontiguousarray(pixels)).save(tmp_path / "ramp.png")
+        margin = abs(width - height)
+        first = {}
+        for protocol in ("ours", "ddrm", "adm"):
+            image = to_uint8(ImageFolder(tmp_path, size=333, channels=1, protocol=protocol)[0][1])[:, :, 0]
+            first[protocol] = int(image[0, 0])
+        # torchvision's int(round(m / 2.0)) rounds halves to even: 167 -> 84 (up), 165 -> 82 (down).
+        assert first == {"ours": margin // 2, "ddrm": 84 if margin == 167 else 82, "adm": margin // 2}
+
+
+def test_protocol_ddrm_differs_from_floor_offset_when_margin_is_3_mod_4(odd_margins: Path) -> None:
+    # Guards the reference test above against a reference that rounds like ours: on a 500 x 333 photo the
+    # one-column shift changes the image.
+    ours = ImageFolder(odd_margins, size=333, protocol="ours")[3][1]
+    ddrm = ImageFolder(odd_margins, size=333, protocol="ddrm")[3][1]
+    torch.testing.assert_close(ddrm[:, :, :-1], ours[:, :, 1:], rtol=0, atol=0)
+    assert not torch.equal(ddrm, ours)
+
+
+def test_protocol_dps_uses_pixels_as_they_are(tmp_path: Path) -> None:
+    write_noise_png(tmp_path / "a.png", 32, 32, seed=0)
+    _, image = load_dataset(f"folder:{tmp_path}?protocol=dps", size=32)[0]
+    np.testing.assert_array_equal(to_uint8(image), np.asarray(Image.open(tmp_path / "a.png")))
+    write_noise_png(tmp_path / "b.png", 32, 24, seed=1)
+    with pytest.raises(DatasetError, match=r"1 of 2 are not 32x32.*b\.png \(32x24\).*protocol=ddc"):
+        load_dataset(f"folder:{tmp_path}?protocol=dps", size=32)
+
+
+def test_protocol_papers_ignore_exif_orientation(tmp_path: Path) -> None:
+    from bench.data import read_image
+
+    pixels = np.random.default_rng(0).integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display"
+    Image.fromarray(pixels).save(tmp_path / "tagged.png", exif=exif)
+    assert read_image(tmp_path / "tagged.png").size == (20, 30)
+    assert read_image(tmp_path / "tagged.png", exif_transpose=False).size == (30, 20)
+    _, image = ImageFolder(tmp_path, size=16, protocol="ddc")[0]
+    np.testing.assert_array_equal(to_uint8(image), reference_ddc(Image.fromarray(pixels), 16))
+
+
+@needs_kodak
+def test_folder_default_names_and_ids_unchanged() -> None:
+    # Result keys hash the dataset name and image ids: the default spec keeps both byte for byte, and
+    # spelling out the defaults gives the same name.
+    for spec in (f"folder:{KODAK}", f"folder:{KODAK}?protocol=ours&recursive=0", f"folder: {KODAK} "):
+        dataset = load_dataset(spec, size=8, n_images=2)
+        assert dataset.name == f"folder:{KODAK}"
+        assert dataset.ids == ["kodim01", "kodim02"]
+        assert dataset.describe()["preprocessing"] == (
+            "center square crop, PIL bicubic resize (reducing_gap=None), 8-bit, v/127.5-1"
+        )
+    assert load_dataset("kodak24", size=8).name == "kodak24"
+    assert load_dataset(f"folder:{KODAK}?protocol=ddrm", size=8).name == f"folder:{KODAK}?protocol=ddrm"
+
+
+def test_folder_path_with_question_mark_still_works(tmp_path: Path) -> None:
+    folder = tmp_path / "what?protocol=ddrm"
+    folder.mkdir()
+    write_noise_png(folder / "a.png", 8, 8, seed=0)
+    dataset = load_dataset(f"folder:{folder}", size=8)
+    assert dataset.name == f"folder:{folder}" and dataset.protocol == "ours"
+
+
+def test_folder_recursive_ids_are_relative_paths(tmp_path: Path) -> None:
+    for relative in ("a.png", "sub/b.png", "sub/deeper/c.JPG", "z/a.png", ".hidden/d.png", "sub/.e.png"):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        write_noise_png(tmp_path / relative, 8, 8, seed=len(relative))
+    assert load_dataset(f"folder:{tmp_path}", size=8).ids == ["a"]
+    nested = load_dataset(f"folder:{tmp_path}?recursive=1", size=8)
+    assert nested.ids == ["a", "sub__b", "sub__deeper__c", "z__a"]
+    relative = [p.relative_to(tmp_path).as_posix() for p in nested.paths]
+    assert relative == ["a.png", "sub/b.png", "sub/deeper/c.JPG", "z/a.png"]
+    assert nested.name == f"folder:{tmp_path}?recursive=1"
+    assert load_dataset(f"folder:{tmp_path}?recursive=0", size=8).name == f"folder:{tmp_path}"
+    (tmp_path / "sub__b.png").write_bytes((tmp_path / "a.png").read_bytes())
+    with pytest.raises(DatasetError, match="share the image id 'sub__b'"):
+        load_dataset(f"folder:{tmp_path}?recursive=1", size=8)
+
+
+@pytest.fixture
+def imagenet_layout(tmp_path: Path) -> Path:
+    """ImageNet's val layout (class folders) holding links to the eight real photos."""
+    if not IMAGENET.is_dir():
+        pytest.skip(f"ImageNet photos not found at {IMAGENET}")
+    root = tmp_path / "val"
+    for index, photo in enumerate(sorted(IMAGENET.glob("*.JPEG"))):
+        (root / f"n0{index % 3}").mkdir(parents=True, exist_ok=True)
+        (root / f"n0{index % 3}" / photo.name).symlink_to(photo)
+    return root
+
+
+def test_folder_file_list_selects_and_orders(imagenet_layout: Path, tmp_path: Path) -> None:
+    listing = tmp_path / "imagenet_val_1k.txt"
+    # DGP/DDRM's format: name and class label; DDNM's copy has trailing spaces; DDRM's loader appends an
+    # extension to extension-less names; a name may carry its class folder.
+    listing.write_text(
+        "# the 1k split\n"
+        "ILSVRC2012_val_00048380.JPEG 7\n"
+        "ILSVRC2012_val_00001277.JPEG 1 \n"
+        "\n"
+        "n00/ILSVRC2012_val_00001185.JPEG 0\n"
+        "ILSVRC2012_val_00031751 2\n"
+    )
+    dataset = load_dataset(f"folder:{imagenet_layout}?protocol=ddrm&list={listing}", size=64)
+    assert dataset.ids == [
+        "ILSVRC2012_val_00048380",
+        "ILSVRC2012_val_00001277",
+        "n00__ILSVRC2012_val_00001185",
+        "ILSVRC2012_val_00031751",
+    ]
+    assert [p.name for p in dataset.paths] == [
+        "ILSVRC2012_val_00048380.JPEG",
+        "ILSVRC2012_val_00001277.JPEG",
+        "ILSVRC2012_val_00001185.JPEG",
+        "ILSVRC2012_val_00031751.JPEG",
+    ]
+    assert dataset.name == f"folder:{imagenet_layout}?protocol=ddrm&list={listing}"
+    expected = reference_ddrm(Image.open(IMAGENET / "ILSVRC2012_val_00048380.JPEG").convert("RGB"), 64)
+    np.testing.assert_array_equal(to_uint8(dataset[0][1]), expected)
+    # recursive is implied by a list, so it does not change the name; n_images keeps the list's first N.
+    again = load_dataset(f"folder:{imagenet_layout}?list={listing}&recursive=1", size=64, n_images=2)
+    assert again.name == f"folder:{imagenet_layout}?list={listing}"
+    assert again.ids == dataset.ids[:2]
+
+
+def test_folder_file_list_missing_names_error(imagenet_layout: Path, tmp_path: Path) -> None:
+    listing = tmp_path / "list.txt"
+    names = ["ILSVRC2012_val_00001185.JPEG"] + [f"ILSVRC2012_val_{i:08d}.JPEG" for i in range(1, 8)]
+    listing.write_text("".join(f"{name} {label}\n" for label, name in enumerate(names)))
+    with pytest.raises(DatasetError, match=r"7 of the 8 images .*00000001.*00000005\.JPEG'\]") as error:
+        load_dataset(f"folder:{imagenet_layout}?list={listing}", size=8)
+    assert "00000006" not in str(error.value)
+    listing.write_text("ILSVRC2012_val_00001185.JPEG 0\nILSVRC2012_val_00001185.JPEG 1\n")
+    with pytest.raises(DatasetError, match="twice.*lines 1 and 2"):
+        load_dataset(f"folder:{imagenet_layout}?list={listing}", size=8)
+    (imagenet_layout / "n01" / "ILSVRC2012_val_00001185.JPEG").symlink_to(IMAGENET / "ILSVRC2012_val_00001185.JPEG")
+    listing.write_text("ILSVRC2012_val_00001185.JPEG 0\n")
+    with pytest.raises(DatasetError, match="matches 2 files.*sub-folder"):
+        load_dataset(f"folder:{imagenet_layout}?list={listing}", size=8)
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_dataset(f"folder:{imagenet_layout}?list={tmp_path / 'nowhere.txt'}", size=8)
+
+
+def test_folder_spec_option_errors(tmp_path: Path) -> None:
+    write_noise_png(tmp_path / "a.png", 8, 8, seed=0)
+    with pytest.raises(DatasetError, match="unknown ground-truth protocol 'ddrn'; did you mean 'ddrm'"):
+        load_dataset(f"folder:{tmp_path}?protocol=ddrn", size=8)
+    with pytest.raises(DatasetError, match="unknown option 'recursve'.*did you mean 'recursive'"):
+        load_dataset(f"folder:{tmp_path}?recursve=1", size=8)
+    with pytest.raises(DatasetError, match="recursive='maybe'.*1 or 0"):
+        load_dataset(f"folder:{tmp_path}?recursive=maybe", size=8)
+    with pytest.raises(DatasetError, match="bad option 'ddrm'"):
+        load_dataset(f"folder:{tmp_path}?ddrm", size=8)
+    with pytest.raises(DatasetError, match="takes no options.*folder:.*kodak24\\?protocol=adm"):
+        load_dataset("kodak24?protocol=adm", size=8)
+    assert "protocol=<ours|ddrm|adm|ddc|dps>" in dict(available())["folder:<path>"]

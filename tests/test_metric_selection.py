@@ -119,6 +119,10 @@ def test_run_scores_the_selected_metrics_and_records_them(tmp_path, photos, caps
     assert table[["psnr", "ssim", "ssim_skimage", "lpips", "lpips_vgg", "consistency"]].notna().all().all()
     assert set(table["metrics"]) == {"psnr,ssim,ssim-skimage,lpips,lpips-vgg,consistency"}
     assert (table["ssim_skimage"] > table["ssim"]).all()
+    code, _, err = bench(capsys, "report", "--results", str(out), "--out", str(tmp_path / "report"))
+    assert code == 0, err
+    header = (tmp_path / "report" / "tables" / "quality_sigma0.05.csv").read_text().splitlines()[0]
+    assert header == "method,sr4_psnr,sr4_ssim,sr4_ssim_skimage,sr4_lpips,sr4_lpips_vgg,sr4_fid,sr4_kid"
 
     # without LPIPS or FID, nothing is loaded and those columns stay empty
     lean = tmp_path / "lean"
@@ -127,6 +131,10 @@ def test_run_scores_the_selected_metrics_and_records_them(tmp_path, photos, caps
     table = ResultStore(lean).units()
     assert table["lpips"].isna().all() and set(table["metrics"]) == {"psnr,ssim,consistency"}
     assert ResultStore(lean).sets().empty
+    code, _, err = bench(capsys, "report", "--results", str(lean), "--out", str(tmp_path / "lean-report"))
+    assert code == 0, err
+    header = (tmp_path / "lean-report" / "tables" / "quality_sigma0.05.csv").read_text().splitlines()[0]
+    assert "skimage" not in header and "vgg" not in header  # optional metrics appear only where scored
 
 
 def test_run_without_weights_stops_before_any_work_and_fetch_weights_makes_it_work_offline(

@@ -46,6 +46,7 @@ class Metric:
     higher_is_better: bool
     decimals: int
     per_image: bool  # False: a set metric (FID/KID), one value per (method, task, σ)
+    optional: bool = False  # a column only where the run scored it (`bench run --metrics`)
 
     @property
     def header(self) -> str:
@@ -55,7 +56,9 @@ class Metric:
 METRICS = (
     Metric("psnr", "PSNR", True, 2, True),
     Metric("ssim", "SSIM", True, 3, True),
+    Metric("ssim_skimage", "SSIM (skimage)", True, 3, True, optional=True),
     Metric("lpips", "LPIPS", False, 3, True),
+    Metric("lpips_vgg", "LPIPS-VGG", False, 3, True, optional=True),
     Metric("fid", "FID", False, 1, False),
     Metric("kid", "KID", False, 3, False),
 )
@@ -97,13 +100,15 @@ def quality_summary(units: pd.DataFrame, sets: pd.DataFrame, groups: pd.DataFram
     """
     ok = units[units["status"] == "ok"]
     groups = groups[groups["method"].isin(set(units["method"]))]
-    columns = [m.column for m in METRICS if m.per_image]
+    # an optional metric the run did not select (all NaN, or a store from before its column) gets no column
+    scored = [m for m in METRICS if not m.optional or (m.column in ok and ok[m.column].notna().any())]
+    columns = [m.column for m in scored if m.per_image]
     stats = ok.groupby(GROUP)[columns].agg(["mean", "std", "count"])
     rows = []
     set_rows = sets.set_index(GROUP) if not sets.empty else None
     for group in groups.itertuples(index=False):
         index = (group.method, group.task, group.sigma)
-        for metric in METRICS:
+        for metric in scored:
             row = {"method": group.method, "task": group.task, "sigma": group.sigma, "metric": metric.column}
             row.update(mean=math.nan, half_width=math.nan, n=0, state=group.state, note=None, set_std=math.nan)
             if group.state == "unsupported":
@@ -143,6 +148,7 @@ def quality_table(summary: pd.DataFrame, sigma: float, methods: list[str], ci: b
     present = set(at["method"])
     methods = [m for m in methods if m in present]
     lookup = {(r.method, r.task, r.metric): r for r in at.itertuples(index=False)}
+    shown = [m for m in METRICS if m.column in set(at["metric"])] or list(METRICS[:1])
     marks = _marks(at)
     rows = []
     csv_rows = []
@@ -150,9 +156,9 @@ def quality_table(summary: pd.DataFrame, sigma: float, methods: list[str], ci: b
         cells: list[Cell] = [Cell(method, value=method)]
         csv_row: list[object] = [method]
         for task in tasks:
-            for metric in METRICS:
+            for metric in shown:
                 cell = _quality_cell(lookup.get((method, task, metric.column)), metric, ci)
-                if cell.text == UNSUPPORTED and metric is not METRICS[0]:
+                if cell.text == UNSUPPORTED and metric is not shown[0]:
                     cell.note = None  # one footnote mark per task group is enough
                 cell.mark = marks.get((method, task, metric.column))
                 cells.append(cell)
@@ -164,15 +170,15 @@ def quality_table(summary: pd.DataFrame, sigma: float, methods: list[str], ci: b
         csv_rows.append(csv_row)
     csv_header = ["method"]
     for task in tasks:
-        for metric in METRICS:
+        for metric in shown:
             csv_header.append(f"{task}_{metric.column}")
             if ci and metric.per_image:
                 csv_header.append(f"{task}_{metric.column}_ci95")
     return Table(
         caption=f"Reconstruction quality at σ = {sigma_label(sigma)}",
-        header=["method"] + [metric.header for _ in tasks for metric in METRICS],
+        header=["method"] + [metric.header for _ in tasks for metric in shown],
         rows=rows,
-        groups=[(task, len(METRICS)) for task in tasks],
+        groups=[(task, len(shown)) for task in tasks],
         legend=_quality_legend(at, rows, ci),
         csv_header=csv_header,
         csv_rows=csv_rows,
@@ -204,7 +210,7 @@ def _marks(at: pd.DataFrame) -> dict[tuple[str, str, str], str]:
     marks = {}
     for metric in METRICS:
         column = at[(at["metric"] == metric.column) & (at["state"] == "complete")]
-        column = column[column["mean"].map(finite)]
+        column = column[column["mean"].map(finite).astype(bool)]  # astype: an empty map is object-typed
         if not metric.per_image:
             column = column[column["n"] >= SET_METRIC_MIN_IMAGES]
         for _task, rows in column.groupby("task"):
