@@ -41,6 +41,7 @@ class RunContext:
     store: Any
     versions: dict[str, str]
     metrics: tuple[str, ...] = ()  # the selected metrics (`bench.metrics.select`); empty = the defaults
+    attempts: dict[str, int] = field(default_factory=dict)  # key -> its next row's `attempt` (bench.store)
     warm: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -90,6 +91,7 @@ def _base_row(context: RunContext, unit: Any) -> dict[str, Any]:
         image_id=unit.image_id,
         seed=context.settings.seed,
         key=unit.key,
+        attempt=context.attempts.get(unit.key, 1),
         device=str(context.device),
         rank=context.store.rank,
         dtype=context.settings.dtype,
@@ -259,13 +261,16 @@ def set_metrics(context: RunContext, units: list[Any]) -> None:
 
     if not {"fid", "kid"} & set(context.metrics):
         return
+    from bench.store import latest, next_attempts
+
     statuses = context.store.statuses()
+    written = context.store.read("sets")
+    attempts = next_attempts(written, "set_key")
     known = set()
-    if not context.settings.force:
-        sets = context.store.sets()
-        if not sets.empty:  # a set whose scoring failed (no Inception weights, say) is tried again
-            retry = sets["fid"].isna() & sets["note"].fillna("").str.contains("failed:")
-            known = set(sets.loc[~retry, "set_key"])
+    if not context.settings.force and not written.empty:
+        sets = latest(written, "set_key")  # a set whose scoring failed (no Inception weights, say) is tried again
+        retry = sets["fid"].isna() & sets["note"].fillna("").str.contains("failed:")
+        known = set(sets.loc[~retry, "set_key"])
     groups: dict[tuple[str, str, float], list[Any]] = {}
     for unit in units:
         groups.setdefault(unit.group, []).append(unit)
@@ -288,6 +293,7 @@ def set_metrics(context: RunContext, units: list[Any]) -> None:
             dataset=context.dataset.name,
             seed=context.settings.seed,
             set_key=set_key,
+            attempt=attempts.get(set_key, 1),
             n_images=len(ok),
             n_diverged=len(members) - len(ok),
             **context.versions,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.store import ResultStore, reconstruction_path
+from bench.store import ResultStore, latest, next_attempts, reconstruction_path
 
 __all__ = ["RescoreResult", "rescore"]
 
@@ -85,7 +85,9 @@ def rescore(out: str | Path, selection: Sequence[str] = (), device: str = "cpu")
     store = ResultStore(out)
     for name in selection:
         metrics.spec(name)
-    units = store.units()
+    raw = store.raw_units()
+    units = latest(raw, "key")
+    attempts = next_attempts(raw, "key")
     images = Path(out) / "images"
     updated, left, filled = [], [], 0
     if not units.empty:
@@ -115,6 +117,7 @@ def rescore(out: str | Path, selection: Sequence[str] = (), device: str = "cpu")
                 left.extend(f"{row['solver']}/{row['task']}/{row['image_id']}: {why}" for why in still_missing)
                 continue
             filled += len(done)
+            row["attempt"] = int(attempts.get(row["key"], 2))  # the rescored row must win over the scored one
             row["metrics"] = ",".join(dict.fromkeys([*_tried(row), *done, *undefined]))
             row["metrics_from_png"] = ",".join(dict.fromkeys([*_split(row.get("metrics_from_png")), *done]))
             row["metrics_missing"] = "; ".join(still_missing)
@@ -162,9 +165,10 @@ def _rescore_sets(store: ResultStore, images: Path, device: str) -> int:
     from bench import metrics
     from bench.units import image_tag
 
-    sets = store.sets()
-    if sets.empty:
+    written = store.read("sets")
+    if written.empty:
         return 0
+    sets, attempts = latest(written, "set_key"), next_attempts(written, "set_key")
     failed = sets[sets["note"].fillna("").str.contains("failed:") & sets["fid"].isna()]
     if failed.empty:
         return 0
@@ -188,6 +192,7 @@ def _rescore_sets(store: ResultStore, images: Path, device: str) -> int:
         scores = metrics.fid_kid(estimates, clean, device=device, seed=int(row["seed"]))
         note = "; ".join(part for part in str(row["note"]).split("; ") if not part.startswith("failed:"))
         row.update(fid=scores.fid, kid=scores.kid, kid_std=scores.kid_std, note=note or None)
+        row["attempt"] = attempts.get(row["set_key"], 2)
         rows.append({k: v for k, v in row.items() if k != "part"})
     store.write_part("sets", rows)
     return len(rows)

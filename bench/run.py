@@ -41,7 +41,7 @@ from bench.settings import (
     resolve_device,
     settings_from_args,
 )
-from bench.store import STATUSES, ResultStore, sigma_label
+from bench.store import DONE_STATUSES, STATUSES, ResultStore, latest, next_attempts, sigma_label
 from bench.units import canonical_json, enumerate_units, shard
 
 __all__ = ["add_run_parser", "failure_report", "format_summary", "run", "summarize"]
@@ -190,6 +190,12 @@ def numerics_flags() -> dict[str, Any]:
     }
 
 
+def _statuses(raw_units: Any) -> dict[str, str]:
+    """key -> the status of its winning row."""
+    table = latest(raw_units, "key")
+    return {} if table.empty else dict(zip(table["key"], table["status"], strict=True))
+
+
 def _batches(units: list[Any], batch_size: int) -> list[list[Any]]:
     """Consecutive units of the same (solver, task, σ), at most `batch_size` at a time."""
     batches: list[list[Any]] = []
@@ -251,7 +257,9 @@ def run(settings: RunSettings) -> Any:
         store = context.store
         store.acquire_writer_lock()  # a second run into this folder waits, then skips what this one finished
         mine = shard(units, dist.rank, dist.world_size)
-        done = set() if settings.force else context.store.done_keys()
+        written = context.store.raw_units()
+        context.attempts = next_attempts(written, "key")  # each new row one attempt above the key's last
+        done = set() if settings.force else {k for k, s in _statuses(written).items() if s in DONE_STATUSES}
         pending = [unit for unit in mine if unit.key not in done]
         if dist.rank == 0:
             skipped = len(mine) - len(pending)

@@ -11,8 +11,8 @@ import argparse
 import datetime
 import math
 import os
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 

@@ -14,11 +14,20 @@ Every file is written to a hidden temporary name in its final folder, flushed to
 never a half-written part. A batch's traces are written before its unit rows, so the unit part is the
 commit record of the batch; traces whose unit part is missing (a kill in between) are never read.
 
-Part names sort in writing order (they start with a nanosecond clock), so when a unit was computed more than
-once (a failed unit retried, or `--force`) the reader keeps its latest row: the tables have one row per key.
+Which row of a unit wins when it was computed more than once (a failed unit retried, `--force`, `bench
+score`) does not depend on any clock, since the processes of one store may run on machines whose clocks
+disagree. Each row carries `attempt`: the writer reads the highest attempt of the key in the store and writes
+one more. The reader keeps, per key, the row that is first by (1) done (ok, unsupported, diverged) before
+failed: a failure never shadows a result; (2) the higher attempt; (3) the later part name (a nanosecond clock,
+used only to break ties between rows no rule tells apart). Rows written before the `attempt` column count as
+attempt 1. Sets follow the same rule, a set whose scoring failed counting as failed.
+
 `consolidate()`, run at the end of every run, merges the parts into one per table without the superseded rows
 (reading thousands of small parts is slow), so the files themselves never hold a unit twice once a run has
-finished. It only deletes rows whose replacement is already committed, so a kill during it loses nothing.
+finished. It writes the merged part first and deletes what it replaces after, so a kill during it loses
+nothing. A reader that runs during a merge sees a consistent snapshot (`ResultStore.snapshot`): when a part
+it listed vanishes while it reads, it lists the folders again and reads anew, so it sees either the parts or
+the merged part that replaced them, never neither.
 
 Only pandas and pyarrow are imported, never torch: the report reads results on machines without PyTorch.
 """
@@ -30,7 +39,7 @@ import re
 import secrets
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +60,7 @@ __all__ = [
     "atomic_write_bytes",
     "latest",
     "measurement_path",
+    "next_attempts",
     "new_row",
     "reconstruction_path",
     "sigma_label",
@@ -104,6 +114,7 @@ UNIT_COLUMNS = (
     Column("seed", "int64", "seed of masks, measurement noise and solver draws"),
     Column("key", "str", "SHA-256 of the unit's definition (`bench.units.unit_key`); one latest row per key"),
     Column("status", "str", "ok, unsupported, failed or diverged (`STATUSES`)", "ok"),
+    Column("attempt", "int64", "the how-many-th computation of this key in this folder; decides which row wins", 1),
     Column("error", "str", "why the unit is not ok (the reason or the exception text); None when ok"),
     Column("psnr", "float64", "PSNR in dB against the clean image, on [0, 1] pixels", _NAN),
     Column("ssim", "float64", "SSIM against the clean image", _NAN),
@@ -126,7 +137,9 @@ UNIT_COLUMNS = (
     Column("device", "str", "the torch device that computed the unit"),
     Column("rank", "int64", "the torchrun process that computed the unit", 0),
     Column("dtype", "str", "network dtype: fp32, bf16 or fp16"),
-    Column("compiled", "bool", "the prior's network ran under torch.compile (--compile or the spec's ?compile=1)", False),
+    Column(
+        "compiled", "bool", "the prior's network ran under torch.compile (--compile or the spec's ?compile=1)", False
+    ),
     Column("solver_version", "int64", "the solver's `version` (bumped when its math changes)"),
     Column("solver_config", "str", "the solver's resolved config as canonical JSON"),
     *_VERSIONS,
@@ -159,6 +172,7 @@ SET_COLUMNS = (
     Column("kid", "float64", "KID (mean over subsets)", _NAN),
     Column("kid_std", "float64", "KID's standard deviation over subsets", _NAN),
     Column("note", "str", "why a score is missing or what was left out; None when nothing was"),
+    Column("attempt", "int64", "the how-many-th scoring of this set in this folder; decides which row wins", 1),
     *_VERSIONS,
 )
 
@@ -203,7 +217,15 @@ _IDENTITY = {"units": "key", "traces": "key", "sets": "set_key"}
 _STEM_RANK = re.compile(r"^part-\d+-r(\d+)-")
 
 
-def _read_parts(paths: Iterable[Path], identity: str | None = None) -> pd.DataFrame:
+class _PartVanished(Exception):
+    """A listed part was deleted before it was read: a merge replaced it (`ResultStore.snapshot` reads anew)."""
+
+
+# A reader re-lists this many times while merges keep replacing what it listed before it gives up.
+SNAPSHOT_TRIES = 20
+
+
+def _read_parts(paths: Iterable[Path], identity: str | None = None, *, vanished_ok: bool = True) -> pd.DataFrame:
     """The rows of these part files in order, each with column `part` (its file's stem, categorical).
 
     pyarrow reads the files and concatenates them once: pandas' reader costs several milliseconds per file,
@@ -220,6 +242,8 @@ def _read_parts(paths: Iterable[Path], identity: str | None = None) -> pd.DataFr
         try:
             data = path.read_bytes()
         except FileNotFoundError:
+            if not vanished_ok:
+                raise _PartVanished(str(path)) from None
             continue  # removed by a concurrent consolidate(): its rows live on in the merged part
         try:
             table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
@@ -246,10 +270,44 @@ def _read_parts(paths: Iterable[Path], identity: str | None = None) -> pd.DataFr
 
 
 def latest(table: pd.DataFrame, key: str) -> pd.DataFrame:
-    """The latest row per `key` of a table read in writing order."""
+    """One row per `key` of a table read in part order: the winner by the module docstring's rule.
+
+    Done rows beat failed ones, then the higher `attempt`, then the later part; rows of stores written before
+    the `attempt` column count as attempt 1, which leaves them in part order as before.
+    """
     if table.empty:
         return table
-    return table.drop_duplicates(key, keep="last").reset_index(drop=True)
+    import numpy as np
+
+    failed = _failed(table)
+    attempt = table["attempt"].fillna(1).to_numpy() if "attempt" in table else np.ones(len(table))
+    position = np.arange(len(table))
+    # lexsort sorts by the last key first: done-ness, then attempt, then position in part order
+    order = np.lexsort((position, attempt, ~failed))
+    winners = table.iloc[order].drop_duplicates(key, keep="last")
+    return winners.sort_index(kind="stable").reset_index(drop=True)
+
+
+def _failed(table: pd.DataFrame) -> Any:
+    """Per row: True where it records a failure (a failed unit, a set whose scoring failed)."""
+    import numpy as np
+
+    if "status" in table:
+        return (table["status"] == "failed").to_numpy()
+    if "note" in table and "fid" in table:
+        return (table["note"].fillna("").astype(str).str.contains("failed:") & table["fid"].isna()).to_numpy()
+    return np.zeros(len(table), dtype=bool)
+
+
+def next_attempts(table: pd.DataFrame, key: str) -> dict[str, int]:
+    """key -> the attempt number its next row must carry (one above every row of it in `table`)."""
+    if table.empty:
+        return {}
+    attempt = table["attempt"].fillna(1) if "attempt" in table else None
+    if attempt is None:
+        counts = table.groupby(key).size()  # rows from before the column: each counts as one computation
+        return {k: int(v) + 1 for k, v in counts.items()}
+    return {k: int(v) + 1 for k, v in attempt.groupby(table[key]).max().items()}
 
 
 def _committed_traces(traces: pd.DataFrame, units: pd.DataFrame, superseded: bool) -> pd.DataFrame:
@@ -269,12 +327,28 @@ def _committed_traces(traces: pd.DataFrame, units: pd.DataFrame, superseded: boo
     return traces.reset_index(drop=True)
 
 
+def _wall_clock() -> int:
+    """The clock of part names (tests replace it to play a machine whose clock is off)."""
+    return time.time_ns()
+
+
+@dataclass
+class StoreTables:
+    """What a reader needs of a store, read as of one moment (`ResultStore.tables`)."""
+
+    units: pd.DataFrame
+    traces: pd.DataFrame
+    sets: pd.DataFrame
+    raw_units: int  # unit rows in the files, superseded ones included
+
+
 class ResultStore:
     """The parquet tables of one run folder; `rank` only enters the names of the parts this process writes."""
 
-    def __init__(self, root: str | Path, rank: int = 0) -> None:
+    def __init__(self, root: str | Path, rank: int = 0, clock: Callable[[], int] | None = None) -> None:
         self.root = Path(root)
         self.rank = int(rank)
+        self._clock = clock or _wall_clock  # nanoseconds for part names: only ties no rule orders use them
         self._lock_file: Any = None
 
     # ----- one writer per rank -----------------------------------------------------------------------
@@ -343,7 +417,7 @@ class ResultStore:
     # ----- writing -----------------------------------------------------------------------------------
     def new_stem(self) -> str:
         """A fresh part name: sortable by time, unique across processes and ranks."""
-        return f"part-{time.time_ns():020d}-r{self.rank:04d}-{secrets.token_hex(4)}"
+        return f"part-{self._clock():020d}-r{self.rank:04d}-{secrets.token_hex(4)}"
 
     def write_part(self, kind: str, rows: Iterable[Mapping[str, Any]], stem: str | None = None) -> Path | None:
         """Write `rows` as one parquet part of table `kind` ('units', 'traces' or 'sets'); None when empty."""
@@ -370,7 +444,27 @@ class ResultStore:
 
     def read(self, kind: str) -> pd.DataFrame:
         """Every row of table `kind` ever written, duplicates (retries, --force) included, with column `part`."""
-        return _read_parts(self.parts(kind), _IDENTITY.get(kind))
+        return self.snapshot(kind)[0]
+
+    def snapshot(self, *kinds: str) -> tuple[pd.DataFrame, ...]:
+        """Every row of each table in `kinds`, read as of one moment of the folder, in the order asked.
+
+        A part deleted while it is read (a merge replaced it with its merged part) makes the reader list the
+        folders again and read them all anew: the result holds either the parts or the merged part that
+        replaced them, never neither, and units and traces come from the same listing."""
+        for _ in range(SNAPSHOT_TRIES):
+            listed = [self.parts(kind) for kind in kinds]
+            try:
+                return tuple(
+                    _read_parts(paths, _IDENTITY.get(kind), vanished_ok=False)
+                    for kind, paths in zip(kinds, listed, strict=True)
+                )
+            except _PartVanished:
+                continue
+        raise StoreError(
+            f"the parts under '{self.root}' kept being replaced while they were read ({SNAPSHOT_TRIES} tries); "
+            "read again once the run writing there has finished"
+        )
 
     def raw_units(self) -> pd.DataFrame:
         """Every unit row ever written, with the part it came from."""
@@ -390,6 +484,17 @@ class ResultStore:
     def sets(self) -> pd.DataFrame:
         """One row per set (column `set_key`): its latest FID/KID row."""
         return latest(self.read(SETS), "set_key")
+
+    def tables(self) -> StoreTables:
+        """The winning unit rows, their traces and the winning set rows, all from one snapshot (`snapshot`)."""
+        raw, traces, sets = self.snapshot(UNITS, TRACES, SETS)
+        units = latest(raw, "key")
+        return StoreTables(
+            units=units,
+            traces=_committed_traces(traces, units, superseded=len(raw) > len(units)),
+            sets=latest(sets, "set_key"),
+            raw_units=len(raw),
+        )
 
     def statuses(self) -> dict[str, str]:
         """key -> latest status."""

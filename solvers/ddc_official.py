@@ -218,10 +218,10 @@ def import_official(
     if variant not in VARIANTS:
         raise ImportDDCError(f"import-ddc: unknown --variant {variant!r} (available: {', '.join(VARIANTS)})")
     src, dest = Path(src), Path(dest)
-    if dest.exists() and not force:
-        raise ImportDDCError(f"import-ddc: {dest} already exists; choose another DEST or pass --force to replace it")
     if dest.resolve() == src.resolve():
         raise ImportDDCError("import-ddc: DEST must differ from SRC (SRC is read, DEST is written as a new folder)")
+    if dest.exists() and not force:
+        raise ImportDDCError(f"import-ddc: {dest} already exists; choose another DEST or pass --force to replace it")
     prior_sha256 = None
     if prior_checkpoint is not None:
         if not Path(prior_checkpoint).is_file():
@@ -234,9 +234,7 @@ def import_official(
     unet = load_official_unet(src, config)
     source = {CONFIG: file_sha256(src / CONFIG), WEIGHTS: file_sha256(src / WEIGHTS)}
     parameters = sum(p.numel() for p in unet.parameters())
-    provenance = official_provenance(
-        variant, source, dropped, parameters, official_architecture(config), prior_sha256
-    )
+    provenance = official_provenance(variant, source, dropped, parameters, official_architecture(config), prior_sha256)
 
     def write(folder: Path) -> None:
         (folder / "unet").mkdir()

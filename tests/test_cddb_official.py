@@ -72,10 +72,13 @@ class Image256Net(nn.Module):
 def official_checkpoint(seed: int = 0) -> tuple[dict, list[torch.Tensor]]:
     """latest.pt's dict (net, torch_ema state, AdamW and StepLR states) and the EMA's shadow params."""
     net = Image256Net(random_adm(adm_config(SMALL_ADM, cond_x1=True), seed=seed))
-    g = torch.Generator().manual_seed(seed + 1)
-    shadow = [p.detach() + 0.1 * torch.randn(p.shape, generator=g) for p in net.parameters()]
     optimizer = torch.optim.AdamW(net.parameters(), lr=5e-5)
     sched = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1000, gamma=0.99)
+    net.diffusion_model(torch.zeros(1, 6, SIZE, SIZE), torch.tensor([1.0])).square().mean().backward()
+    optimizer.step()  # so that the optimizer's state holds tensors, as a trained checkpoint's does
+    sched.step()
+    g = torch.Generator().manual_seed(seed + 1)
+    shadow = [p.detach() + 0.1 * torch.randn(p.shape, generator=g) for p in net.parameters()]
     ema = {"decay": 0.99, "num_updates": 7, "shadow_params": shadow, "collected_params": None}
     checkpoint = {"net": net.state_dict(), "ema": ema, "optimizer": optimizer.state_dict(), "sched": sched.state_dict()}
     return checkpoint, shadow
@@ -226,8 +229,9 @@ def test_other_tasks_and_samplers_are_refused(tmp_path):
 
 # ----- sampling ----------------------------------------------------------------------------------------------
 def test_one_cddb_step_is_the_official_update(imported):
-    """NFE 1 from step 999 to 0: x₁ = nearest-upsampled y, x̂₀ = clip(x₁ − σ₉₉₉·net([x₁, x₁], 1000)), then the
-    data-consistency step x̂₀ − λ∇‖y − A x̂₀‖² (posterior weights 1 and 0 at m = 0)."""
+    """NFE 1 from step 999 to 0: x₁ = nearest-upsampled y, x̂₀ = clip(x₁ − σ₉₉₉·net([x₁, x₁], t = 1000)), then the
+    posterior mean c₀·x̂₀ + c_n·x₁ (no noise at m = 0) and the data-consistency step −c₀·λ∇‖y − A x̂₀‖² (CDDB's
+    dds_sampling: `xt - mu_x0 * step_size * norm_grad`, λ = 1 for SR)."""
     dest, _, _ = imported
     op = operators.build("sr4", shape=(3, SIZE, SIZE), kernel="pool")
     x = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -243,7 +247,10 @@ def test_one_cddb_step_is_the_official_update(imported):
         x0 = x1 - float(BridgeSchedule().sigma(999)) * network.adm(torch.cat([x1, x1], 1), torch.tensor([1000.0]))
     x0 = x0.clamp(-1, 1).requires_grad_(True)
     (gradient,) = torch.autograd.grad((y - op(x0)).square().sum(), x0)
-    torch.testing.assert_close(out, x0.detach() - 1.0 * gradient, rtol=1e-5, atol=1e-5)
+    c0, cn, std = BridgeSchedule().posterior(0, 999)
+    assert std == 0.0
+    expected = (c0 * x0.detach() + cn * x1 - c0 * 1.0 * gradient).clamp(-1, 1)  # reconstruct clamps the output
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_the_solver_refuses_our_operators_and_their_jpeg(imported, tmp_path):
@@ -306,3 +313,23 @@ def test_command_line_import(tmp_path, capsys):
     (src / "options.pkl").write_bytes(pickle.dumps(i2sb_options(load=_RunsACommand(tmp_path / "executed"))))
     assert main(["import-bridge", str(src), str(tmp_path / "other"), "--adm-options", str(src / "adm.pkl")]) == 2
     assert "refused to unpickle" in capsys.readouterr().err and not (tmp_path / "executed").exists()
+
+
+def test_bench_run_refuses_the_released_bridge_on_our_sr4(imported, tmp_path, capsys):
+    """The runner builds our sr4 (antialiased bicubic): a bridge trained on I²SB's pool kernel is unsupported there,
+    every unit recorded as such, not run on a degradation it never saw."""
+    from PIL import Image
+
+    from bench.cli import main
+
+    dest, _, _ = imported
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        pixels = np.random.default_rng(i).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(photos / f"{i}.png")
+    argv = ["run", "--prior", f"gaussian:{SIZE}", "--dataset", f"folder:{photos}", "--out", str(tmp_path / "out")]
+    argv += ["--no-progress", "--tasks", "sr4", "--sigma", "0", "--metrics", "psnr", "--solvers", "cddb"]
+    assert main([*argv, "--set", f"cddb.bridge={dest}", "--set", "cddb.nfe=1"]) == 0
+    row = next(line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("cddb"))
+    assert row[:7] == ["cddb", "sr4", "0", "2", "0", "2", "0"]  # solver task sigma n ok unsup fail

@@ -194,10 +194,13 @@ def test_inpainting_fill_is_noise_of_the_measurements_std_from_each_images_gener
     filled = fill_unobserved(y, op, SIGMA, operators.image_generators(0, ids, "solver"))
     assert torch.equal(filled[~hidden], y[~hidden])
     assert filled[hidden].std().item() == pytest.approx(noise_std(SIGMA), rel=0.03)
-    expected = operators.randn_per_image(y.shape[1:], operators.image_generators(0, ids, "solver"),
-                                         dtype=y.dtype, device=y.device) * noise_std(SIGMA)
+    expected = operators.randn_per_image(
+        y.shape[1:], operators.image_generators(0, ids, "solver"), dtype=y.dtype, device=y.device
+    ) * noise_std(SIGMA)
     assert torch.equal(filled[hidden], expected[hidden])
-    alone = fill_unobserved(y[1:], op.for_images(ids[1:], seed=0), SIGMA, operators.image_generators(0, ids[1:], "solver"))
+    alone = fill_unobserved(
+        y[1:], op.for_images(ids[1:], seed=0), SIGMA, operators.image_generators(0, ids[1:], "solver")
+    )
     assert torch.equal(alone[0], filled[1])  # batch-independent
     sr = operators.build("sr4", shape=(3, 64, 64))
     assert torch.equal(fill_unobserved(y[:, :, :16, :16], sr, SIGMA, []), y[:, :, :16, :16])  # nothing hidden

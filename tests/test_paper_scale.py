@@ -127,14 +127,29 @@ def test_checkpointed_dps_gives_the_same_reconstruction(prior):
 
 @pytest.mark.slow
 def test_gpu_script_dry_run_writes_every_section(tmp_path):
-    """About two minutes on one CPU core, most of it DPS through the tiny ADM at 256x256."""
+    """About 50 s on one CPU core, most of it DPS through the tiny ADM at 256x256 and the checks' torchrun."""
     out = tmp_path / "paper-scale"
     command = [sys.executable, str(ROOT / "scripts" / "paper_scale_gpu.py"), "--dry-run", "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dry_run"] is True and summary["device"].startswith("CPU")
-    assert set(summary["sections"]) == {"speed", "compile", "dps_memory", "precision"}
+    assert set(summary["sections"]) == {"checks", "speed", "compile", "dps_memory", "precision"}
+    checks = json.loads((out / "checks.json").read_text())
+    statuses = {name: check["status"] for name, check in checks["checks"].items()}
+    # On a CPU the checks that prove a CUDA path are skipped with their reason; the others run for real.
+    assert statuses == {
+        "fused_attention": "skipped",
+        "inception_cuda_vs_cpu": "skipped",
+        "fp16_gradients": "pass",
+        "every_solver_every_task": "pass",
+        "torchrun_one_process": "pass",
+    } and checks["failed"] == []
+    attention = checks["checks"]["fused_attention"]
+    assert "CUDA only" in attention["reason"] and attention["network"]["ok"]  # the code path ran nonetheless
+    assert attention["kernels"]["fp32"]["fused"]["ok"]
+    assert {"dps", "pigdm"} <= set(checks["checks"]["fp16_gradients"]["refused"])
+    assert checks["checks"]["torchrun_one_process"]["devices"] == ["cpu"]
     speed = json.loads((out / "speed.json").read_text())
     assert {r["solver"] for r in speed["fp32"]["rows"]} == set(solvers.available())
     precision = json.loads((out / "precision.json").read_text())

@@ -110,7 +110,7 @@ def test_store_keeps_latest_row_per_key_and_ignores_temporary_files(tmp_path):
     assert latest.loc["b", "psnr"] == 20.0 and latest.loc["b", "part"] == second.stem
     assert store.done_keys() == {"a", "b", "c"}
     store.write_part("units", [row("c", "failed")])
-    assert store.done_keys() == {"a", "b"}
+    assert store.done_keys() == {"a", "b", "c"}  # a failure never shadows a result (module docstring)
     # the same rows as pandas reads them straight from the files, in writing order
     direct = pd.concat([pd.read_parquet(p) for p in store.parts("units")], ignore_index=True)
     pd.testing.assert_frame_equal(store.raw_units().drop(columns="part"), direct, check_dtype=False)

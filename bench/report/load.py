@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.store import ResultStore, latest, sigma_label
+from bench.store import ResultStore, sigma_label
 
 __all__ = [
     "REFERENCE_SOLVERS",
@@ -99,17 +99,16 @@ def load_store(path: str | Path) -> Store:
         raise ReportError(
             f"results folder '{root}' does not exist; run `python -m bench run` first, or pass --results <folder>"
         )
-    store = ResultStore(root)
-    raw = store.raw_units()
-    units = latest(raw, "key")
+    tables = ResultStore(root).tables()  # one snapshot: a merge running meanwhile hides nothing
+    units = tables.units
     if units.empty:
         raise ReportError(
             f"results folder '{root}' holds no unit rows (no {root / 'units'}/part-*.parquet); "
             f"run `python -m bench run --out {root}` first"
         )
     methods, units = method_labels(units)
-    traces = _with_methods(store.traces(units, superseded=len(raw) > len(units)), units)
-    sets = _label_sets(store.sets(), units)
+    traces = _with_methods(tables.traces, units)
+    sets = _label_sets(tables.sets, units)
     groups = _group_states(units)
     return Store(root, units, traces, sets, methods, groups, _absent(units))
 
