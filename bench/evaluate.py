@@ -20,7 +20,15 @@ from bench.store import SET_COLUMNS, TRACE_COLUMNS, UNIT_COLUMNS, measurement_pa
 if TYPE_CHECKING:
     from bench.settings import RunSettings
 
-__all__ = ["SET_METRIC_MIN_IMAGES", "RunContext", "evaluate_batch", "fisher_kurtosis", "set_metrics"]
+__all__ = [
+    "DIVERGENCE_BOUND",
+    "SET_METRIC_MIN_IMAGES",
+    "divergence",
+    "RunContext",
+    "evaluate_batch",
+    "fisher_kurtosis",
+    "set_metrics",
+]
 
 # FID/KID need a few images per set (the KID subsets hold n // 2 of them; see bench.metrics.fid_kid).
 SET_METRIC_MIN_IMAGES = 4
@@ -71,6 +79,35 @@ def fisher_kurtosis(eps: Any) -> Any:
     m2 = centred.pow(2).mean(dim=1)
     m4 = centred.pow(4).mean(dim=1)
     return m4 / m2.pow(2) - 3.0
+
+
+# A solver's raw estimate (before the clamp to [-1, 1]) beyond this magnitude anywhere has diverged: good
+# estimates overshoot the image range by a fraction of it (DDNM's range-space correction, a noisy RED-diff
+# step); 10 is 4.5 image ranges outside [-1, 1], which no converging solver reaches.
+DIVERGENCE_BOUND = 10.0
+
+
+def divergence(raw: Any) -> list[str | None]:
+    """Per image of a raw (B, C, H, W) estimate: why it diverged (non-finite values, or values beyond
+    ±DIVERGENCE_BOUND, with the range found), or None."""
+    import torch
+
+    flat = raw.reshape(raw.shape[0], -1).float()
+    reasons: list[str | None] = []
+    for values in flat:
+        finite = torch.isfinite(values)
+        if not bool(finite.all()):
+            reasons.append(f"the estimate holds NaN or Inf values ({int((~finite).sum())} of {values.numel()})")
+            continue
+        low, high = float(values.min()), float(values.max())
+        if max(-low, high) > DIVERGENCE_BOUND:
+            reasons.append(
+                f"the raw estimate spans [{low:.4g}, {high:.4g}] before the clamp to [-1, 1], beyond "
+                f"±{DIVERGENCE_BOUND:g} (bench.evaluate.DIVERGENCE_BOUND): the solver diverged"
+            )
+            continue
+        reasons.append(None)
+    return reasons
 
 
 def _is_per_image(name: str) -> bool:
@@ -145,14 +182,18 @@ def evaluate_batch(context: RunContext, batch: list[Any]) -> tuple[list[dict[str
         synchronize(device)
         with PeakMemory(device) as memory:
             start = time.perf_counter()
-            estimate = solver.reconstruct(y, bound, prior, sigma=first.sigma, generators=generators, callback=record)
+            estimate = solver.reconstruct(
+                y, bound, prior, sigma=first.sigma, generators=generators, callback=record, clamp=False
+            )
             synchronize(device)
             wall = time.perf_counter() - start - tracing[0]
         peak = memory.peak
         stats = prior.stats
         own = solver.network_use
-        estimate = estimate.detach()
-        finite = torch.isfinite(estimate.reshape(len(ids), -1)).all(dim=1).tolist()
+        raw = estimate.detach()
+        diverged = divergence(raw)  # judged before the clamp, which would hide it
+        finite = [reason is None for reason in diverged]
+        estimate = raw.clamp(-1, 1)
         safe = torch.nan_to_num(estimate, nan=0.0, posinf=1.0, neginf=-1.0)
         scores, missing = metrics.score_images(context.metrics, safe, clean, op=bound, y=y)
         missed = "; ".join(f"{name}: {why}" for name, why in missing.items())
@@ -170,8 +211,8 @@ def evaluate_batch(context: RunContext, batch: list[Any]) -> tuple[list[dict[str
                 batch_size=len(ids),
                 warmup=warmup,
             )
-            if not finite[b]:
-                row.update(status="diverged", error="the estimate holds NaN or Inf values")
+            if diverged[b] is not None:
+                row.update(status="diverged", error=diverged[b])
                 continue
             row.update({name: float(values[b]) for name, values in scores.items()})
             if missed:  # images and the other scores are kept; `bench score` fills these in later

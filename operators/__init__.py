@@ -194,6 +194,22 @@ def _register_builtin() -> None:
         quality=10,
     )
     register("denoise", denoise.Identity, "denoising: A is the identity")
+    # The degradations of I²SB's and CDDB's released x4 bridges (`sr4x-pool`, `sr4x-bicubic`), so that their
+    # imported bridges run on the operator they were trained with (docs/cddb/official-weights.md).
+    register(
+        "sr4-pool",
+        separable.SuperResolution,
+        "x4 downsampling by 4x4 averaging (I²SB's sr4x-pool)",
+        factor=4,
+        kernel="pool",
+    )
+    register(
+        "sr4-ddrm",
+        separable.SuperResolution,
+        "bicubic x4 downsampling with edge-repeat padding (DDRM's SRConv, I²SB's sr4x-bicubic)",
+        factor=4,
+        kernel="ddrm-bicubic",
+    )
 
 
 _register_builtin()

@@ -67,10 +67,25 @@ class Solver:
     # empty for methods that are already cheap. Explicit --set options win over them.
     quick: ClassVar[dict[str, Any]] = {}
 
+    # Config fields that count something (steps, network evaluations, iterations): each must be an integer >= 1.
+    COUNT_OPTIONS: ClassVar[tuple[str, ...]] = ("steps", "nfe", "iterations", "cg_iterations")
+
     def __init__(self, config: SolverConfig | None = None, **overrides: Any):
         base = config if config is not None else self.Config()
         self.config = dataclasses.replace(base, **overrides) if overrides else base
         self.network_use: dict[str, NetworkUse] = {}
+        self._check_counts()
+
+    def _check_counts(self) -> None:
+        """A count option below 1 is refused when the solver is built, so a run fails before any work."""
+        for name in self.COUNT_OPTIONS:
+            value = getattr(self.config, name, None)
+            if value is None or isinstance(value, bool):
+                continue
+            if not isinstance(value, int) or value < 1:
+                raise SolverError(
+                    f"{self.name}.{name} must be an integer >= 1, got {value!r}; e.g. --set {self.name}.{name}=10"
+                )
 
     def reset_network_use(self) -> None:
         self.network_use = {}
@@ -115,8 +130,12 @@ class Solver:
         sigma: float,
         generators: Sequence[torch.Generator],
         callback: StepCallback | None = None,
+        clamp: bool = True,
     ) -> Tensor:
         """x̂ (B, C, H, W) in [-1, 1] from y (B, *op.measurement_shape): the checked, clamped `solve`.
+
+        clamp=False returns `solve`'s raw output, so that a caller can tell divergence from a value that
+        the clamp would hide (the runner does: `bench.evaluate.DIVERGENCE_BOUND`).
 
         A SolverError names what does not fit: an operator this solver cannot serve at σ, a measurement of the
         wrong shape, a generator count other than the batch size, a prior whose images or timesteps do not fit.
@@ -126,7 +145,8 @@ class Solver:
         reason = self.precision_mismatch(getattr(prior, "dtype", torch.float32)) or self.prior_mismatch(prior)
         if reason:
             raise SolverError(reason)
-        return self.solve(y, op, prior, sigma=sigma, generators=generators, callback=callback).clamp(-1, 1)
+        estimate = self.solve(y, op, prior, sigma=sigma, generators=generators, callback=callback)
+        return estimate.clamp(-1, 1) if clamp else estimate
 
     def solve(
         self,

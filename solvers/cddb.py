@@ -228,7 +228,7 @@ class CDDB(Solver):
         generators: Sequence[torch.Generator],
         callback: StepCallback | None = None,
     ) -> Tensor:
-        """CDDB Alg. 1 from x₁ = A⁺y; returns x at bridge step 0. `prior` gives only the device.
+        """CDDB Alg. 1 from x₁ (A⁺y, or the bridge's own convention: `bridge_start`); returns x at bridge step 0. `prior` gives only the device.
 
         The callback receives the network's output as eps and x̂₀ (before the data-consistency step) as x0."""
         device = prior.device

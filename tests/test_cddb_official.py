@@ -315,12 +315,13 @@ def test_command_line_import(tmp_path, capsys):
     assert "refused to unpickle" in capsys.readouterr().err and not (tmp_path / "executed").exists()
 
 
-def test_bench_run_refuses_the_released_bridge_on_our_sr4(imported, tmp_path, capsys):
-    """The runner builds our sr4 (antialiased bicubic): a bridge trained on I²SB's pool kernel is unsupported there,
-    every unit recorded as such, not run on a degradation it never saw."""
+def test_bench_run_runs_the_released_bridge_on_its_own_operator_only(imported, tmp_path, capsys):
+    """The released x4 bridge was trained on I²SB's pool kernel: `bench run --tasks sr4-pool` runs it (one step),
+    while our sr4 (antialiased bicubic) records every unit unsupported, never run on a degradation it never saw."""
     from PIL import Image
 
     from bench.cli import main
+    from bench.store import ResultStore
 
     dest, _, _ = imported
     photos = tmp_path / "photos"
@@ -328,8 +329,13 @@ def test_bench_run_refuses_the_released_bridge_on_our_sr4(imported, tmp_path, ca
     for i in range(2):
         pixels = np.random.default_rng(i).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(photos / f"{i}.png")
-    argv = ["run", "--prior", f"gaussian:{SIZE}", "--dataset", f"folder:{photos}", "--out", str(tmp_path / "out")]
-    argv += ["--no-progress", "--tasks", "sr4", "--sigma", "0", "--metrics", "psnr", "--solvers", "cddb"]
+    out = tmp_path / "out"
+    argv = ["run", "--prior", f"gaussian:{SIZE}", "--dataset", f"folder:{photos}", "--out", str(out)]
+    argv += ["--no-progress", "--tasks", "sr4,sr4-pool", "--sigma", "0", "--metrics", "psnr", "--solvers", "cddb"]
     assert main([*argv, "--set", f"cddb.bridge={dest}", "--set", "cddb.nfe=1"]) == 0
-    row = next(line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("cddb"))
-    assert row[:7] == ["cddb", "sr4", "0", "2", "0", "2", "0"]  # solver task sigma n ok unsup fail
+    capsys.readouterr()
+    table = ResultStore(out).units().set_index(["task", "image_id"]).sort_index()
+    assert (table.loc["sr4", "status"] == "unsupported").all()
+    assert table.loc["sr4", "error"].str.contains("kernel").all()  # the reason names what differs
+    ran = table.loc["sr4-pool"]
+    assert (ran["status"] == "ok").all() and ran["psnr"].notna().all() and (ran["own_nfe"] == 1).all()
