@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.store import SET_COLUMNS, TRACE_COLUMNS, UNIT_COLUMNS, measurement_path, new_row, reconstruction_path
+from bench.store import SET_COLUMNS, TRACE_COLUMNS, UNIT_COLUMNS, new_row, unit_image_paths
 
 if TYPE_CHECKING:
     from bench.settings import RunSettings
@@ -60,10 +60,10 @@ class RunContext:
 
 
 def _accumulation_dtype(device: Any) -> Any:
-    """float64 where the device computes it (CPU, CUDA), else float32: Apple's MPS has no float64 at all."""
-    import torch
+    """float64 where the device computes it (CPU, CUDA), else float32 (`bench.priors.base.widest_float`)."""
+    from bench.priors.base import widest_float
 
-    return torch.float64 if torch.device(device).type in ("cpu", "cuda") else torch.float32
+    return widest_float(device)
 
 
 def fisher_kurtosis(eps: Any) -> Any:
@@ -110,6 +110,17 @@ def divergence(raw: Any) -> list[str | None]:
     return reasons
 
 
+def _unreadable_images(context: RunContext, batch: list[Any]) -> dict[str, str]:
+    """image id -> why it cannot be read, for the batch's images that cannot."""
+    bad = {}
+    for unit in batch:
+        try:
+            context.dataset[context.index_of[unit.image_id]]
+        except Exception as error:  # noqa: BLE001 - any unreadable image fails its own units, named
+            bad[unit.image_id] = f"{type(error).__name__}: {error}"
+    return bad
+
+
 def _is_per_image(name: str) -> bool:
     from bench.metrics import spec
 
@@ -135,6 +146,7 @@ def _base_row(context: RunContext, unit: Any) -> dict[str, Any]:
         compiled=bool(getattr(context.prior, "compiled", False)),
         solver_version=context.solvers[unit.solver].version,
         solver_config=context.solver_configs[unit.solver],
+        **_image_paths(context, unit),
         metrics=",".join(name for name in context.metrics if _is_per_image(name)),
         **context.versions,
     )
@@ -157,6 +169,16 @@ def evaluate_batch(context: RunContext, batch: list[Any]) -> tuple[list[dict[str
             row.update(status="unsupported", error=reason)
         return rows, []
 
+    unreadable = _unreadable_images(context, batch)
+    if unreadable:  # a bad image fails its own units only: the rest of the batch is computed without it
+        rest = [unit for unit in batch if unit.image_id not in unreadable]
+        done_rows, done_traces = evaluate_batch(context, rest) if rest else ([], [])
+        by_key = {row["key"]: row for row in done_rows}
+        for row in rows:
+            if row["image_id"] in unreadable:
+                row.update(status="failed", error=unreadable[row["image_id"]])
+        return [by_key.get(row["key"], row) for row in rows], done_traces
+
     settings, device, prior = context.settings, context.device, context.prior
     ids = [unit.image_id for unit in batch]
     traces: list[dict[str, Any]] = []
@@ -173,7 +195,7 @@ def evaluate_batch(context: RunContext, batch: list[Any]) -> tuple[list[dict[str
             began = time.perf_counter()
             with torch.no_grad():
                 residual = (bound(x0.detach()) - y).reshape(len(ids), -1).norm(dim=1)
-                steps.append((step, int(t), fisher_kurtosis(eps), residual.double()))
+                steps.append((step, int(t), fisher_kurtosis(eps), residual.to(_accumulation_dtype(device))))
             synchronize(device)
             tracing[0] += time.perf_counter() - began
 
@@ -252,26 +274,41 @@ def _save_images(
 ) -> None:
     import operators
 
-    images = context.settings.out / "images"
-    first = batch[0]
+    context.store.check_in_place()  # writing into a moved folder's old path would recreate it, half empty
+    root = context.settings.out
     shown = bound.pinv(y) if bound.supports(operators.Cap.PINV) else None
-    tag = _image_tag(context, first.solver)
     for b, unit in enumerate(batch):
+        paths = _image_paths(context, unit)
         if finite[b]:
-            _save_png(estimate[b], reconstruction_path(images, unit.solver, unit.task, unit.sigma, tag, unit.image_id))
-        reference = images / "reference" / f"{unit.image_id}.png"
+            _save_png(estimate[b], root / paths["image_path"])
+        reference = root / paths["reference_path"]
         if not reference.exists():
             _save_png(clean[b], reference)
-        if shown is not None:  # the measurement depends on the seed (noise, masks) only: one folder per seed
-            measurement = measurement_path(images, unit.task, first.sigma, context.settings.seed, unit.image_id)
+        if shown is not None:  # the measurement depends on the seed (noise, masks), the task and the source
+            measurement = root / paths["measurement_path"]
             if not measurement.exists():
                 _save_png(shown[b], measurement)
 
 
-def _image_tag(context: RunContext, solver: str) -> str:
-    from bench.units import image_tag
+def _image_paths(context: RunContext, unit: Any) -> dict[str, str]:
+    """The unit's PNGs relative to the run folder (`bench.store.unit_image_paths`); no measurement PNG where the
+    operator has no A⁺ to show it with."""
+    import operators
 
-    return image_tag(context.solvers[solver].version, context.solver_configs[solver], context.settings.seed)
+    paths = unit_image_paths(
+        solver=unit.solver,
+        task=unit.task,
+        sigma=unit.sigma,
+        seed=context.settings.seed,
+        image_id=unit.image_id,
+        prior=context.settings.prior,
+        dataset=context.dataset.name,
+        solver_version=context.solvers[unit.solver].version,
+        solver_config=context.solver_configs[unit.solver],
+    )
+    if not context.ops[unit.task].supports(operators.Cap.PINV):
+        paths["measurement_path"] = None
+    return paths
 
 
 def _save_png(image: Any, path: Path) -> None:
@@ -345,18 +382,18 @@ def set_metrics(context: RunContext, units: list[Any]) -> None:
             short = f"FID/KID need at least {SET_METRIC_MIN_IMAGES} finished images, this set has {len(ok)}"
             row["note"] = "; ".join(filter(None, [short, row["note"]]))
         else:
-            folder = context.settings.out / "images"
+            root = context.settings.out
             channels = context.dataset.channels
 
             def load(path: Path, channels: int = channels) -> Any:
                 return pil_to_signed(read_image(path, channels))
 
             ids = tuple(u.image_id for u in ok)
+            paths = [_image_paths(context, u) for u in ok]
             try:
-                tag = _image_tag(context, solver)
-                estimates = torch.stack([load(reconstruction_path(folder, solver, task, sigma, tag, i)) for i in ids])
+                estimates = torch.stack([load(root / p["image_path"]) for p in paths])
                 if ids not in reference_features:  # the same clean set serves every group: one Inception pass
-                    references = torch.stack([load(folder / "reference" / f"{i}.png") for i in ids])
+                    references = torch.stack([load(root / p["reference_path"]) for p in paths])
                     reference_features[ids] = metrics.inception_features(references, context.device)
                 features = metrics.inception_features(estimates, context.device)
                 scores = metrics.fid_kid(features, reference_features[ids], seed=context.settings.seed)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.store import ResultStore, latest, next_attempts, reconstruction_path
+from bench.store import ResultStore, latest, next_attempts, row_image_paths
 
 __all__ = ["RescoreResult", "rescore"]
 
@@ -79,7 +79,6 @@ def rescore(out: str | Path, selection: Sequence[str] = (), device: str = "cpu")
     import pandas as pd
 
     from bench import metrics
-    from bench.units import image_tag
     from bench.weights import WeightsError
 
     store = ResultStore(out)
@@ -95,9 +94,7 @@ def rescore(out: str | Path, selection: Sequence[str] = (), device: str = "cpu")
             wanted = _wanted(row, selection)
             if not wanted:
                 continue
-            tag = image_tag(row["solver_version"], row["solver_config"], row["seed"])
-            estimate_path = reconstruction_path(images, row["solver"], row["task"], row["sigma"], tag, row["image_id"])
-            reference_path = images / "reference" / f"{row['image_id']}.png"
+            estimate_path, reference_path, _ = row_image_paths(Path(out), row)
             if not (estimate_path.is_file() and reference_path.is_file()):
                 left.append(f"{row['solver']}/{row['task']}/{row['image_id']}: no saved image ({estimate_path})")
                 continue
@@ -163,7 +160,6 @@ def _rescore_sets(store: ResultStore, images: Path, device: str) -> int:
     import torch
 
     from bench import metrics
-    from bench.units import image_tag
 
     written = store.read("sets")
     if written.empty:
@@ -180,11 +176,9 @@ def _rescore_sets(store: ResultStore, images: Path, device: str) -> int:
             continue
         paths, references = [], []
         for unit in members[members["status"] == "ok"].to_dict(orient="records"):
-            tag = image_tag(unit["solver_version"], unit["solver_config"], unit["seed"])
-            paths.append(
-                reconstruction_path(images, unit["solver"], unit["task"], unit["sigma"], tag, unit["image_id"])
-            )
-            references.append(images / "reference" / f"{unit['image_id']}.png")
+            estimate, reference, _ = row_image_paths(store.root, unit)
+            paths.append(estimate)
+            references.append(reference)
         if len(paths) != row["n_images"] or not all(p.is_file() for p in [*paths, *references]):
             continue
         estimates = torch.cat([_load(p) for p in paths])

@@ -105,7 +105,7 @@ def _prepare(settings: RunSettings, rank: int) -> tuple[RunContext, list[Any]]:
             )
     elif settings.n_images is not None:
         dataset = load_dataset(settings.dataset, size=height, channels=channels, n_images=settings.n_images)
-    check_writable(settings.out)
+    check_writable(settings.out, ("units", "traces", "sets", "images"))
     selection = settings.metrics or metrics.select(None)
     _resolve_weights(built, selection, height)
     ids = dataset.ids
@@ -190,10 +190,20 @@ def numerics_flags() -> dict[str, Any]:
     }
 
 
-def _statuses(raw_units: Any) -> dict[str, str]:
-    """key -> the status of its winning row."""
+def _done_keys(raw_units: Any, root: Any) -> set[str]:
+    """Keys whose winning row is done, except ok units whose reconstruction PNG is gone (deleted by hand): a
+    re-run computes those again, so that the report and FID have every image they count."""
+    from bench.store import row_image_paths
+
     table = latest(raw_units, "key")
-    return {} if table.empty else dict(zip(table["key"], table["status"], strict=True))
+    if table.empty:
+        return set()
+    done = set()
+    for row in table[table["status"].isin(DONE_STATUSES)].to_dict(orient="records"):
+        if row["status"] == "ok" and not row_image_paths(root, row)[0].is_file():
+            continue
+        done.add(row["key"])
+    return done
 
 
 def _batches(units: list[Any], batch_size: int) -> list[list[Any]]:
@@ -259,7 +269,7 @@ def run(settings: RunSettings) -> Any:
         mine = shard(units, dist.rank, dist.world_size)
         written = context.store.raw_units()
         context.attempts = next_attempts(written, "key")  # each new row one attempt above the key's last
-        done = set() if settings.force else {k for k, s in _statuses(written).items() if s in DONE_STATUSES}
+        done = set() if settings.force else _done_keys(written, settings.out)
         pending = [unit for unit in mine if unit.key not in done]
         if dist.rank == 0:
             skipped = len(mine) - len(pending)
@@ -273,7 +283,9 @@ def run(settings: RunSettings) -> Any:
         for batch in _batches(pending, settings.batch_size):
             first = batch[0]
             bar.set_description(f"{first.solver}/{first.task}/σ={sigma_label(first.sigma)}")
+            context.store.check_in_place()  # stop before computing into a folder that is gone
             rows, traces = evaluate_batch(context, batch)
+            context.store.check_in_place()  # a moved folder would be recreated, empty, by the next write
             stem = context.store.new_stem()
             # traces first: the unit part commits the batch (see bench.store)
             context.store.write_part("traces", traces, stem=stem)
@@ -316,11 +328,47 @@ def failure_report(table: Any, limit: int = 10) -> list[str]:
     return lines
 
 
+INTERRUPTED_EXIT = 130  # the shell's code for a process ended by SIGINT
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's kill, torchrun stopping its workers), handled like Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    import signal
+
     settings = settings_from_args(args)
-    summary = run(settings)  # it prints each failure's reason
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        summary = run(settings)  # it prints each failure's reason
+    except KeyboardInterrupt as interrupt:
+        print(
+            _interrupted(settings, "terminated" if isinstance(interrupt, _Terminated) else "interrupted"),
+            file=sys.stderr,
+        )
+        return INTERRUPTED_EXIT
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     failed = int(summary["failed"].sum()) if summary is not None and len(summary) else 0
     return 1 if failed else 0
+
+
+def _interrupted(settings: RunSettings, how: str) -> str:
+    """One line for a stopped run: what is kept, and how to go on."""
+    try:
+        kept = len(ResultStore(settings.out).done_keys())
+    except Exception:  # noqa: BLE001 - a damaged folder must not hide the message
+        kept = None
+    what = f"{kept} finished unit(s) are" if kept is not None else "every finished batch is"
+    return (
+        f"{how}: {what} kept in {settings.out} (each batch is committed whole; the one in flight is recomputed). "
+        "Run the same command again to resume."
+    )
 
 
 def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:

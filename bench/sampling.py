@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from bench.priors.base import widest_float
 from operators import randn_per_image
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
@@ -27,11 +28,11 @@ def ddpm_sample(
 ) -> Tensor:
     """Ancestral sampling over all T steps (Ho et al. 2020, Alg. 2) with the posterior variance β̃_t (ADM's
     "fixed small"): x_{t-1} = μ̃(x_t, x̂₀) + √β̃_t z, no noise at the last step. Returns (B, *shape) in [-1, 1]."""
-    ab = alphas_cumprod.to(device=device, dtype=torch.float64)
+    ab = alphas_cumprod.to(device=device, dtype=widest_float(device))
     x = randn_per_image(shape, generators, dtype=torch.float32, device=device)
     for t in range(ab.numel() - 1, -1, -1):
         a_t = ab[t]
-        a_prev = ab[t - 1] if t > 0 else torch.ones((), dtype=torch.float64, device=device)
+        a_prev = ab[t - 1] if t > 0 else torch.ones((), dtype=ab.dtype, device=device)
         beta = 1 - a_t / a_prev
         eps = eps_fn(x, torch.full((x.shape[0],), t, device=device, dtype=torch.long)).float()
         x0 = _tweedie(x, eps, a_t.float())
@@ -55,7 +56,7 @@ def ddim_sample(
 ) -> Tensor:
     """Deterministic DDIM (Song et al. 2021, Eq. 12 with η = 0) on `steps` evenly spaced timesteps
     (t = T - T/steps, ..., 0, then ᾱ = 1). Only the starting noise is random."""
-    ab = alphas_cumprod.to(device=device, dtype=torch.float64)
+    ab = alphas_cumprod.to(device=device, dtype=widest_float(device))
     total = ab.numel()
     ts = list(range(0, total, total // steps))[::-1]
     x = randn_per_image(shape, generators, dtype=torch.float32, device=device)

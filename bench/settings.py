@@ -290,7 +290,8 @@ def resolve_device(requested: str, env: Mapping[str, str], cuda_count: int) -> s
     Pure (no CUDA call), so that the torchrun mapping is tested on machines without GPUs. 'auto' is 'cuda'
     where a GPU is visible, else 'cpu'. Under torchrun (LOCAL_RANK set) a bare 'cuda' becomes
     cuda:<LOCAL_RANK>, one GPU per process; an explicit 'cuda:<i>' is refused when several processes share
-    the node, since they would all compute on GPU i. CPU ranks stay on 'cpu'.
+    the node, since they would all compute on GPU i. CPU ranks stay on 'cpu'; outside torchrun 'cuda' stays
+    'cuda' (the current GPU). `bench.run` then calls torch.cuda.set_device on an indexed CUDA device.
     """
     requested = str(requested).strip().lower()
     if requested == "auto":
@@ -343,17 +344,24 @@ def budget_overrides(settings: RunSettings, device_kind: str) -> dict[str, dict[
     return merged
 
 
-def check_writable(folder: Path) -> None:
-    """Create `folder` if needed and prove a file can be written there; RunError naming --out if not."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise RunError(
-            f"output folder '{folder}' is not writable ({error.strerror}); choose another with --out"
-        ) from None
+def check_writable(folder: Path, subfolders: tuple[str, ...] = ()) -> None:
+    """Create `folder` if needed and prove a file can be written there and in each of its `subfolders` that
+    exists already (a run writes units/, traces/, sets/, images/): RunError naming the folder if not, before
+    any work is done."""
+    for target in (folder, *(folder / name for name in subfolders)):
+        if target != folder and not target.exists():
+            continue  # created in `folder`, which is checked
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            probe = target / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
+            where = "output folder" if target == folder else f"folder '{target.name}' of the output folder"
+            raise RunError(
+                f"{where} '{target}' is not writable ({error.strerror}); fix it, or choose another "
+                "with --out"
+            ) from None
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:

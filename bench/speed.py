@@ -199,7 +199,11 @@ def measure_solver(
     row = SpeedRow(solver=name, batch_size=batch_size, status="ok")
     row.step_field = step_field(type(full_solver))
     row.steps = getattr(full_solver.config, row.step_field) if row.step_field else None
-    reason = full_solver.missing_weights() or full_solver.unsupported(op, sigma)
+    reason = (
+        full_solver.missing_weights()
+        or full_solver.unsupported(op, sigma)
+        or full_solver.precision_mismatch(getattr(prior, "dtype", None))
+    )
     if reason:
         row.status, row.reason = "unsupported", reason
         return row

@@ -5,9 +5,14 @@ Layout under the run folder:
     units/part-<time ns>-r<rank>-<random>.parquet    one row per work unit of one batch (`UNIT_COLUMNS`)
     traces/part-<same stem>.parquet                   per-step traces of that batch, long format (`TRACE_COLUMNS`)
     sets/part-<stem>.parquet                          FID/KID rows of (solver, task, σ) groups (`SET_COLUMNS`)
-    images/<solver>/<task>/<σ>/<tag>/<id>.png         reconstructions (`reconstruction_path`)
-    images/reference/<id>.png                         clean references
-    images/measurement/<task>/<σ>/seed<seed>/<id>.png measurements shown as A⁺y (`measurement_path`)
+    images/<solver>/<task>/<σ>/<tag>/<id>.png         reconstructions (`tag`: config, seed, prior, dataset)
+    images/reference/<source>/<id>.png                clean references (`source`: the prior and the dataset)
+    images/measurement/<task>/<σ>/seed<seed>/<source>/<id>.png   measurements shown as A⁺y
+
+Every unit row names its own three PNGs (columns `image_path`, `reference_path`, `measurement_path`, relative
+to the run folder; `unit_image_paths` makes them), so two runs into one folder with another prior or dataset
+never share a file, and readers (report, FID, `bench score`) open the row's own files (`row_image_paths`).
+Rows written before those columns use the earlier layout, without `source` and with a tag of config and seed.
 
 Every file is written to a hidden temporary name in its final folder, flushed to disk, then renamed with
 `os.replace`, which is atomic: a killed process leaves at most a hidden temporary file, which readers ignore,
@@ -63,6 +68,8 @@ __all__ = [
     "next_attempts",
     "new_row",
     "reconstruction_path",
+    "row_image_paths",
+    "unit_image_paths",
     "sigma_label",
 ]
 
@@ -140,6 +147,9 @@ UNIT_COLUMNS = (
     Column(
         "compiled", "bool", "the prior's network ran under torch.compile (--compile or the spec's ?compile=1)", False
     ),
+    Column("image_path", "str", "the reconstruction's PNG, relative to the run folder (`unit_image_paths`)"),
+    Column("reference_path", "str", "the clean image's PNG, relative to the run folder"),
+    Column("measurement_path", "str", "the measurement's PNG (A⁺y), relative to the run folder; None without A⁺"),
     Column("solver_version", "int64", "the solver's `version` (bumped when its math changes)"),
     Column("solver_config", "str", "the solver's resolved config as canonical JSON"),
     *_VERSIONS,
@@ -203,6 +213,58 @@ def reconstruction_path(images: Path, solver: str, task: str, sigma: float, tag:
 def measurement_path(images: Path, task: str, sigma: float, seed: int, image_id: str) -> Path:
     """Where the measurement of an image, shown as A⁺y, is for one seed."""
     return images / "measurement" / task / sigma_label(sigma) / f"seed{int(seed)}" / f"{image_id}.png"
+
+
+def image_source(prior: str, dataset: str) -> str:
+    """The folder that keeps one (prior, dataset)'s references and measurements apart (12 hex characters): the
+    prior sets the image size and channels, the dataset the photos."""
+    import hashlib
+
+    return hashlib.sha256(f"{prior}\n{dataset}".encode()).hexdigest()[:12]
+
+
+def unit_image_paths(
+    *,
+    solver: str,
+    task: str,
+    sigma: float,
+    seed: int,
+    image_id: str,
+    prior: str,
+    dataset: str,
+    solver_version: int,
+    solver_config: str,
+) -> dict[str, str]:
+    """A unit's PNGs relative to the run folder: {image_path, reference_path, measurement_path}."""
+    import hashlib
+
+    source = image_source(prior, dataset)
+    identity = f"{int(solver_version)}/{solver_config}/{int(seed)}/{source}"
+    tag = hashlib.sha256(identity.encode()).hexdigest()[:12]
+    name = f"{image_id}.png"
+    return {
+        "image_path": f"images/{solver}/{task}/{sigma_label(sigma)}/{tag}/{name}",
+        "reference_path": f"images/reference/{source}/{name}",
+        "measurement_path": f"images/measurement/{task}/{sigma_label(sigma)}/seed{int(seed)}/{source}/{name}",
+    }
+
+
+def row_image_paths(root: Path, row: Mapping[str, Any]) -> tuple[Path, Path, Path]:
+    """(reconstruction, reference, measurement) PNG paths of a unit row of the store at `root`.
+
+    The row's own columns where it has them; the earlier layout for rows written before them."""
+    own = [row.get(name) for name in ("image_path", "reference_path", "measurement_path")]
+    if isinstance(own[0], str) and isinstance(own[1], str):
+        return root / own[0], root / own[1], root / (own[2] if isinstance(own[2], str) else own[0])
+    from bench.units import image_tag
+
+    images = root / "images"
+    tag = image_tag(row["solver_version"], row["solver_config"], row["seed"])
+    return (
+        reconstruction_path(images, row["solver"], row["task"], row["sigma"], tag, row["image_id"]),
+        images / "reference" / f"{row['image_id']}.png",
+        measurement_path(images, row["task"], row["sigma"], row["seed"], row["image_id"]),
+    )
 
 
 # ----- reading -----------------------------------------------------------------------------------------------
@@ -376,6 +438,29 @@ class ResultStore:
             )
             fcntl.flock(handle, fcntl.LOCK_EX)
         self._lock_file = handle
+        self._folder_identity = self._identity()
+
+    def _identity(self) -> tuple[int, int] | None:
+        try:
+            stat = self.root.stat()
+        except OSError:
+            return None
+        return stat.st_dev, stat.st_ino
+
+    def check_in_place(self) -> None:
+        """StoreError when the run folder was moved, renamed or deleted since this writer took its lock: writing
+        on would start a second, partial store at the old path while the first lives on elsewhere."""
+        expected = getattr(self, "_folder_identity", None)
+        if expected is None:
+            return
+        now = self._identity()
+        if now != expected:
+            what = "was moved away or deleted" if now is None else "was moved or replaced by another folder"
+            raise StoreError(
+                f"the run folder '{self.root}' {what} while this run was writing to it; the batches finished "
+                "before are kept where the folder went. Put it back (or pass its new path with --out) and run "
+                "the same command again: it resumes there"
+            )
 
     def release_writer_lock(self) -> None:
         if self._lock_file is not None:

@@ -495,18 +495,34 @@ def load_exact(module: torch.nn.Module, state: dict[str, torch.Tensor], derived:
     own = module.state_dict()
     wanted = {k for k in own if not k.startswith(derived)}
     missing, unexpected = sorted(wanted - set(state)), sorted(set(state) - wanted)
-    if missing or unexpected:
-        raise WeightsError(
-            f"weights do not fit {type(module).__name__}: missing keys {missing}, unexpected keys {unexpected}"
-        )
     mismatched = [
-        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if tuple(v.shape) != tuple(own[k].shape)
+        f"{k} (file {tuple(v.shape)}, model {tuple(own[k].shape)})"
+        for k, v in sorted(state.items())
+        if k in wanted and tuple(v.shape) != tuple(own[k].shape)
     ]
-    if mismatched:
-        raise WeightsError(f"weights do not fit {type(module).__name__}: shape mismatches {mismatched}")
+    problem = key_problems(missing, unexpected, mismatched)
+    if problem:
+        raise WeightsError(
+            f"weights do not fit {type(module).__name__}: {problem}; the file is for another architecture or "
+            "config: use the weights made for this one"
+        )
     module.load_state_dict(state, strict=False)
+
+
+#: Keys shown per kind of problem: a wrong config mismatches hundreds of keys, and a message listing them all
+#: (tens of kilobytes) hides the few that say what is wrong.
+SHOWN_KEYS = 5
+
+
+def key_problems(missing: list[str], unexpected: list[str], mismatched: list[str]) -> str:
+    """Text such as "missing keys ['a']; shape mismatches [...] and 115 more (120 in all)": the first
+    `SHOWN_KEYS` of each kind and the count beyond them; "" when all three are empty."""
+    parts = []
+    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+        if keys:
+            more = f" and {len(keys) - SHOWN_KEYS} more ({len(keys)} in all)" if len(keys) > SHOWN_KEYS else ""
+            parts.append(f"{label} {list(keys[:SHOWN_KEYS])}{more}")
+    return "; ".join(parts)
 
 
 def lpips_model(net: str = "alex") -> torch.nn.Module:

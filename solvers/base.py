@@ -138,7 +138,8 @@ class Solver:
         the clamp would hide (the runner does: `bench.evaluate.DIVERGENCE_BOUND`).
 
         A SolverError names what does not fit: an operator this solver cannot serve at σ, a measurement of the
-        wrong shape, a generator count other than the batch size, a prior whose images or timesteps do not fit.
+        wrong shape, a generator count other than the batch size, a prior whose images or timesteps do not fit,
+        a float16 prior for a solver that backpropagates through it (`precision_mismatch`).
         """
         self.check(op, sigma)
         check_inputs(self.name, y, op, prior if self.uses_prior else None, generators)

@@ -23,8 +23,7 @@ from bench.cli import build_parser, main
 from bench.data import SKIMAGE_NATURAL_COLOUR, _skimage_data_dir
 from bench.evaluate import fisher_kurtosis
 from bench.settings import settings_from_args
-from bench.store import SET_COLUMNS, TRACE_COLUMNS, UNIT_COLUMNS, ResultStore, measurement_path, reconstruction_path
-from bench.units import image_tag
+from bench.store import SET_COLUMNS, TRACE_COLUMNS, UNIT_COLUMNS, ResultStore, row_image_paths
 
 REPO = Path(__file__).resolve().parents[1]
 PRIOR = "gaussian:32"
@@ -87,10 +86,9 @@ def test_run_records_rows_skips_done_units_and_summary_equals_parquet(tmp_path, 
 
     # images: reconstruction, reference and measurement (A⁺y) of every finished unit
     for row in ok.itertuples():
-        tag = image_tag(row.solver_version, row.solver_config, row.seed)
-        saved = reconstruction_path(out / "images", row.solver, row.task, 0.05, tag, row.image_id)
+        saved, reference, measurement = row_image_paths(out, row._asdict())
         assert np.asarray(Image.open(saved)).shape == (32, 32, 3)
-        assert measurement_path(out / "images", row.task, 0.05, row.seed, row.image_id).is_file()
+        assert reference.is_file() and measurement.is_file()
 
     # traces: one row per network evaluation and image, with the kurtosis of ε̂ and a residual
     traces = store.traces()
@@ -132,8 +130,7 @@ def test_run_records_rows_skips_done_units_and_summary_equals_parquet(tmp_path, 
     # a re-run computes nothing: no new part, no rewritten image
     parts = store.parts("units")
     first = ok[ok["solver"] == "ddnm"].iloc[0]
-    tag = image_tag(first.solver_version, first.solver_config, first.seed)
-    png = reconstruction_path(out / "images", "ddnm", "sr4", 0.05, tag, first.image_id)
+    png = row_image_paths(out, first)[0]
     mtime = png.stat().st_mtime_ns
     code, again, err = bench_run(capsys, out, photos, *args)
     assert code == 0 and "18 already done" in err
@@ -420,18 +417,13 @@ def test_two_configs_and_two_seeds_keep_their_own_images(tmp_path, photos, capsy
         assert bench_run(capsys, out, photos, *common, *extra)[0] == 0
     rows = ResultStore(out).units()
     assert len(rows) == 3
-    paths = [
-        reconstruction_path(
-            out / "images", "ddnm", "inpaint", 0.05, image_tag(r.solver_version, r.solver_config, r.seed), r.image_id
-        )
-        for r in rows.itertuples()
-    ]
+    paths = [row_image_paths(out, r)[0] for r in rows.to_dict(orient="records")]
     assert len(set(paths)) == 3 and all(p.is_file() for p in paths)
     pixels = [np.asarray(Image.open(p)) for p in paths]
     assert not np.array_equal(pixels[0], pixels[1]) and not np.array_equal(pixels[1], pixels[2])
     # the measurement of each seed (its own inpainting mask and noise) is kept too
-    image_id = rows.iloc[0].image_id
-    masks = [np.asarray(Image.open(measurement_path(out / "images", "inpaint", 0.05, s, image_id))) for s in (0, 7)]
+    by_seed = {r["seed"]: row_image_paths(out, r)[2] for r in rows.to_dict(orient="records")}
+    masks = [np.asarray(Image.open(by_seed[s])) for s in (0, 7)]
     assert not np.array_equal(*masks)
 
 

@@ -6,9 +6,11 @@ Runs use the analytic Gaussian prior at 3x32x32 and 48x48 crops of scikit-image'
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -140,3 +142,140 @@ def test_a_reader_during_merges_sees_every_unit_with_its_traces(tmp_path):
         stop.set()
         merger.join()
     assert all(n == 60 and traced for n, traced in seen), seen
+
+
+# ----- images keyed by everything that made them ------------------------------------------------------------
+
+
+def test_two_datasets_in_one_folder_keep_their_own_images(tmp_path, photos, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    for path in sorted(photos.glob("*.png")):  # the same file names, other pixels
+        with Image.open(path) as image:
+            image.transpose(Image.Transpose.ROTATE_90).save(other / path.name)
+    out = tmp_path / "run"
+    for folder in (photos, other):
+        code, _, err = bench(capsys, *run_args(out, photos, "--dataset", f"folder:{folder}", "--metrics", "psnr,ssim"))
+        assert code == 0, err
+    table = ResultStore(out).units()
+    assert len(table) == 8 and table["image_path"].is_unique and table["reference_path"].nunique() == 8
+    for row in table.to_dict(orient="records"):
+        estimate, reference, _ = store_module.row_image_paths(out, row)
+        source = photos if row["dataset"].endswith(str(photos)) else other
+        with Image.open(reference) as saved, Image.open(source / f"{row['image_id']}.png") as original:
+            expected = original.convert("RGB").resize((32, 32), Image.Resampling.BICUBIC)
+            assert saved.size == (32, 32) and estimate.is_file()
+            # the reference is this dataset's photo, not the first run's
+            assert abs(np.asarray(saved, float) - np.asarray(expected, float)).mean() < 3
+
+
+# ----- divergence, bad images, moved folders, interrupts ---------------------------------------------------
+
+
+def test_divergence_is_judged_before_the_clamp(tmp_path, photos, capsys, monkeypatch):
+    import solvers
+
+    pinv = solvers.get("pinv")
+    real_solve = pinv.solve
+
+    def exploding(self, y, op, prior, **kwargs):
+        x = real_solve(self, y, op, prior, **kwargs)
+        x[0] = x[0] * 2000.0  # the first image blows up; the clamp would have made it a plausible image
+        return x
+
+    monkeypatch.setattr(pinv, "solve", exploding)
+    out = tmp_path / "run"
+    code, _, err = bench(capsys, *run_args(out, photos, "--batch-size", "4"))
+    assert code == 0, err
+    table = ResultStore(out).units()
+    diverged = table[table["status"] == "diverged"]
+    assert len(diverged) == 1 and diverged["psnr"].isna().all()
+    assert "before the clamp" in diverged["error"].iloc[0] and "spans [" in diverged["error"].iloc[0]
+    assert (table["status"] == "ok").sum() == 3
+
+
+def test_an_unreadable_image_fails_only_its_own_units(tmp_path, photos, capsys):
+    folder = tmp_path / "photos"
+    shutil.copytree(photos, folder)
+    broken = sorted(folder.glob("*.png"))[1]
+    broken.write_bytes(broken.read_bytes()[:200])  # truncated after the header
+    out = tmp_path / "run"
+    code, _, err = bench(capsys, *run_args(out, photos, "--dataset", f"folder:{folder}", "--batch-size", "4"))
+    assert code == 1 and "1 unit(s) failed" in err
+    table = ResultStore(out).units().set_index("image_id")
+    assert table.loc[broken.stem, "status"] == "failed" and broken.name in table.loc[broken.stem, "error"]
+    others = table.drop(index=broken.stem)
+    assert (others["status"] == "ok").all() and others["error"].isna().all()
+
+
+def test_a_run_whose_folder_is_moved_stops_and_writes_nothing_at_the_old_path(tmp_path, photos, capsys, monkeypatch):
+    import bench.run as run_module
+
+    real = run_module.evaluate_batch
+    calls = []
+
+    def then_move(context, batch):
+        calls.append(len(batch))
+        if len(calls) == 2:
+            (tmp_path / "run").rename(tmp_path / "moved")
+        return real(context, batch)
+
+    monkeypatch.setattr(run_module, "evaluate_batch", then_move)
+    code, _, err = bench(capsys, *run_args(tmp_path / "run", photos, "--batch-size", "2"))
+    assert code == 2 and "was moved" in err and "--out" in err
+    assert not (tmp_path / "run").exists()  # not recreated, half empty, at the old path
+    assert len(ResultStore(tmp_path / "moved").units()) == 2  # the first batch is kept where the folder went
+
+
+@pytest.mark.parametrize("how", ["interrupted", "terminated"])
+def test_ctrl_c_and_sigterm_say_in_one_line_what_is_kept(tmp_path, photos, capsys, monkeypatch, how):
+    import os
+    import signal
+
+    import bench.run as run_module
+
+    real = run_module.evaluate_batch
+    calls = []
+
+    def stopped(context, batch):
+        calls.append(1)
+        if len(calls) == 2:
+            if how == "terminated":
+                os.kill(os.getpid(), signal.SIGTERM)
+            raise KeyboardInterrupt
+        return real(context, batch)
+
+    monkeypatch.setattr(run_module, "evaluate_batch", stopped)
+    out = tmp_path / "run"
+    code, _, err = bench(capsys, *run_args(out, photos, "--batch-size", "2"))
+    assert code == 130
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith(f"{how}: 2 finished unit(s) are kept in {out}") and "Traceback" not in err
+    assert "Run the same command again to resume" in lines[-1]
+    assert signal.getsignal(signal.SIGTERM) is not run_module._on_sigterm  # the handler is put back
+    monkeypatch.setattr(run_module, "evaluate_batch", real)
+    code, _, err = bench(capsys, *run_args(out, photos, "--batch-size", "2"))
+    assert code == 0 and "2 already done" in err
+
+
+def test_settings_that_can_be_checked_are_checked_before_any_work(tmp_path, photos, capsys):
+    out = tmp_path / "run"
+    code, _, err = bench(capsys, *run_args(out, photos, "--solvers", "uncond", "--set", "uncond.steps=0"))
+    assert code == 2 and "uncond.steps must be an integer >= 1" in err
+    assert not (out / "units").exists()
+    # a folder the run writes into that is not writable is named before any work
+    (out / "units").parent.mkdir(parents=True, exist_ok=True)
+    (out / "units").write_text("a file where the units folder should be")
+    code, _, err = bench(capsys, *run_args(out, photos))
+    assert code == 2 and "folder 'units' of the output folder" in err and "--out" in err
+    assert not (out / "images").exists()
+
+
+def test_a_deleted_png_is_computed_again_by_the_next_run(tmp_path, photos, capsys):
+    out = tmp_path / "run"
+    assert bench(capsys, *run_args(out, photos))[0] == 0
+    row = ResultStore(out).units().iloc[0].to_dict()
+    png = store_module.row_image_paths(out, row)[0]
+    png.unlink()
+    code, _, err = bench(capsys, *run_args(out, photos))
+    assert code == 0 and "3 already done" in err and png.is_file()

@@ -592,8 +592,16 @@ class Prior:
         return padded[steps + 1]
 
     def _schedule_value(self, values: Tensor, dtype: torch.dtype) -> Tensor:
-        """float64 values of shape () or (B,) -> (B or 1, 1, 1, 1) in `dtype` on the network's device."""
+        """float64 values of shape () or (B,) -> (B or 1, 1, 1, 1) in `dtype` on the network's device (float64
+        asked for on a device without it, Apple's MPS, gives float32 there)."""
+        if dtype == torch.float64:
+            dtype = widest_float(self.device)
         return values.reshape(-1, 1, 1, 1).to(device=self.device, dtype=dtype)
+
+
+def widest_float(device: str | torch.device) -> torch.dtype:
+    """float64 where the device computes it (CPU, CUDA), else float32: Apple's MPS has no float64 at all."""
+    return torch.float64 if torch.device(device).type in ("cpu", "cuda") else torch.float32
 
 
 def _integer_steps(t: int | Tensor) -> Tensor:

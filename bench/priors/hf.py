@@ -69,13 +69,17 @@ def _glide_cosine_betas(num_timesteps: int, max_beta: float = 0.999) -> Tensor:
     return torch.tensor(betas, dtype=torch.float64)
 
 
-def betas_from_scheduler_config(config: Mapping[str, Any]) -> tuple[Tensor, bool, dict[str, Any]]:
+def betas_from_scheduler_config(
+    config: Mapping[str, Any], *, source: str = "the scheduler config"
+) -> tuple[Tensor, bool, dict[str, Any]]:
     """(betas (T,) float64, learned_variance, normalised schedule) from a DDPMScheduler-style config.
 
     Supported: beta_schedule linear / scaled_linear / squaredcos_cap_v2 (or explicit trained_betas),
     prediction_type epsilon, variance_type fixed_* or learned_range. Missing keys take SCHEDULER_DEFAULTS.
+    `source` (the file) is named in the error when a value has the wrong type.
     """
     merged = {**SCHEDULER_DEFAULTS, **{k: v for k, v in config.items() if not k.startswith("_")}}
+    _check_types(merged, _SCHEDULER_TYPES, source)
     if merged["prediction_type"] != "epsilon":
         raise PriorError(
             f"the model predicts {merged['prediction_type']!r}, but priors here must predict the noise "
@@ -120,6 +124,88 @@ def betas_from_scheduler_config(config: Mapping[str, Any]) -> tuple[Tensor, bool
     else:
         raise PriorError(f"unsupported beta_schedule {schedule!r} (supported: {', '.join(_BETA_SCHEDULES)})")
     return betas, variance_type == "learned_range", normalised
+
+
+# ----- config value types ------------------------------------------------------------------------
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_list_of(check):
+    return lambda value: isinstance(value, list | tuple) and all(check(item) for item in value)
+
+
+# key -> (what it must be, check). A wrong type otherwise surfaces deep inside diffusers or int()/float() as
+# "invalid literal for int()" or "not all arguments converted", naming neither the file nor the key.
+_SCHEDULER_TYPES: dict[str, tuple[str, Any]] = {
+    "num_train_timesteps": ("a positive integer", lambda v: _is_int(v) and v > 0),
+    "beta_start": ("a number", _is_number),
+    "beta_end": ("a number", _is_number),
+    "beta_schedule": ("a string", lambda v: isinstance(v, str)),
+    "prediction_type": ("a string", lambda v: isinstance(v, str)),
+    "variance_type": ("a string", lambda v: isinstance(v, str)),
+    "trained_betas": ("a list of numbers or null", lambda v: v is None or _is_list_of(_is_number)(v)),
+}
+_UNET_TYPES: dict[str, tuple[str, Any]] = {
+    "sample_size": (
+        "an integer or a list of two integers",
+        lambda v: _is_int(v) or (_is_list_of(_is_int)(v) and len(v) == 2),
+    ),
+    "in_channels": ("a positive integer", lambda v: _is_int(v) and v > 0),
+    "out_channels": ("a positive integer", lambda v: _is_int(v) and v > 0),
+    "layers_per_block": ("a positive integer", lambda v: _is_int(v) and v > 0),
+    "norm_num_groups": ("a positive integer or null", lambda v: v is None or (_is_int(v) and v > 0)),
+    "block_out_channels": ("a list of positive integers", _is_list_of(lambda v: _is_int(v) and v > 0)),
+    "down_block_types": ("a list of block names", _is_list_of(lambda v: isinstance(v, str))),
+    "up_block_types": ("a list of block names", _is_list_of(lambda v: isinstance(v, str))),
+    "attention_head_dim": (
+        "an integer, a list of integers or null",
+        lambda v: v is None or _is_int(v) or _is_list_of(_is_int)(v),
+    ),
+    "norm_eps": ("a number", _is_number),
+    "downsample_padding": ("an integer", _is_int),
+    "freq_shift": ("a number", _is_number),
+    "flip_sin_to_cos": ("true or false", lambda v: isinstance(v, bool)),
+    "center_input_sample": ("true or false", lambda v: isinstance(v, bool)),
+}
+
+
+def _check_types(config: Mapping[str, Any], types: Mapping[str, tuple[str, Any]], source: str | Path) -> None:
+    """PriorError naming the file, the key and the expected type for the first value of the wrong type."""
+    for key, (expected, check) in types.items():
+        if key in config and not check(config[key]):
+            raise PriorError(
+                f"{source}: key '{key}' must be {expected}, got {json.dumps(config[key])}; fix the value (the "
+                "model's original config file has the right one)"
+            )
+
+
+def _read_json(path: Path) -> Any:
+    """A config file's JSON; PriorError naming the file and where it breaks, not just "Expecting ','"."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise PriorError(
+            f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); fix it or put the "
+            "model's original file back"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PriorError(f"could not read {path} ({exc})") from None
+
+
+def _shown(keys: list[str]) -> str:
+    """The first few keys and how many there are in all: a config that does not fit its weights mismatches
+    hundreds of keys, and listing them all (tens of kilobytes) hides the few that say what is wrong."""
+    from bench.weights import SHOWN_KEYS
+
+    more = f", … ({len(keys)} in all)" if len(keys) > SHOWN_KEYS else ""
+    return ", ".join(map(str, keys[:SHOWN_KEYS])) + more
 
 
 # ----- the prior -----------------------------------------------------------------------------------
@@ -209,11 +295,24 @@ def _describe_mismatch(expected: Mapping[str, Tensor], found: Mapping[str, Tenso
         if expected[k].shape != found[k].shape
     )
     problems = [
-        f"{label}: {', '.join(keys[:8])}{f', ... ({len(keys) - 8} more)' if len(keys) > 8 else ''}"
+        f"{label}: {_shown(keys)}"
         for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", reshaped))
         if keys
     ]
     return "; ".join(problems) or None
+
+
+def _file_state(weights: list[Path]) -> dict[str, Tensor]:
+    """The tensors of a diffusers UNet's weight files (safetensors, or .bin read without unpickling code)."""
+    state: dict[str, Tensor] = {}
+    for path in weights:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state.update(load_file(str(path), device="cpu"))
+        else:
+            state.update(torch.load(path, map_location="cpu", weights_only=True))
+    return state
 
 
 def _is_own_format(folder: Path) -> bool:
@@ -234,12 +333,13 @@ def load_unet(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     missing = [p.name for p in (config_path, weights_path) if not p.is_file()]
     if missing:
         raise PriorError(f"{folder} is not a saved UNet: {', '.join(missing)} missing (write one with save_unet)")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise PriorError(f"{config_path} is not valid JSON ({exc})") from exc
+    config = _read_json(config_path)
     if not isinstance(config, dict) or not isinstance(config.get("unet"), dict) or "scheduler" not in config:
         raise PriorError(f"{config_path} must hold 'unet' and 'scheduler' sections (as written by save_unet)")
+    _check_types(config["unet"], _UNET_TYPES, f"{config_path} ('unet' section)")
+    if not isinstance(config["scheduler"], dict):
+        raise PriorError(f"{config_path}: the 'scheduler' section must be a table of settings (as save_unet writes)")
+    _check_types(config["scheduler"], _SCHEDULER_TYPES, f"{config_path} ('scheduler' section)")
     from diffusers import UNet2DModel
     from safetensors.torch import load_file
 
@@ -367,25 +467,34 @@ def load_diffusers_prior(
         return load_unet_prior(path, kind=kind, device=device, dtype=dtype)
     unet_dir, scheduler_path = _locate(source)
     config_path = unet_dir / "config.json"
-    try:
-        class_name = json.loads(config_path.read_text()).get("_class_name", "UNet2DModel")
-    except (OSError, json.JSONDecodeError) as exc:
-        raise PriorError(f"could not read {config_path} ({exc})") from exc
+    unet_config = _read_json(config_path)
+    if not isinstance(unet_config, dict):
+        raise PriorError(f"{config_path} must hold a table of UNet settings, not {type(unet_config).__name__}")
+    class_name = unet_config.get("_class_name", "UNet2DModel")
     if class_name != "UNet2DModel":
         raise PriorError(f"{unet_dir} holds a {class_name}; only unconditional UNet2DModel priors are supported")
     weights = _weight_files(unet_dir)
     if not weights:
         raise PriorError(f"{unet_dir} has no diffusion_pytorch_model.safetensors (or .bin) weights")
+    _check_types(unet_config, _UNET_TYPES, config_path)
+    scheduler = _read_json(scheduler_path) if scheduler_path is not None else {}
+    if not isinstance(scheduler, dict):
+        raise PriorError(f"{scheduler_path} must hold a table of scheduler settings, not {type(scheduler).__name__}")
+    _check_types(scheduler, _SCHEDULER_TYPES, scheduler_path)
     from diffusers import UNet2DModel
 
     try:
         # low_cpu_mem_usage=False and the loading info: missing weights would otherwise be initialised at
         # random with only a logged warning.
         unet, info = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False, output_loading_info=True)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise PriorError(f"could not load a UNet2DModel from {unet_dir}: {exc}") from exc
+    except RuntimeError as exc:
+        # torch's load_state_dict message lists every mismatched tensor: tens of kilobytes for a wrong config
+        misfit = _misfit(unet_config, weights, config_path)
+        raise PriorError(misfit or f"could not load a UNet2DModel from {unet_dir}: {exc}") from None
+    except (OSError, ValueError, TypeError) as exc:
+        raise PriorError(f"could not load a UNet2DModel from {unet_dir} (config {config_path}): {exc}") from exc
     problems = [
-        f"{label}: {', '.join(map(str, keys))}"
+        f"{label}: {_shown(list(map(str, keys)))}"
         for label, keys in (
             ("missing keys", info.get("missing_keys", [])),
             ("unexpected keys", info.get("unexpected_keys", [])),
@@ -396,5 +505,21 @@ def load_diffusers_prior(
     ]
     if problems:
         raise PriorError(f"{unet_dir}: the weights do not match the UNet config ({'; '.join(problems)})")
-    scheduler = json.loads(scheduler_path.read_text()) if scheduler_path is not None else {}
     return _make_prior(unet, scheduler, kind=kind, weights=weights, source=source, device=device, dtype=dtype)
+
+
+def _misfit(unet_config: dict[str, Any], weights: list[Path], config_path: Path) -> str | None:
+    """Which keys of the weight files do not fit the UNet that `config_path` describes, in a few lines."""
+    from diffusers import UNet2DModel
+
+    try:
+        expected = UNet2DModel.from_config(unet_config).state_dict()
+        problem = _describe_mismatch(expected, _file_state(weights))
+    except Exception:  # noqa: BLE001 - only a better message is at stake; the caller falls back to torch's
+        return None
+    if problem is None:
+        return None
+    return (
+        f"the weights in {weights[0].parent} do not fit the UNet that {config_path} describes ({problem}); "
+        "the config is for another model: put back the config.json that came with these weights"
+    )

@@ -291,7 +291,9 @@ def quality_runtime_figure(
         per_task = rows.groupby("task")[["psnr", "lpips"]].mean().mean()
         points.append({"method": method, "seconds": timed["wall_s"].mean(), **per_task.to_dict()})
     order = list(colors)
-    frame = pd.DataFrame(points).sort_values("method", key=lambda c: c.map(order.index))
+    # columns given: when every image diverged there are no points, and the frame must still have them
+    frame = pd.DataFrame(points, columns=["method", "seconds", "psnr", "lpips"])
+    frame = frame.sort_values("method", key=lambda c: c.map(order.index))
     frame = frame[frame["seconds"] > 0]
     if frame.empty:
         return None

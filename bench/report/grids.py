@@ -82,23 +82,28 @@ def _grid(columns: list[tuple[str, list[Path | str]]], ids: list[str], size: int
 
 
 def grid_figures(images: Path, units: pd.DataFrame, methods: list[str], out: Path) -> list[Figure]:
-    """One grid per (task, σ) whose reference PNGs exist; `units` are the rows to show (no reference solvers)."""
-    from bench.store import measurement_path
+    """One grid per (task, σ) whose reference PNGs exist; `units` are the rows to show (no reference solvers).
 
+    Every cell is read from its row's own PNG (`bench.store.row_image_paths`); the ground truth and the
+    measurement of an image come from its latest row, so a store holding two datasets or priors shows each
+    image beside its own reference."""
+    from bench.store import row_image_paths
+
+    root = images.parent
     figures = []
     rank = {task: i for i, task in enumerate(sort_tasks(list(units["task"].unique())))}
     for (task, sigma), rows in sorted(units.groupby(["task", "sigma"]), key=lambda g: (rank[g[0][0]], g[0][1])):
-        ids = sorted(i for i in rows["image_id"].unique() if (images / "reference" / f"{i}.png").is_file())
-        ids = ids[:MAX_IMAGES]
+        newest = {r["image_id"]: r for r in rows.sort_values("part").to_dict("records")}  # the latest run's row
+        paths = {i: row_image_paths(root, row) for i, row in newest.items()}
+        ids = sorted(i for i, (_, reference, _) in paths.items() if reference.is_file())[:MAX_IMAGES]
         if not ids:
             continue
         folder = sigma_label(sigma)
-        seed = int(rows.sort_values("part")["seed"].iloc[-1])  # the latest run's measurements
         columns: list[tuple[str, list[Path | str]]] = [
-            ("ground truth", [images / "reference" / f"{i}.png" for i in ids]),
-            ("measurement (A⁺y)", [_existing(measurement_path(images, task, sigma, seed, i)) for i in ids]),
+            ("ground truth", [paths[i][1] for i in ids]),
+            ("measurement (A⁺y)", [_existing(paths[i][2]) for i in ids]),
         ]
-        columns += _solver_columns(images, rows, methods, task, folder, ids)
+        columns += _solver_columns(root, rows, methods, ids)
         if len(columns) == 2:
             continue
         with _open(columns[0][1][0]) as first:
@@ -112,28 +117,26 @@ def grid_figures(images: Path, units: pd.DataFrame, methods: list[str], out: Pat
 
 
 def _solver_columns(
-    images: Path, rows: pd.DataFrame, methods: list[str], task: str, folder: str, ids: list[str]
+    root: Path, rows: pd.DataFrame, methods: list[str], ids: list[str]
 ) -> list[tuple[str, list[Path | str]]]:
-    """One column per method (a solver and its config) that finished an image here, read from that
-    configuration's own PNG folder (`bench.units.image_tag`), so two configs of a solver show side by side."""
-    from bench.store import reconstruction_path
-    from bench.units import image_tag
+    """One column per method (a solver and its config) that finished an image here, each cell its row's own
+    PNG, so two configs of a solver show side by side."""
+    from bench.store import row_image_paths
 
     latest = rows.sort_values("part").drop_duplicates(["method", "image_id"], keep="last")
     order = {m: i for i, m in enumerate(methods)}
     columns = []
     for method, mine in sorted(latest.groupby("method"), key=lambda g: order.get(g[0], len(order))):
-        by_id = {r.image_id: r for r in mine.itertuples(index=False)}
-        if not any(r.status == "ok" for r in by_id.values()):
+        by_id = {r["image_id"]: r for r in mine.to_dict("records")}
+        if not any(r["status"] == "ok" for r in by_id.values()):
             continue
         cells: list[Path | str] = []
         for i in ids:
             row = by_id.get(i)
-            if row is None or row.status != "ok":
-                cells.append("missing" if row is None else row.status)
+            if row is None or row["status"] != "ok":
+                cells.append("missing" if row is None else row["status"])
             else:
-                tag = image_tag(row.solver_version, row.solver_config, row.seed)
-                cells.append(_existing(reconstruction_path(images, row.solver, task, row.sigma, tag, i)))
+                cells.append(_existing(row_image_paths(root, row)[0]))
         columns.append((method, cells))
     return columns
 
