@@ -6,6 +6,7 @@ Each command lives in its own function; heavy modules are imported inside them s
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -181,6 +182,7 @@ def _registry(module_name: str) -> list[tuple[str, str]]:
 def _train_config(args: argparse.Namespace):
     from bench.training import TrainConfig
 
+    _check_steps(args.steps, getattr(args, "init", None))
     return TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -344,6 +346,32 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
     return values
 
 
+def _check_steps(steps: int, init: str | None) -> None:
+    """ValueError for --steps below 1: the trainer would save its random initial weights as the result.
+
+    --steps 0 stays allowed with --init, which saves the given network back (train-denoiser recomputes its
+    batch-norm statistics that way)."""
+    if steps >= 1 or (steps == 0 and init is not None):
+        return
+    raise ValueError(
+        f"--steps {steps} trains nothing, so the saved network would be its random initialisation; "
+        "give --steps 1 or more (--steps 0 only with --init, to save a given network back)"
+    )
+
+
+def _noise_level(text: str) -> float:
+    """argparse type of --sigma-max and train-bridge's --sigma: a finite noise std >= 0 on [0, 1] pixels."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(
+            f"must be a noise std >= 0 on the [0, 1] pixel scale (e.g. 0.05), got {text!r}"
+        )
+    return value + 0.0  # -0 becomes 0
+
+
 def _add_training_options(
     parser: argparse.ArgumentParser, *, steps: int, batch_size: int, lr: float, size: int | None
 ) -> None:
@@ -436,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     denoiser = commands.add_parser("train-denoiser", help="train a DnCNN Gaussian denoiser (for PnP-ADMM) on photos")
     _add_training_options(denoiser, steps=20_000, batch_size=64, lr=1e-3, size=40)
     denoiser.add_argument(
-        "--sigma-max", type=float, default=55 / 255, help="noise levels drawn from [0, this] on the [0, 1] scale"
+        "--sigma-max", type=_noise_level, default=55 / 255, help="noise levels drawn from [0, this] on the [0, 1] scale"
     )
     denoiser.add_argument("--init", default=None, help="start from the DnCNN in this folder (e.g. bench/assets/dncnn)")
     denoiser.add_argument(
@@ -483,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_options(ddc, steps=160_000, batch_size=8, lr=1e-4, size=None)
     ddc.add_argument("--prior", default="natural64", help="the frozen prior whose x̂₀ is corrected")
     ddc.add_argument("--tasks", default="sr4,sr8,gblur,inpaint,jpeg10,denoise", help="one drawn per batch")
-    ddc.add_argument("--sigma-max", type=float, default=0.05, help="y noise std u*2*sigma_max, u ~ U(0, 1)")
+    ddc.add_argument("--sigma-max", type=_noise_level, default=0.05, help="y noise std u*2*sigma_max, u ~ U(0, 1)")
     ddc.add_argument("--no-lpips", action="store_true", help="train the paper's 'DDC w/o LPIPS' variant")
     ddc.add_argument("--y-to-image", choices=["replicate", "pinv"], default="replicate")
     ddc.add_argument(

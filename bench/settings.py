@@ -11,6 +11,7 @@ import argparse
 import datetime
 import math
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,7 +93,8 @@ def _parse_sigmas(value: Any) -> list[float]:
         if not text:
             continue
         try:
-            sigma = float(text)
+            # + 0.0 turns -0 into 0: equal as numbers, but -0 would name folders and labels "-0"
+            sigma = float(text) + 0.0
         except ValueError:
             raise RunError(f"--sigma expects numbers separated by commas (e.g. 0,0.05), got {text!r}") from None
         if not math.isfinite(sigma) or sigma < 0:
@@ -101,7 +103,22 @@ def _parse_sigmas(value: Any) -> list[float]:
             sigmas.append(sigma)
     if not sigmas:
         raise RunError(f"--sigma names no noise level: {value!r}")
+    _warn_large_sigmas(sigmas)
     return sigmas
+
+
+def _warn_large_sigmas(sigmas: list[float]) -> None:
+    """One warning for all noise levels above 1: legal, but on the [0, 1] pixel scale such noise buries the
+    image, and the likely intent is a value on the 0-255 scale."""
+    large = [sigma for sigma in sigmas if sigma > 1]
+    if large:
+        listed = ", ".join(f"{sigma:g}" for sigma in large)
+        meant = ", ".join(f"{sigma / 255:.4g}" for sigma in large)
+        print(
+            f"warning: noise level sigma {listed} is above 1; sigma is on the [0, 1] pixel scale (0.05 is 5% of "
+            f"the range), so the measurements are mostly noise. If you meant 0-255 pixel values, pass {meant}",
+            file=sys.stderr,
+        )
 
 
 def _parse_names(value: Any) -> list[str]:
@@ -146,7 +163,67 @@ def _read_config(path: str | Path) -> dict[str, Any]:
             close = closest(key, _CONFIG_KEYS)
             hint = f"; did you mean '{close}'?" if close else ""
             raise RunError(f"unknown key '{key}' in config file '{path}'{hint} (keys: {', '.join(_CONFIG_KEYS)})")
+    for key, value in config.items():
+        _check_config_type(key, value, path)
     return config
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_names(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, list) and all(isinstance(item, str) for item in value))
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_sigma(value: Any) -> bool:
+    def one(item: Any) -> bool:
+        return isinstance(item, str) or (isinstance(item, int | float) and not isinstance(item, bool))
+
+    return one(value) or (isinstance(value, list) and all(one(item) for item in value))
+
+
+# Config key -> (what its value must be, check, an example line). Values of a wrong type otherwise fail later,
+# far from the file, as a TypeError inside Path() or int() (`out = 5`).
+_CONFIG_TYPES: dict[str, tuple[str, Any, str]] = {
+    "solvers": ("a list of solver names or one comma-separated string", _is_names, 'solvers = ["dps", "ddnm"]'),
+    "tasks": ("a list of task names or one comma-separated string", _is_names, 'tasks = ["sr4", "inpaint"]'),
+    "sigma": ("a number, a list of numbers or a comma-separated string", _is_sigma, "sigma = [0, 0.05]"),
+    "prior": ("a prior spec (text)", _is_text, 'prior = "natural64"'),
+    "dataset": ("a dataset spec (text)", _is_text, 'dataset = "skimage-natural"'),
+    "n_images": ("a whole number", lambda v: v is None or _is_integer(v), "n_images = 5"),
+    "batch_size": ("a whole number", _is_integer, "batch_size = 8"),
+    "seed": ("a whole number", _is_integer, "seed = 0"),
+    "set": (
+        "a list of 'solver.option=value' strings",
+        lambda v: isinstance(v, list) and all(map(_is_text, v)),
+        'set = ["dps.steps=100"]',
+    ),
+    "out": ("a folder path (text)", _is_text, 'out = "results/mine"'),
+    "name": ("a folder name (text)", _is_text, 'name = "mine"'),
+    "device": ("a device name (text)", _is_text, 'device = "cuda"'),
+    "dtype": ("fp32, bf16 or fp16 (text)", _is_text, 'dtype = "fp32"'),
+    "compile": ("true or false", lambda v: isinstance(v, bool), "compile = true"),
+    "force": ("true or false", lambda v: isinstance(v, bool), "force = false"),
+    "budget": (f"one of {', '.join(BUDGETS)} (text)", _is_text, 'budget = "quick"'),
+    "metrics": ("a list of metric names or one comma-separated string", _is_names, 'metrics = ["psnr", "ssim"]'),
+}
+
+
+def _check_config_type(key: str, value: Any, path: Path) -> None:
+    """RunError naming the key, the file, the type expected and an example line, for a value of another type."""
+    if key not in _CONFIG_TYPES:
+        return  # a key added to _CONFIG_KEYS without a type here is checked where it is used
+    expected, check, example = _CONFIG_TYPES[key]
+    if not check(value):
+        raise RunError(
+            f"config key '{key}' in '{path}' must be {expected}, got {value!r} ({type(value).__name__}); "
+            f"e.g. {example} (TOML) or the same as '{key}: ...' (YAML)"
+        )
 
 
 def _parse_toml(path: Path) -> Any:
@@ -351,6 +428,7 @@ def check_writable(folder: Path, subfolders: tuple[str, ...] = ()) -> None:
     for target in (folder, *(folder / name for name in subfolders)):
         if target != folder and not target.exists():
             continue  # created in `folder`, which is checked
+        _refuse_file(target, folder)
         try:
             target.mkdir(parents=True, exist_ok=True)
             probe = target / f".write-test-{os.getpid()}"
@@ -362,6 +440,27 @@ def check_writable(folder: Path, subfolders: tuple[str, ...] = ()) -> None:
                 f"{where} '{target}' is not writable ({error.strerror}); fix it, or choose another "
                 "with --out"
             ) from None
+
+
+def _refuse_file(target: Path, folder: Path) -> None:
+    """RunError when `target`, or a folder it would be made in, is a file: mkdir would say only "File exists"
+    or "Not a directory", and the message would call a file "not writable"."""
+    blocker = next((p for p in (target, *target.parents) if p.exists() or p.is_symlink()), None)
+    if blocker is None or blocker.is_dir():
+        return
+    if blocker == folder:
+        raise RunError(
+            f"--out '{folder}' is a file, not a folder; a run writes a folder there (units/, images/, ...): "
+            "choose another path with --out"
+        )
+    if target != folder and blocker == target:
+        raise RunError(
+            f"'{target}' in the output folder is a file, but a run keeps its {target.name}/ folder there; move "
+            "the file away, or choose another folder with --out"
+        )
+    raise RunError(
+        f"--out '{folder}' lies under '{blocker}', which is a file, not a folder; choose another path with --out"
+    )
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:

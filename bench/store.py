@@ -274,8 +274,13 @@ class StoreError(ValueError):
     """A part file of the store cannot be used: the message names it and says what to do."""
 
 
-# The column that identifies a row of each table: a part without it cannot be merged with the others.
-_IDENTITY = {"units": "key", "traces": "key", "sets": "set_key"}
+# The columns every part of each table must have, the one that identifies a row first: a part without them
+# cannot be merged with the others, and readers (the report, FID, `bench score`) index rows by them.
+_IDENTITY = {
+    "units": ("key", "status", "solver", "task", "sigma", "image_id"),
+    "traces": ("key", "step"),
+    "sets": ("set_key", "solver", "task", "sigma"),
+}
 _STEM_RANK = re.compile(r"^part-\d+-r(\d+)-")
 
 
@@ -287,19 +292,26 @@ class _PartVanished(Exception):
 SNAPSHOT_TRIES = 20
 
 
-def _read_parts(paths: Iterable[Path], identity: str | None = None, *, vanished_ok: bool = True) -> pd.DataFrame:
+def _read_parts(
+    paths: Iterable[Path], identity: str | tuple[str, ...] | None = None, *, vanished_ok: bool = True
+) -> pd.DataFrame:
     """The rows of these part files in order, each with column `part` (its file's stem, categorical).
 
     pyarrow reads the files and concatenates them once: pandas' reader costs several milliseconds per file,
     and a run writes one part per batch (2,500 parts for 10,000 units at batch size 4). Whole files are read:
     selecting columns by name cost more than it saved.
+
+    `identity`: the table's required columns (`_IDENTITY`), the identifying one first. A part without the
+    identifying column, without a required column the other parts have, or whose column types conflict with
+    the other parts' is a `StoreError` naming that file.
     """
     import numpy as np
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tables, stems = [], []
+    required = (identity,) if isinstance(identity, str) else tuple(identity or ())
+    tables, stems, read = [], [], []
     for path in paths:
         try:
             data = path.read_bytes()
@@ -314,21 +326,84 @@ def _read_parts(paths: Iterable[Path], identity: str | None = None, *, vanished_
                 f"result part '{path}' is not a readable parquet file ({error}); move it out of "
                 f"'{path.parent}' and re-run: the units it held are computed again"
             ) from None
-        if identity is not None and table.num_rows and identity not in table.column_names:
+        if required and table.num_rows and required[0] not in table.column_names:
             raise StoreError(
-                f"result part '{path}' has no '{identity}' column, so its rows cannot be told apart; it was not "
+                f"result part '{path}' has no '{required[0]}' column, so its rows cannot be told apart; it was not "
                 f"written by this harness: move it out of '{path.parent}'"
             )
         if table.num_rows:
             tables.append(table)
             stems.append(path.stem)
+            read.append(path)
     if not tables:
         return pd.DataFrame()
-    # "permissive": a column that is all None in one part (null type) takes the type of the other parts
-    frame = pa.concat_tables(tables, promote_options="permissive").to_pandas()
+    _check_required(tables, read, required)
+    try:
+        # "permissive": a column that is all None in one part (null type) takes the type of the other parts
+        frame = pa.concat_tables(tables, promote_options="permissive").to_pandas()
+    except (pa.ArrowTypeError, pa.ArrowInvalid) as error:
+        raise _type_conflict(tables, read, error) from None
     codes = np.repeat(np.arange(len(stems)), [t.num_rows for t in tables])
     frame["part"] = pd.Categorical.from_codes(codes, categories=stems)  # a code per row, not a string
     return frame
+
+
+def _check_required(tables: list[Any], paths: list[Path], required: tuple[str, ...]) -> None:
+    """StoreError naming the first part that lacks a required column which another part of the table has.
+
+    Only columns some part has are demanded: stores made by hand (tests, other tools) may leave out what no
+    reader of theirs needs, but a part unlike its siblings (e.g. one holding only `key`) would be merged and
+    break every reader later, with no file left to blame.
+    """
+    present = {name for table in tables for name in table.column_names}
+    wanted = [name for name in required if name in present]
+    for table, path in zip(tables, paths, strict=True):
+        lacking = [name for name in wanted if name not in table.column_names]
+        if lacking:
+            names = ", ".join(f"'{name}'" for name in lacking)
+            raise StoreError(
+                f"result part '{path}' has no {names} column{'s' if len(lacking) > 1 else ''}, which the other "
+                f"parts have; it was not written by this harness or is damaged: move it out of '{path.parent}' "
+                "and re-run: the units it held are computed again"
+            )
+
+
+def _type_conflict(tables: list[Any], paths: list[Path], error: Exception) -> StoreError:
+    """The StoreError for parts whose column types cannot be merged, naming the part that differs.
+
+    Each column's reference type is the one most parts have (the first part's on a tie); the first part whose
+    type cannot be promoted to it (e.g. `psnr` written as text) is named.
+    """
+    import collections
+
+    import pyarrow as pa
+
+    names = dict.fromkeys(name for table in tables for name in table.column_names)
+    for name in names:
+        typed = [
+            (table.schema.field(name).type, path)
+            for table, path in zip(tables, paths, strict=True)
+            if name in table.column_names and not pa.types.is_null(table.schema.field(name).type)
+        ]
+        if not typed:
+            continue
+        common = collections.Counter(str(kind) for kind, _ in typed).most_common(1)[0][0]
+        reference = next(kind for kind, _ in typed if str(kind) == common)
+        for kind, path in typed:
+            try:
+                pa.unify_schemas(
+                    [pa.schema([(name, reference)]), pa.schema([(name, kind)])], promote_options="permissive"
+                )
+            except (pa.ArrowTypeError, pa.ArrowInvalid):
+                return StoreError(
+                    f"result part '{path}' holds column '{name}' as {kind}, but the other parts hold it as "
+                    f"{reference}; it was not written by this harness or was edited: move it out of "
+                    f"'{path.parent}' and re-run: the units it held are computed again"
+                )
+    return StoreError(
+        f"the parts under '{paths[0].parent}' cannot be merged ({error}); move the parts written by other tools "
+        "out of that folder and re-run"
+    )
 
 
 def latest(table: pd.DataFrame, key: str) -> pd.DataFrame:

@@ -95,6 +95,11 @@ class Store:
 def load_store(path: str | Path) -> Store:
     """Read `path`'s store; a missing folder or one without unit rows is a `ReportError`."""
     root = Path(path)
+    if root.exists() and not root.is_dir():
+        raise ReportError(
+            f"--results '{root}' is a file, not a run folder; pass the folder `python -m bench run --out` wrote "
+            f"(the one holding units/), e.g. --results {root.parent}"
+        )
     if not root.is_dir():
         raise ReportError(
             f"results folder '{root}' does not exist; run `python -m bench run` first, or pass --results <folder>"
@@ -106,11 +111,31 @@ def load_store(path: str | Path) -> Store:
             f"results folder '{root}' holds no unit rows (no {root / 'units'}/part-*.parquet); "
             f"run `python -m bench run --out {root}` first"
         )
+    _check_unit_columns(units, root)
     methods, units = method_labels(units)
     traces = _with_methods(tables.traces, units)
     sets = _label_sets(tables.sets, units)
     groups = _group_states(units)
     return Store(root, units, traces, sets, methods, groups, _absent(units))
+
+
+# Columns every table, figure and grid of the report indexes by. The store demands them of a part only when
+# another part has them, so a store of nothing but foreign parts reaches this check.
+UNIT_COLUMNS_NEEDED = ("key", "status", "solver", "task", "sigma", "image_id")
+
+
+def _check_unit_columns(units: pd.DataFrame, root: Path) -> None:
+    """ReportError naming the parts whose unit rows lack a column the report needs, and the fix."""
+    lacking = [name for name in UNIT_COLUMNS_NEEDED if name not in units or units[name].isna().all()]
+    if not lacking:
+        return
+    parts = sorted({str(root / "units" / f"{stem}.parquet") for stem in units["part"].astype(str)})
+    shown = ", ".join(f"'{p}'" for p in parts[:3]) + (f" and {len(parts) - 3} more" if len(parts) > 3 else "")
+    raise ReportError(
+        f"the unit rows of '{root}' have no {', '.join(repr(n) for n in lacking)} (parts {shown}); they were not "
+        f"written by this harness: move those parts out of '{root / 'units'}' and run `python -m bench run "
+        f"--out {root}` again"
+    )
 
 
 def _with_methods(traces: pd.DataFrame, units: pd.DataFrame) -> pd.DataFrame:

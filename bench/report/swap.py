@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -27,4 +30,36 @@ def replace_folder(target: Path, write: Callable[[Path], T]) -> T:
         (staging / MARKER).write_text("made by `python -m bench report`; re-rendering replaces this folder\n")
         return result
 
+    remove_stale(target)
     return files.replace_folder(target, write_marked)
+
+
+def remove_stale(target: Path) -> list[Path]:
+    """Remove the staging and retired folders of `target` that a killed render left beside it; returns them.
+
+    `files.replace_folder` names them .<name>.tmp-<pid>-<hex> and .<name>.old-<pid>-<hex>, and removes them
+    itself unless its process is killed. Only folders of that exact name whose process no longer runs are
+    removed, so a render in progress (into the same folder, from another shell) keeps its staging folder.
+    """
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(?:tmp|old)-(\d+)-[0-9a-f]+$")
+    removed = []
+    parent = target.parent
+    for entry in parent.iterdir() if parent.is_dir() else ():
+        match = pattern.match(entry.name)
+        if match and entry.is_dir() and not entry.is_symlink() and not _running(int(match.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (this process counts as running)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, under another user
+        return True
+    return True
