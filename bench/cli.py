@@ -499,7 +499,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     imported.add_argument("src", help="the folder holding latest.pt and options.pkl")
     imported.add_argument("dest", help="the bridge folder to write (replaced whole)")
-    imported.add_argument("--task", choices=["sr4", "jpeg10"], help="check that the bridge is for this task")
+    imported.add_argument(
+        "--task",
+        choices=["sr4", "sr4-pool", "sr4-ddrm", "jpeg10"],
+        help="check that the bridge is for this task (sr4: either x4 degradation)",
+    )
     imported.add_argument(
         "--adm-options",
         default=None,

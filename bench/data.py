@@ -41,6 +41,7 @@ import hashlib
 import importlib.util
 import math
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -319,13 +320,20 @@ def list_image_files(folder: str | Path, *, recursive: bool = False) -> list[Pat
     _check_folder(folder)
     entries = sorted(folder.iterdir(), key=lambda p: p.name)
     images = _walk_image_files(folder) if recursive else [p for p in entries if _is_image_file(p)]
+    # a link whose target is gone is neither a file nor a folder: name it as what it is
+    broken = [p for p in entries if p.is_symlink() and not p.exists() and not p.name.startswith(".")]
+    links = ", ".join(f"'{p.name}' -> '{os.readlink(p)}'" for p in broken[:3])
     if not images:
-        others = [p.name for p in entries if not p.name.startswith(".")]
-        held = f"it holds {len(others)} other entries, e.g. {others[:3]}" if others else "it is empty"
+        others = [p.name for p in entries if not p.name.startswith(".") and p not in broken]
+        held = [f"{len(broken)} broken symbolic link(s), whose targets do not exist: {links}"] if broken else []
+        held += [f"{len(others)} other entries, e.g. {others[:3]}"] if others else []
+        held_text = "it holds " + " and ".join(held) if held else "it is empty"
         where = "folder or its sub-folders" if recursive else "folder"
         raise DatasetError(
-            f"no image files in {where} '{folder}' ({held}); image files end in {', '.join(IMAGE_EXTENSIONS)}"
+            f"no image files in {where} '{folder}' ({held_text}); image files end in {', '.join(IMAGE_EXTENSIONS)}"
         )
+    if broken:
+        print(f"warning: skipped {len(broken)} broken symbolic link(s) in '{folder}': {links}", file=sys.stderr)
     return images
 
 
@@ -710,6 +718,36 @@ def available() -> list[tuple[str, str]]:
     return rows
 
 
+# An image whose short side is below this share of the prior's size is upscaled more than 2x: its ground truth
+# is a blurred image, which every solver restores easily, so its metrics flatter them.
+SMALL_IMAGE_SHARE = 0.5
+_WARNED_SMALL: set[tuple[str, int]] = set()  # (dataset name, size): warn once per process (a run loads twice)
+
+
+def _warn_small_images(dataset: ImageDataset) -> ImageDataset:
+    """Print one warning with the count of `dataset`'s images far smaller than its size; returns `dataset`."""
+    limit = SMALL_IMAGE_SHARE * dataset.size
+    small = []
+    for path in dataset.paths:
+        try:
+            with Image.open(path) as opened:  # the header only: nothing is decoded
+                width, height = opened.size
+        except (OSError, SyntaxError, ValueError):
+            continue  # an unreadable file fails with its own message when it is read
+        if min(width, height) < limit:
+            small.append(f"{path.name} ({width}x{height})")
+    if small and (dataset.name, dataset.size) not in _WARNED_SMALL:
+        _WARNED_SMALL.add((dataset.name, dataset.size))
+        print(
+            f"warning: {len(small)} of {len(dataset)} images of dataset '{dataset.name}' are far smaller than the "
+            f"prior's {dataset.size}x{dataset.size} (short side below {limit:g} pixels, e.g. {', '.join(small[:3])}): "
+            "they are upscaled more than 2x, so their ground truth is blurry and the metrics flatter every solver; "
+            "use larger images, or a prior of their size",
+            file=sys.stderr,
+        )
+    return dataset
+
+
 def load_dataset(spec: str, size: int, channels: int = 3, n_images: int | None = None) -> ImageDataset:
     """Build the dataset named by `spec` (see `available()`), serving images (C, size, size) in [-1, 1].
 
@@ -719,7 +757,7 @@ def load_dataset(spec: str, size: int, channels: int = 3, n_images: int | None =
     spec = spec.strip()
     if spec.startswith(_FOLDER_PREFIX):
         folder, options = _split_folder_spec(spec)
-        return ImageFolder(folder, size, channels, n_images, **options)
+        return _warn_small_images(ImageFolder(folder, size, channels, n_images, **options))
     if spec == _SKIMAGE_NATURAL:
         return _skimage_natural(size, channels, n_images)
     if spec in _SHARED_FOLDERS:
@@ -731,7 +769,7 @@ def load_dataset(spec: str, size: int, channels: int = 3, n_images: int | None =
             )
         dataset = ImageFolder(folder, size, channels, n_images)
         dataset.name = spec
-        return dataset
+        return _warn_small_images(dataset)
     names = [_SKIMAGE_NATURAL, *_SHARED_FOLDERS]
     listing = f"(available: {', '.join(names)}, {_FOLDER_PREFIX}<path>)"
     head, mark, query = spec.rpartition("?")

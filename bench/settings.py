@@ -221,8 +221,8 @@ def _check_config_type(key: str, value: Any, path: Path) -> None:
     expected, check, example = _CONFIG_TYPES[key]
     if not check(value):
         raise RunError(
-            f"config key '{key}' in '{path}' must be {expected}, got {value!r} ({type(value).__name__}); "
-            f"e.g. {example} (TOML) or the same as '{key}: ...' (YAML)"
+            f"config key '{key}' must be {expected}, got {value!r} ({type(value).__name__}) in config file "
+            f"'{path}'; write it e.g. as {example} (TOML; in YAML '{key}: ...')"
         )
 
 
@@ -455,8 +455,8 @@ def _refuse_file(target: Path, folder: Path) -> None:
         )
     if target != folder and blocker == target:
         raise RunError(
-            f"'{target}' in the output folder is a file, but a run keeps its {target.name}/ folder there; move "
-            "the file away, or choose another folder with --out"
+            f"folder '{target.name}' of the output folder, '{target}', is a file, not a folder; move the file "
+            "away, or choose another folder with --out"
         )
     raise RunError(
         f"--out '{folder}' lies under '{blocker}', which is a file, not a folder; choose another path with --out"

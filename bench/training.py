@@ -58,6 +58,11 @@ class TrainConfig:
     max_wall_seconds: float | None = None  # stop early (with a checkpoint) once this much time is spent
     lr_schedule: str = "constant"  # after warm-up: "constant", or "cosine" decay to 0 at `steps`
 
+    def __post_init__(self) -> None:
+        # A negative count trains nothing and would save the random initial weights as a trained network.
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
+            raise ValueError(f"steps must be a whole number >= 0 (the optimisation steps), got {self.steps!r}")
+
 
 @dataclass
 class TrainState:

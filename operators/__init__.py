@@ -39,6 +39,7 @@ __all__ = [
     "Operator",
     "OperatorError",
     "PAPER_TASKS",
+    "SUITES",
     "add_noise",
     "available",
     "closest",
@@ -51,10 +52,23 @@ __all__ = [
     "register",
     "resolve_tasks",
     "seeded_generator",
+    "suite",
 ]
 
 # The DDC paper's five tasks: what `--tasks all` means.
 PAPER_TASKS: tuple[str, ...] = ("sr4", "sr8", "gblur", "inpaint", "jpeg10")
+
+# Named task suites for `--tasks` (docs/tasks.md has the table and what each paper's task is here).
+# "every" (all registered built-ins) is resolved when asked, so it needs no list.
+SUITES: dict[str, tuple[str, ...]] = {
+    "all": PAPER_TASKS,
+    "ddc": PAPER_TASKS,
+    # DPS (Chung et al. 2022), Sec. 4 / Table 1-2: SR x4, box and random inpainting, Gaussian and motion deblur,
+    # phase retrieval (its non-linear deblur needs a trained blur network: not here).
+    "dps": ("sr4", "box-inpaint", "inpaint", "gblur", "motion-blur", "phase-retrieval"),
+    # DAPS (Zhang et al. 2025), configs/task: 6 of its 8 (random 70% inpainting and non-linear deblur are missing).
+    "daps": ("sr4", "box-inpaint", "gblur", "motion-blur", "phase-retrieval", "hdr"),
+}
 
 _REGISTRY: dict[str, tuple[Callable[..., Operator], dict[str, Any], str]] = {}
 _PLUGINS: set[str] = set()
@@ -153,7 +167,9 @@ def build(task: str, shape: Sequence[int] = (3, 64, 64), **params: Any) -> Opera
     for key in params:
         if key not in accepted:
             raise _unknown(f"parameter for task '{task}'", key, sorted(accepted))
-    return factory(shape, **{**defaults, **params})
+    op = factory(shape, **{**defaults, **params})
+    op.task = task  # a registered variant (sr4-pool) names itself, in its spec and so in result keys
+    return op
 
 
 def describe(task: str) -> str:
@@ -163,25 +179,35 @@ def describe(task: str) -> str:
     return _REGISTRY[task][2]
 
 
+def suite(name: str) -> list[str]:
+    """The tasks of a named suite (`SUITES`, or "every": every built-in task, in registration order)."""
+    if name == "every":
+        return [task for task in available() if not is_plugin(task)]
+    if name not in SUITES:
+        raise _unknown("task suite", name, [*SUITES, "every"])
+    return list(SUITES[name])
+
+
 def resolve_tasks(text: str) -> list[str]:
-    """Parse a comma-separated task list; 'all' means the paper's five tasks."""
+    """Parse a comma-separated list of tasks and suites: 'all' (= 'ddc') is the DDC paper's five tasks; 'dps',
+    'daps' and 'every' are the other suites (`SUITES`). Duplicates are dropped, first occurrence kept."""
     names: list[str] = []
     for part in (p.strip() for p in text.split(",")):
         if not part:
             continue
-        expanded = list(PAPER_TASKS) if part == "all" else [part]
+        expanded = suite(part) if part in SUITES or part == "every" else [part]
         for name in expanded:
             if name not in _registry():
-                raise _unknown("task", name, [*available(), "all"])
+                raise _unknown("task", name, [*available(), *SUITES, "every"])
             if name not in names:
                 names.append(name)
     if not names:
-        raise OperatorError(f"no task given in {text!r} (available: {', '.join(available())}, all)")
+        raise OperatorError(f"no task given in {text!r} (available: {', '.join([*available(), *SUITES, 'every'])})")
     return names
 
 
 def _register_builtin() -> None:
-    from . import denoise, inpaint, jpeg, separable
+    from . import box, colour, denoise, hdr, inpaint, jpeg, motion, phase, separable
 
     register("sr4", separable.SuperResolution, "bicubic x4 downsampling (antialiased Keys a=-0.5, reflect)", factor=4)
     register("sr8", separable.SuperResolution, "bicubic x8 downsampling (antialiased Keys a=-0.5, reflect)", factor=8)
@@ -210,6 +236,27 @@ def _register_builtin() -> None:
         factor=4,
         kernel="ddrm-bicubic",
     )
+
+    # The tasks other papers compare on (docs/tasks.md).
+    register("box-inpaint", box.BoxInpainting, "box inpainting: a half-side hole per image within DPS's margins")
+    register(
+        "box-inpaint-centre",
+        box.BoxInpainting,
+        "box inpainting: a half-side hole in the image centre",
+        position="centre",
+    )
+    register(
+        "motion-blur",
+        motion.MotionBlur,
+        "motion blur: DPS's random trajectory kernel per image (61x61 at 256², scaled), circular boundary",
+    )
+    register("colorize", colour.Colorize, "colourisation: y is the mean of the channels (DDRM / DDNM)")
+    register(
+        "phase-retrieval",
+        phase.PhaseRetrieval,
+        "phase retrieval: |FFT| of the zero-padded image, oversampling 2.0 (DPS)",
+    )
+    register("hdr", hdr.HighDynamicRange, "high dynamic range: clip(2x, -1, 1) (DAPS)")
 
 
 _register_builtin()

@@ -37,7 +37,10 @@ __all__ = [
 ]
 
 # Modules imported on first use of the registry, in the order `available()` lists them.
-_MODULES = ("uncond", "pinv", "dps", "ddnm", "ddrm", "pigdm", "reddiff", "pnp_admm", "ddc", "cddb")
+_MODULES = (
+    *("uncond", "pinv", "dps", "ddnm", "ddrm", "pigdm", "reddiff", "pnp_admm", "ddc", "cddb"),
+    *("diffpir", "daps", "mcgdiff"),
+)
 _REGISTRY: dict[str, type[Solver]] = {}
 _PLUGINS: set[str] = set()
 _loaded = False

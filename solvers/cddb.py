@@ -94,7 +94,7 @@ def _fit(record: dict[str, Any], op: Operator, sigma: float) -> str | None:
 
     spec = json.loads(json.dumps(op.spec()))  # tuples as lists, as bridge.json stores them
     if record["task"] != op.task:
-        return f"it was trained for {record['task']}, not {op.task}"
+        return f"it was trained for {record['task']}, not {op.task} ({_spec_difference(record['operator'], spec)})"
     if record.get("operator_mismatch"):
         return record["operator_mismatch"]
     if list(record["image_shape"]) != list(op.input_shape):

@@ -300,9 +300,9 @@ def degradation(corrupt: str, size: int) -> dict[str, Any]:
 
     shape = (3, size, size)
     if corrupt in ("sr4x-pool", "sr4x-bicubic"):
-        kernel = "pool" if corrupt == "sr4x-pool" else "ddrm-bicubic"
-        spec = operators.build("sr4", shape=shape, kernel=kernel).spec()
-        return {"task": "sr4", "operator": spec, "x1": "nearest-upsample", "operator_mismatch": None}
+        task = "sr4-pool" if corrupt == "sr4x-pool" else "sr4-ddrm"  # the registered tasks of their degradations
+        spec = operators.build(task, shape=shape).spec()
+        return {"task": task, "operator": spec, "x1": "nearest-upsample", "operator_mismatch": None}
     if corrupt == "jpeg-10":
         spec = {"task": "jpeg10", "shape": list(shape), "quality": 10, "codec": "i2sb-ddrm-jpeg-torch"}
         return {"task": "jpeg10", "operator": spec, "x1": "decoded", "operator_mismatch": JPEG_MISMATCH}
@@ -366,7 +366,7 @@ def import_bridge(
     }
     checkpoint = read_checkpoint(checkpoint_path)
     record = bridge_record(options, sources, checkpoint["ema"] if isinstance(checkpoint["ema"], Mapping) else {})
-    if task is not None and task != record["task"]:
+    if task is not None and task not in (record["task"], record["task"].partition("-")[0]):  # sr4: either x4 one
         raise ValueError(f"--task {task} but options.pkl has corrupt={options['corrupt']!r}, a {record['task']} bridge")
     config = adm_config(model_options, record["cond_x1"])
     if config.image_size != int(options["image_size"]):

@@ -118,7 +118,7 @@ def test_the_record_says_what_the_bridge_is_for_and_keeps_no_private_settings(im
     dest, _, _ = imported
     record = json.loads((dest / "bridge.json").read_text())
     assert record["official"] is True and record["network"] == "adm" and record["cond_x1"] is True
-    assert record["operator"] == operators.build("sr4", shape=(3, SIZE, SIZE), kernel="pool").spec()
+    assert record["operator"] == operators.build("sr4-pool", shape=(3, SIZE, SIZE)).spec()
     assert record["time_input"] == {"kind": "i2sb", "t0": 1e-4, "T": 1.0, "interval": 1000}
     assert record["x1"] == "nearest-upsample" and record["sigma"] == 0.0 and record["operator_mismatch"] is None
     assert record["schedule"] == {"steps": 1000, "beta_min": 1e-4, "beta_max": 0.3}
@@ -233,7 +233,7 @@ def test_one_cddb_step_is_the_official_update(imported):
     posterior mean c₀·x̂₀ + c_n·x₁ (no noise at m = 0) and the data-consistency step −c₀·λ∇‖y − A x̂₀‖² (CDDB's
     dds_sampling: `xt - mu_x0 * step_size * norm_grad`, λ = 1 for SR)."""
     dest, _, _ = imported
-    op = operators.build("sr4", shape=(3, SIZE, SIZE), kernel="pool")
+    op = operators.build("sr4-pool", shape=(3, SIZE, SIZE))
     x = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0)) * 2 - 1
     y = op(x)
     solver = solvers.build("cddb", bridge=str(dest), nfe=1)
@@ -257,8 +257,9 @@ def test_the_solver_refuses_our_operators_and_their_jpeg(imported, tmp_path):
     dest, _, _ = imported
     solver = solvers.build("cddb", bridge=str(dest), nfe=1)
     reason = solver.unsupported(operators.build("sr4", shape=(3, SIZE, SIZE)), 0.0)
-    assert "released bridge" in reason and "'pool' (bridge) vs 'bicubic-keys-a-0.5-antialiased'" in reason
-    assert "σ = 0" in solver.unsupported(operators.build("sr4", shape=(3, SIZE, SIZE), kernel="pool"), 0.05)
+    assert "released bridge" in reason and "trained for sr4-pool, not sr4" in reason
+    assert "'pool' (bridge) vs 'bicubic-keys-a-0.5-antialiased'" in reason
+    assert "σ = 0" in solver.unsupported(operators.build("sr4-pool", shape=(3, SIZE, SIZE)), 0.05)
 
     src = write_source(tmp_path / "jpeg", options=i2sb_options("jpeg-10"))
     jpeg = import_bridge(src, tmp_path / "jpeg-bridge", task="jpeg10", adm_options=src / "adm.pkl")
@@ -336,6 +337,6 @@ def test_bench_run_runs_the_released_bridge_on_its_own_operator_only(imported, t
     capsys.readouterr()
     table = ResultStore(out).units().set_index(["task", "image_id"]).sort_index()
     assert (table.loc["sr4", "status"] == "unsupported").all()
-    assert table.loc["sr4", "error"].str.contains("kernel").all()  # the reason names what differs
+    assert table.loc["sr4", "error"].str.contains("kernel: 'pool'").all()  # the reason names what differs
     ran = table.loc["sr4-pool"]
     assert (ran["status"] == "ok").all() and ran["psnr"].notna().all() and (ran["own_nfe"] == 1).all()

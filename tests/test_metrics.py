@@ -279,7 +279,8 @@ def test_registry_lists_direction_and_scope() -> None:
     assert listed["lpips"].startswith("lower is better, per image")
     assert listed["fid"].startswith("lower is better, per set")
     assert metrics.names("set") == ["fid", "kid"]
-    assert set(metrics.names("image")) == {"psnr", "ssim", "lpips", "lpips-vgg", "consistency"}
+    assert set(metrics.names("image")) == {"psnr", "ssim", "ssim-skimage", "lpips", "lpips-vgg", "consistency"}
+    assert listed["lpips"].startswith("lower is better, per image, default") and "default" not in listed["lpips-vgg"]
     assert metrics.spec("ssim").higher_is_better and metrics.spec("ssim").fn is metrics.ssim
     with pytest.raises(MetricError, match=r"unknown metric 'lpip'; did you mean 'lpips'\?"):
         metrics.spec("lpip")

@@ -277,5 +277,18 @@ def test_a_deleted_png_is_computed_again_by_the_next_run(tmp_path, photos, capsy
     row = ResultStore(out).units().iloc[0].to_dict()
     png = store_module.row_image_paths(out, row)[0]
     png.unlink()
+    code, _, err = bench(capsys, "report", "--results", str(out), "--out", str(tmp_path / "report"))
+    assert code == 0, err
+    page = (tmp_path / "report" / "report.md").read_text()
+    assert "reconstruction PNG is gone" in page and row["image_id"] in page  # the report says so
     code, _, err = bench(capsys, *run_args(out, photos))
     assert code == 0 and "3 already done" in err and png.is_file()
+
+
+def test_a_report_whose_folder_cannot_be_written_says_so_before_reading(tmp_path, photos, capsys):
+    out = tmp_path / "run"
+    assert bench(capsys, *run_args(out, photos))[0] == 0
+    blocker = tmp_path / "reports"
+    blocker.write_text("a file where the reports folder should be")
+    code, _, err = bench(capsys, "report", "--results", str(out), "--out", str(blocker / "mine"))
+    assert code == 2 and f"folder '{blocker}' is not writable" in err and "--out" in err and ".tmp" not in err

@@ -45,8 +45,25 @@ def _check_out(out: Path, results: Path) -> None:
     target, source = out.resolve(), results.resolve()
     if target == source or target in source.parents or source in target.parents:
         raise ReportError(f"--out '{out}' overlaps the results folder '{results}'; choose a folder under reports/")
+    _check_writable(out.parent)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).exists())):
         raise ReportError(
             f"--out '{out}' exists and is not a report folder (no {MARKER} file), so it is not replaced; "
             "choose another --out or remove it"
         )
+
+
+def _check_writable(folder: Path) -> None:
+    """The report is staged beside its folder: prove a file can be written there before reading anything else."""
+    import os
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ReportError(
+            f"the report cannot be written: folder '{folder}' is not writable ({error.strerror}); "
+            "choose another --out"
+        ) from None

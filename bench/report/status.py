@@ -55,7 +55,30 @@ def missing_tables(store: Store) -> list[Table]:
         ]
         header = ["method", "task", "σ", "failed units", "images", "error"]
         tables.append(_table("Failed units (a re-run of `python -m bench run` retries them)", header, rows))
+    lost = _without_png(store)
+    if not lost.empty:
+        rows = [
+            [method, task, sigma_label(sigma), len(group), _ids(list(group["image_id"]))]
+            for (method, task, sigma), group in lost.groupby(["method", "task", "sigma"], sort=False)
+        ]
+        header = ["method", "task", "σ", "units", "images"]
+        caption = (
+            "Finished units whose reconstruction PNG is gone (grids and FID lack them; a re-run computes them again)"
+        )
+        tables.append(_table(caption, header, rows))
     return tables
+
+
+def _without_png(store: Store) -> pd.DataFrame:
+    """The ok units of the shown methods whose reconstruction PNG is not on disk (deleted or moved by hand)."""
+    from bench.report.load import REFERENCE_SOLVERS
+    from bench.store import row_image_paths
+
+    ok = store.units[(store.units["status"] == "ok") & ~store.units["solver"].isin(REFERENCE_SOLVERS)]
+    if ok.empty:
+        return ok
+    gone = [not row_image_paths(store.root, row)[0].is_file() for row in ok.to_dict(orient="records")]
+    return ok[gone]
 
 
 def versions_table(units: pd.DataFrame) -> Table:
