@@ -421,6 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_speed_parser(commands)
 
+    from bench.compare import add_compare_parser
+    from bench.export import add_export_parser
+
+    add_compare_parser(commands)
+    add_export_parser(commands)
+
     matrix = commands.add_parser("matrix", help="print the solver x task support table (Markdown)")
     matrix.set_defaults(func=_cmd_matrix)
 

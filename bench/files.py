@@ -58,6 +58,15 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def prove_writable(folder: Path) -> None:
+    """Create `folder` if needed and write and remove a probe file in it; raises the OSError if that fails, so
+    that a command names the folder before it does any work instead of failing later on a hidden temp file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".write-test-{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
+
+
 def replace_folder(target: Path, write: Callable[[Path], T]) -> T:
     """Run `write(staging)` on an empty hidden sibling folder, then put it at `target`, replacing the old one.
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
-import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from bench.files import prove_writable
 
 __all__ = [
     "BUDGETS",
@@ -430,10 +431,7 @@ def check_writable(folder: Path, subfolders: tuple[str, ...] = ()) -> None:
             continue  # created in `folder`, which is checked
         _refuse_file(target, folder)
         try:
-            target.mkdir(parents=True, exist_ok=True)
-            probe = target / f".write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
+            prove_writable(target)
         except OSError as error:
             where = "output folder" if target == folder else f"folder '{target.name}' of the output folder"
             raise RunError(

@@ -22,12 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.sampling import ddim_sample, ddpm_sample  # noqa: E402
-from bench.train_prior import linear_alphas_cumprod, train_prior  # noqa: E402
-from bench.training import TrainConfig  # noqa: E402
-from operators import image_generators  # noqa: E402
+from bench.sampling import ddim_sample, ddpm_sample
+from bench.train_prior import linear_alphas_cumprod, train_prior
+from bench.training import TrainConfig
+from operators import image_generators
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

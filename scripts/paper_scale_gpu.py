@@ -37,12 +37,10 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import operators  # noqa: E402
-import solvers  # noqa: E402
-from bench import speed  # noqa: E402
-from bench.files import atomic_write_text  # noqa: E402
+import operators
+import solvers
+from bench import speed
+from bench.files import atomic_write_text
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,23 +1,15 @@
-"""scripts/compare_runs.py: two run folders compared unit by unit."""
+"""`python -m bench compare`: two run folders compared unit by unit."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
-import pytest
-
+from bench.cli import main
 from bench.store import UNIT_COLUMNS, ResultStore, new_row
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_runs.py"
 
-
-@pytest.fixture(scope="module")
-def compare():
-    spec = importlib.util.spec_from_file_location("compare_runs", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+def compare(argv: list[str]) -> int:
+    return main(["compare", *argv])
 
 
 def write_run(folder: Path, psnr_b: float = 21.0, wall_s: float = 1.0, extra: dict | None = None) -> Path:
@@ -29,13 +21,14 @@ def write_run(folder: Path, psnr_b: float = 21.0, wall_s: float = 1.0, extra: di
     return folder
 
 
-def test_compare_runs_agrees_on_the_same_rows_whatever_the_timings(compare, tmp_path, capsys):
+def test_compare_runs_agrees_on_the_same_rows_whatever_the_timings(tmp_path, capsys):
     before, after = write_run(tmp_path / "before"), write_run(tmp_path / "after", wall_s=5.0)
     assert compare([str(before), str(after)]) == 0
-    assert "psnr: 2 identical, 0 within 1e-06, 0 differ" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "psnr: 2 identical, 0 within 1e-06, 0 differ" in out and out.rstrip().endswith("agree")
 
 
-def test_compare_runs_reports_a_changed_score_and_honours_the_tolerance(compare, tmp_path, capsys):
+def test_compare_runs_reports_a_changed_score_and_honours_the_tolerance(tmp_path, capsys):
     before, after = write_run(tmp_path / "before"), write_run(tmp_path / "after", psnr_b=21.0 + 1e-3)
     assert compare([str(before), str(after)]) == 1
     out = capsys.readouterr().out
@@ -43,7 +36,13 @@ def test_compare_runs_reports_a_changed_score_and_honours_the_tolerance(compare,
     assert compare([str(before), str(after), "--atol", "1e-2"]) == 0
 
 
-def test_compare_runs_lists_new_columns_and_missing_keys(compare, tmp_path, capsys):
+def test_compare_runs_compares_only_the_columns_asked_for(tmp_path, capsys):
+    before, after = write_run(tmp_path / "before"), write_run(tmp_path / "after", psnr_b=22.0)
+    assert compare([str(before), str(after), "--columns", "solver,status"]) == 0
+    assert "psnr:" not in capsys.readouterr().out
+
+
+def test_compare_runs_lists_new_columns_and_missing_keys(tmp_path, capsys):
     before = write_run(tmp_path / "before")
     after = tmp_path / "after"
     ResultStore(after).write_part("units", [{**new_row(UNIT_COLUMNS, key="a", psnr=20.0), "new_metric": 1.0}])
@@ -51,3 +50,4 @@ def test_compare_runs_lists_new_columns_and_missing_keys(compare, tmp_path, caps
     out = capsys.readouterr().out
     assert "columns added: new_metric" in out and "rows only before: 1, only after: 0" in out
     assert compare([str(before), str(tmp_path / "empty")]) == 2
+    assert "holds no unit rows" in capsys.readouterr().err

@@ -14,12 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from run_cases import cli, write_photo_crops
 from skimage.metrics import structural_similarity
 
 from bench import metrics, weights
-from bench.cli import main
-from bench.data import SKIMAGE_NATURAL_COLOUR, _skimage_data_dir
 from bench.store import ResultStore
 
 PRIOR = "gaussian:32"
@@ -27,19 +25,10 @@ PRIOR = "gaussian:32"
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("photos")
-    for image_id, file_name in SKIMAGE_NATURAL_COLOUR[:4]:
-        with Image.open(_skimage_data_dir() / file_name) as photo:
-            rgb = photo.convert("RGB")
-        side = min(rgb.size) // 2
-        rgb.crop((0, 0, side, side)).resize((48, 48), Image.Resampling.BICUBIC).save(folder / f"{image_id}.png")
-    return folder
+    return write_photo_crops(tmp_path_factory.mktemp("photos"), count=4)
 
 
-def bench(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+bench = cli
 
 
 def run_args(out: Path, photos: Path, *extra: str) -> list[str]:

@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from run_cases import write_photo_crops
 from scipy import stats
 
 from bench.cli import build_parser, main
-from bench.data import SKIMAGE_NATURAL_COLOUR, _skimage_data_dir
 from bench.evaluate import fisher_kurtosis
 from bench.settings import settings_from_args
 from bench.store import SET_COLUMNS, TRACE_COLUMNS, UNIT_COLUMNS, ResultStore, row_image_paths
@@ -31,15 +31,7 @@ PRIOR = "gaussian:32"
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
-    """Five 48x48 crops of real photos (scikit-image's bundled ones), as PNG files."""
-    folder = tmp_path_factory.mktemp("photos")
-    for image_id, file_name in SKIMAGE_NATURAL_COLOUR:
-        with Image.open(_skimage_data_dir() / file_name) as photo:
-            rgb = photo.convert("RGB")
-        side = min(rgb.size) // 2
-        crop = rgb.crop((0, 0, side, side)).resize((48, 48), Image.Resampling.BICUBIC)
-        crop.save(folder / f"{image_id}.png")
-    return folder
+    return write_photo_crops(tmp_path_factory.mktemp("photos"), count=5)
 
 
 def bench_run(capsys, out: Path, photos: Path, *extra: str) -> tuple[int, str, str]:
@@ -266,7 +258,7 @@ def test_run_rejects_an_unwritable_output_folder(tmp_path, photos, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("a file where the run folder's parent should be")
     code, _, err = bench_run(capsys, blocker / "run", photos, "--solvers", "pinv")
-    assert code == 2 and "is not writable" in err and "choose another with --out" in err
+    assert code == 2 and f"lies under '{blocker}', which is a file, not a folder" in err and "--out" in err
 
 
 @pytest.mark.slow
@@ -361,8 +353,8 @@ def test_run_under_torchrun_with_two_processes_gives_the_rows_of_one(tmp_path, p
     ("text", "message"),
     [
         ('force = "no"\n', "config key 'force' must be true or false"),
-        ("n-images = 1.7\n", "must be an integer, got 1.7"),
-        ("n-images = true\n", "must be an integer, got True"),
+        ("n-images = 1.7\n", "must be a whole number, got 1.7"),
+        ("n-images = true\n", "must be a whole number, got True"),
         ('set = "ddnm.steps=5"\n', "config key 'set' must be a list"),
         ("seed = 99999999999999999999\n", "--seed must be between"),
     ],

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from PIL import Image
+from run_cases import write_photo_crops
 
 from bench.cli import main
-from bench.data import SKIMAGE_NATURAL_COLOUR, _skimage_data_dir
 from bench.settings import RunError
 from bench.store import ResultStore, StoreError
 
@@ -23,14 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
-    """Three 48x48 crops of scikit-image's bundled photos."""
-    folder = tmp_path_factory.mktemp("photos")
-    for image_id, file_name in SKIMAGE_NATURAL_COLOUR[:3]:
-        with Image.open(_skimage_data_dir() / file_name) as photo:
-            rgb = photo.convert("RGB")
-        side = min(rgb.size) // 2
-        rgb.crop((0, 0, side, side)).resize((48, 48), Image.Resampling.BICUBIC).save(folder / f"{image_id}.png")
-    return folder
+    return write_photo_crops(tmp_path_factory.mktemp("photos"), count=3)
 
 
 def run_command(out: Path, photos: Path, *extra: str) -> list[str]:

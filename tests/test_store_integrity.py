@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from run_cases import cli, write_photo_crops
 
 from bench import store as store_module
-from bench.cli import main
-from bench.data import SKIMAGE_NATURAL_COLOUR, _skimage_data_dir
 from bench.store import ResultStore
 
 PRIOR = "gaussian:32"
@@ -25,19 +24,10 @@ HOUR_NS = 3600 * 10**9
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("photos")
-    for image_id, file_name in SKIMAGE_NATURAL_COLOUR[:4]:
-        with Image.open(_skimage_data_dir() / file_name) as photo:
-            rgb = photo.convert("RGB")
-        side = min(rgb.size) // 2
-        rgb.crop((0, 0, side, side)).resize((48, 48), Image.Resampling.BICUBIC).save(folder / f"{image_id}.png")
-    return folder
+    return write_photo_crops(tmp_path_factory.mktemp("photos"), count=4)
 
 
-def bench(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+bench = cli
 
 
 def run_args(out: Path, photos: Path, *extra: str) -> list[str]:
@@ -262,6 +252,10 @@ def test_settings_that_can_be_checked_are_checked_before_any_work(tmp_path, phot
     out = tmp_path / "run"
     code, _, err = bench(capsys, *run_args(out, photos, "--solvers", "uncond", "--set", "uncond.steps=0"))
     assert code == 2 and "uncond.steps must be an integer >= 1" in err
+    assert not (out / "units").exists()
+    missing = tmp_path / "no-such-phi"
+    code, _, err = bench(capsys, *run_args(out, photos, "--solvers", "ddc", "--set", f"ddc.network={missing}"))
+    assert code == 2 and "solver 'ddc' cannot run" in err and str(missing) in err
     assert not (out / "units").exists()
     # a folder the run writes into that is not writable is named before any work
     (out / "units").parent.mkdir(parents=True, exist_ok=True)

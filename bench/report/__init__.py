@@ -55,13 +55,10 @@ def _check_out(out: Path, results: Path) -> None:
 
 def _check_writable(folder: Path) -> None:
     """The report is staged beside its folder: prove a file can be written there before reading anything else."""
-    import os
+    from bench.files import prove_writable
 
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        prove_writable(folder)
     except OSError as error:
         raise ReportError(
             f"the report cannot be written: folder '{folder}' is not writable ({error.strerror}); "

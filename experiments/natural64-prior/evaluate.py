@@ -1,6 +1,6 @@
 """Evidence of a prior's quality, on held-out photos.
 
-    python scripts/evaluate_prior.py --prior natural64 --heldout kodak24 \
+    python experiments/natural64-prior/evaluate.py --prior natural64 --heldout kodak24 \
         --samples final=samples_ddpm1000.npz --samples step2000=samples_ddpm1000_step2000.npz \
         --grid ddpm1000=samples_ddpm1000.npz --grid ddim50=samples_ddim50.npz --out docs/natural64
 
@@ -17,18 +17,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.data import RandomCrops, load_dataset  # noqa: E402
-from bench.metrics import fid_kid, psnr  # noqa: E402
-from bench.priors import load_prior  # noqa: E402
+from bench.data import RandomCrops, load_dataset
+from bench.metrics import fid_kid, psnr
+from bench.priors import load_prior
 
 
 def heldout_crops(spec: str, size: int, n: int, seed: int = 2024) -> torch.Tensor:

@@ -1,6 +1,4 @@
-"""Compare two run folders unit by unit: the same keys, the same statuses, the same scores.
-
-    python scripts/compare_runs.py results/before results/after [--atol 1e-6] [--columns psnr,ssim,lpips]
+"""`python -m bench compare <before> <after>`: two run folders compared unit by unit.
 
 Units are matched by their key (`bench.units.unit_key`, which changes with any change of a unit's definition),
 so two folders of the same command on the same code compare row for row. The report lists keys found in one
@@ -17,13 +15,10 @@ import argparse
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from bench.store import ResultStore  # noqa: E402
+if TYPE_CHECKING:  # pandas is imported when the command runs, so `--help` starts fast
+    import pandas as pd
 
 # Columns always listed with their counts, even when they agree.
 SCORES = ("psnr", "ssim", "lpips", "consistency", "kurtosis", "residual", "fid", "kid", "kid_std")
@@ -44,6 +39,9 @@ VOLATILE = {
 
 def _differences(a: pd.Series, b: pd.Series, atol: float) -> dict[str, object]:
     """Counts of bit-identical, close and differing values of two aligned columns (NaN equals NaN)."""
+    import numpy as np
+    import pandas as pd
+
     if pd.api.types.is_numeric_dtype(a) and pd.api.types.is_numeric_dtype(b):
         x, y = a.to_numpy(dtype=float), b.to_numpy(dtype=float)
         both_nan = np.isnan(x) & np.isnan(y)
@@ -103,28 +101,37 @@ def compare_tables(
     return agree
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("before", type=Path)
-    parser.add_argument("after", type=Path)
-    parser.add_argument("--atol", type=float, default=1e-6, help="absolute tolerance of numeric columns (1e-6)")
-    parser.add_argument("--columns", help="compare only these unit columns (comma-separated); default: all stable")
-    args = parser.parse_args(argv)
-    stores = [ResultStore(folder) for folder in (args.before, args.after)]
+def compare_runs(before: Path, after: Path, atol: float = 1e-6, columns: list[str] | None = None) -> int:
+    """Print the comparison of two run folders; 0 when they agree within `atol`, 1 when not, 2 for an empty one."""
+    from bench.store import ResultStore
+
+    stores = [ResultStore(folder) for folder in (before, after)]
     units = [store.units() for store in stores]
-    for folder, table in zip((args.before, args.after), units, strict=True):
+    for folder, table in zip((before, after), units, strict=True):
         if table.empty:
             print(f"{folder} holds no unit rows (no {folder / 'units'}/part-*.parquet)", file=sys.stderr)
             return 2
-    columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
-    ok = compare_tables("units", *units, ["key"], args.atol, columns)
+    ok = compare_tables("units", *units, ["key"], atol, columns)
     traces = [store.traces() for store in stores]
-    ok &= compare_tables("traces", *traces, ["key", "step"], args.atol, None)
+    ok &= compare_tables("traces", *traces, ["key", "step"], atol, None)
     sets = [store.sets() for store in stores]
-    ok &= compare_tables("sets", *sets, ["set_key"], args.atol, None)
+    ok &= compare_tables("sets", *sets, ["set_key"], atol, None)
     print("agree" if ok else "DIFFER")
     return 0 if ok else 1
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def add_compare_parser(commands: Any) -> None:
+    """The `compare` subcommand."""
+    parser = commands.add_parser(
+        "compare", help="compare two run folders unit by unit: keys, statuses, scores (exit 1 when they differ)"
+    )
+    parser.add_argument("before", type=Path, help="run folder (as `bench run --out` wrote it)")
+    parser.add_argument("after", type=Path, help="run folder to compare with it")
+    parser.add_argument("--atol", type=float, default=1e-6, help="absolute tolerance of numeric columns (1e-6)")
+    parser.add_argument("--columns", help="compare only these unit columns (comma-separated); default: all stable")
+    parser.set_defaults(func=_cmd_compare)
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
+    return compare_runs(args.before, args.after, args.atol, columns)

@@ -1,0 +1,65 @@
+"""What CDDB must show in docs/cddb/table3.md: it beats A⁺y in PSNR and LPIPS on jpeg10 and sr4 at σ = 0, and its
+data-consistency step (λ > 0) beats the bridge alone (I²SB, λ = 0) in consistency ‖A(x̂) − y‖/√m.
+
+    python experiments/cddb-table3/check.py results/table3-kodak24 [--json checks.json]
+
+Prints one PASS or MISS row per target with its figure; exit status 1 when a target misses or its cell is not in
+the store. The table itself is `python -m bench report --results results/table3-kodak24`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from bench.store import ResultStore
+
+TASKS = ("jpeg10", "sr4")
+METRICS = ("psnr", "lpips", "consistency")
+CONFIG = Path(__file__).resolve().parent / "config.toml"
+
+
+def checks(results: Path) -> list[dict]:
+    units = ResultStore(results).units()
+    if units.empty:
+        raise SystemExit(f"{results} holds no unit rows; run `python -m bench run --config {CONFIG}` first")
+    ok = units[(units["status"] == "ok") & (units["sigma"] == 0)]
+    means = ok.groupby(["task", "solver"])[list(METRICS)].mean()
+
+    def get(task: str, solver: str, metric: str) -> float:
+        return float(means.loc[(task, solver), metric]) if (task, solver) in means.index else math.nan
+
+    rows = []
+    for task in TASKS:
+        cddb, pinv, i2sb = ({m: get(task, s, m) for m in METRICS} for s in ("cddb", "pinv", "i2sb"))
+        rows += [
+            {"target": f"cddb PSNR > A⁺y on {task}", "pass": cddb["psnr"] > pinv["psnr"],
+             "figure": f"{cddb['psnr']:.2f} vs {pinv['psnr']:.2f} dB"},
+            {"target": f"cddb LPIPS < A⁺y on {task}", "pass": cddb["lpips"] < pinv["lpips"],
+             "figure": f"{cddb['lpips']:.3f} vs {pinv['lpips']:.3f}"},
+            {"target": f"λ > 0 beats λ = 0 in consistency on {task}",
+             "pass": cddb["consistency"] < i2sb["consistency"],
+             "figure": f"cddb {cddb['consistency']:.4f} vs i2sb {i2sb['consistency']:.4f}"},
+        ]  # fmt: skip
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", type=Path, help="the run folder (default config: results/table3-kodak24)")
+    parser.add_argument("--json", type=Path, help="also write the checks to this JSON file")
+    args = parser.parse_args()
+    rows = checks(args.results)
+    print("| target | result | figure |\n|---|---|---|")
+    for row in rows:
+        print(f"| {row['target']} | {'PASS' if row['pass'] else 'MISS'} | {row['figure']} |")
+    if args.json:
+        args.json.write_text(json.dumps({"checks": rows}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return 0 if all(row["pass"] for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
