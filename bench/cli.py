@@ -337,13 +337,12 @@ def _cmd_import_bridge(args: argparse.Namespace) -> int:
 
 
 def _int_list(text: str, flag: str) -> tuple[int, ...]:
+    from bench.settings import positive_ints
+
     try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if not values or min(values) < 1:
-        raise SystemExit(f"error: {flag} takes positive integers separated by commas, e.g. 32,64,128; got {text!r}")
-    return values
+        return positive_ints(text, flag)
+    except argparse.ArgumentTypeError as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 def _check_steps(steps: int, init: str | None) -> None:

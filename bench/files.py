@@ -67,6 +67,15 @@ def prove_writable(folder: Path) -> None:
     probe.unlink()
 
 
+def atomic_write_json(path: str | Path, value: object) -> Path:
+    """`value` as indented JSON (UTF-8, a final newline), written atomically; returns the path."""
+    import json
+
+    path = Path(path)
+    atomic_write_text(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    return path
+
+
 def replace_folder(target: Path, write: Callable[[Path], T]) -> T:
     """Run `write(staging)` on an empty hidden sibling folder, then put it at `target`, replacing the old one.
 

@@ -83,7 +83,10 @@ class HeapPeak:
 
 
 def synchronize(device: Any) -> None:
-    """Wait for the device's queued work (CUDA runs asynchronously), so that a timer around it is honest."""
+    """Wait for the device's queued work (CUDA runs asynchronously), so that a timer around it is honest.
+
+    device: a torch.device, or a tensor (its device)."""
+    device = getattr(device, "device", device)
     if device.type == "cuda":
         import torch
 

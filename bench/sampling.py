@@ -1,4 +1,5 @@
-"""Unconditional samplers for checking a prior: ancestral DDPM and deterministic DDIM.
+"""The shared sampling steps: the DDPM posterior step that solvers and trainers take on a prior
+(`posterior_step`), and two unconditional samplers for checking a prior: ancestral DDPM and deterministic DDIM.
 
 Both take `eps_fn(x_t, t) -> ε̂` with t an integer tensor (B,), and the prior's ᾱ (float64, (T,)). Like ADM's
 samplers (`clip_denoised=True`), each step clamps the Tweedie estimate x̂₀ to [-1, 1] and moves with the
@@ -16,6 +17,19 @@ from bench.priors.base import widest_float
 from operators import randn_per_image
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def posterior_step(prior, x_t: Tensor, prediction, t: int, s: int, noise: Tensor) -> Tensor:
+    """x_s ~ q(x_s | x_t, x̂₀) with the prior's learned variance where it has one; no noise when s = -1."""
+    coefficients = prior.q_posterior(t, s, dtype=x_t.dtype)
+    mean = coefficients.mean(x_t, prediction.x0)
+    if s < 0:
+        return mean
+    if prediction.variance_frac is not None:
+        log_variance = prior.learned_log_variance(prediction.variance_frac, t, s)
+    else:
+        log_variance = coefficients.log_variance
+    return mean + (0.5 * log_variance).exp() * noise
 
 
 def _tweedie(x_t: Tensor, eps: Tensor, alpha_bar: Tensor) -> Tensor:

@@ -122,6 +122,20 @@ def _warn_large_sigmas(sigmas: list[float]) -> None:
         )
 
 
+def positive_ints(text: str, flag: str) -> tuple[int, ...]:
+    """'32,64,128' -> (32, 64, 128) for a command-line option; argparse.ArgumentTypeError naming `flag` if any
+    item is not a positive integer (argparse prints it as a usage error when this is an option's `type`)."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(
+            f"{flag} takes positive integers separated by commas, e.g. 32,64,128; got {text!r}"
+        )
+    return values
+
+
 def _parse_names(value: Any) -> list[str]:
     items = value if isinstance(value, list | tuple) else str(value).split(",")
     return [str(item).strip() for item in items if str(item).strip()]
@@ -435,8 +449,7 @@ def check_writable(folder: Path, subfolders: tuple[str, ...] = ()) -> None:
         except OSError as error:
             where = "output folder" if target == folder else f"folder '{target.name}' of the output folder"
             raise RunError(
-                f"{where} '{target}' is not writable ({error.strerror}); fix it, or choose another "
-                "with --out"
+                f"{where} '{target}' is not writable ({error.strerror}); fix it, or choose another with --out"
             ) from None
 
 

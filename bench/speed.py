@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
-import json
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -389,22 +388,16 @@ def format_table(report: dict[str, Any]) -> str:
 
 def write_json(report: dict[str, Any], path: str | Path) -> Path:
     """Write the report atomically (a reader never sees half a file)."""
-    from bench.files import atomic_write_text
+    from bench.files import atomic_write_json
 
-    path = Path(path)
-    atomic_write_text(path, json.dumps(report, indent=2) + "\n")
-    return path
+    return atomic_write_json(path, report)
 
 
 # ----- command line ------------------------------------------------------------------------------
 def _int_list(text: str, flag: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{flag} takes comma-separated integers, e.g. 1,16; got {text!r}") from exc
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"{flag} takes positive integers, e.g. 1,16; got {text!r}")
-    return values
+    from bench.settings import positive_ints
+
+    return list(positive_ints(text, flag))
 
 
 def add_speed_parser(commands: Any) -> None:

@@ -207,8 +207,8 @@ def ddc_loss(
       sampler's drifted x_t never are (exposure bias).
     """
     import operators
+    from bench.sampling import posterior_step
     from solvers.ddc import corrected_prediction, measurement_to_image
-    from solvers.uncond import posterior_step
 
     if timesteps not in TIMESTEPS:
         raise ValueError(f"unknown timesteps '{timesteps}' (available: {', '.join(TIMESTEPS)})")

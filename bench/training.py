@@ -118,9 +118,14 @@ def recalibrate_batch_norm(
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save through `bench.files.atomic_write_bytes`: a kill mid-write leaves the previous checkpoint."""
+    import io
+
+    from bench.files import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def data_record(data: str | Path, size: int, note: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -27,7 +27,6 @@ Noise convention (pass or fail, σ > 0): see `noise_convention`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,7 +37,7 @@ from torch import Tensor
 
 import operators
 import solvers
-from bench.files import atomic_write_text
+from bench.files import atomic_write_json
 from operators import Cap, Operator, image_generators, seeded_generator
 from operators.base import noise_std
 
@@ -581,20 +580,17 @@ def format_report(report: Report) -> str:
 
 def write_json(report: Report, path: str | Path) -> Path:
     """The report as JSON, written atomically (a temporary file in the same folder, then renamed)."""
-    path = Path(path)
-    atomic_write_text(path, json.dumps(report.as_dict(), indent=2, ensure_ascii=False) + "\n")
-    return path
+    return atomic_write_json(path, report.as_dict())
 
 
 def parse_sets(items: Sequence[str], solver_name: str) -> dict[str, str]:
     """['ddrm.steps=50'] -> {'steps': '50'} for the solver being validated; any other solver's option is an error."""
+    from solvers import split_override
+
     options: dict[str, str] = {}
     for item in items:
-        key, equals, value = item.partition("=")
-        name, dot, option = key.strip().rpartition(".")
-        if not equals or not dot or not option:
-            raise ValueError(f"--set expects {solver_name}.option=value, got {item!r}")
+        name, option, value = split_override(item)
         if name != solver_name:
             raise ValueError(f"--set {item!r} names solver '{name}', but validate runs '{solver_name}'")
-        options[option.strip()] = value.strip()
+        options[option] = value
     return options

@@ -68,7 +68,10 @@ class BoxInpainting(Operator):
         self.task = "box-inpaint" if position == "random" else "box-inpaint-centre"
         self.box_shape = (max(1, _round_half_up(size * h)), max(1, _round_half_up(size * w)))
         self.margins = (_round_half_up(margin * h), _round_half_up(margin * w))
-        rows, columns = ("rows", h, self.box_shape[0], self.margins[0]), ("columns", w, self.box_shape[1], self.margins[1])
+        rows, columns = (
+            ("rows", h, self.box_shape[0], self.margins[0]),
+            ("columns", w, self.box_shape[1], self.margins[1]),
+        )
         for axis, n, side, m in (rows, columns):
             if position == "random" and n - m - side <= m:
                 raise OperatorError(

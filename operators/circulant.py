@@ -75,7 +75,7 @@ class _FourierLayout:
     def coefficients(self, spectrum: Tensor) -> Tensor:
         """(B, C, H, W//2+1) orthonormal rfft2 of real images -> (B, C, H·W) real-basis coefficients."""
         flat = spectrum.flatten(-2)
-        pairs, selfs = flat[..., self.pairs], flat[..., self.selfs]
+        pairs, selfs = flat[..., self.pairs.to(flat.device)], flat[..., self.selfs.to(flat.device)]
         root2 = math.sqrt(2.0)
         return torch.cat([root2 * pairs.real, -root2 * pairs.imag, selfs.real], dim=-1)
 
@@ -161,7 +161,9 @@ class CircularConvolution(Operator):
         rcond = float(rcond)
         if not 0.0 <= rcond < 1.0:
             raise OperatorError(f"rcond must be in [0, 1) (default {DEFAULT_RCOND}, DDRM's), got {rcond}")
-        if kernels is not None and (kernels.dim() != 3 or kernels.shape[1] != kernels.shape[2] or kernels.shape[1] % 2 == 0):
+        if kernels is not None and (
+            kernels.dim() != 3 or kernels.shape[1] != kernels.shape[2] or kernels.shape[1] % 2 == 0
+        ):
             raise OperatorError(f"kernels must be (B, K, K) with K odd, got {tuple(kernels.shape)}")
         self.rcond = rcond
         self._kernels = None if kernels is None else kernels.to(torch.float64)

@@ -28,7 +28,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import sys
 import tempfile
 import time
@@ -422,8 +421,7 @@ def check_torchrun(settings: Settings, device: torch.device) -> dict[str, Any]:
         command += ["bench", "run", "--prior", "gaussian:32", "--n-images", "1", "--solvers", "pinv", "--tasks"]
         command += ["sr4", "--sigma", "0", "--metrics", "psnr", "--device", settings.device, "--no-progress"]
         command += ["--out", str(Path(folder) / "run")]
-        env = {**os.environ, "PYTHONPATH": str(root)}
-        done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300)
         rows = ResultStore(Path(folder) / "run").raw_units() if done.returncode == 0 else None
     devices = sorted(set(rows["device"])) if rows is not None and not rows.empty else []
     result = {"returncode": done.returncode, "expected_device": expected, "devices": devices}

@@ -208,14 +208,21 @@ def build_class(cls: type[Solver], **overrides: Any) -> Solver:
     return cls(**typed)
 
 
+def split_override(item: str) -> tuple[str, str, str]:
+    """'dps.zeta=0.5' -> ('dps', 'zeta', '0.5'): one `--set` item, the solver name being all before the last dot
+    of the key (plug-in names may hold dots); SolverError when it is not of that form."""
+    key, sep, value = item.partition("=")
+    solver, dot, option = key.strip().rpartition(".")
+    if not sep or not dot or not solver or not option.strip():
+        raise SolverError(f"--set expects solver.option=value (e.g. dps.zeta=0.5), got {item!r}")
+    return solver, option.strip(), value.strip()
+
+
 def parse_overrides(items: Iterable[str]) -> dict[str, dict[str, str]]:
     """['dps.zeta=0.5', 'ddrm.steps=50'] -> {'dps': {'zeta': '0.5'}, 'ddrm': {'steps': '50'}}."""
     result: dict[str, dict[str, str]] = {}
     for item in items:
-        key, sep, value = item.partition("=")
-        solver, dot, option = key.strip().partition(".")
-        if not sep or not dot or not solver or not option:
-            raise SolverError(f"--set expects solver.option=value (e.g. dps.zeta=0.5), got {item!r}")
+        solver, option, value = split_override(item)
         get(solver)
-        result.setdefault(solver, {})[option] = value.strip()
+        result.setdefault(solver, {})[option] = value
     return result

@@ -118,7 +118,8 @@ class Solver:
         if missing:
             names = ", ".join(sorted(c.value for c in missing))
             noisy = " at sigma > 0" if missing & self.requires_when_noisy and sigma > 0 else ""
-            return f"{self.name} needs {names}{noisy}, which {op.task} does not provide"
+            why = " (A⁺ is not defined for this nonlinear operator)" if Cap.PINV in missing and not op.linear else ""
+            return f"{self.name} needs {names}{noisy}, which {op.task} does not provide{why}"
         return None
 
     def reconstruct(
@@ -194,8 +195,14 @@ class Solver:
 
     def nfe(self) -> int | None:
         """Prior network evaluations per image that this config implies (one call on a batch counts once), or
-        None where the solver does not declare it; `bench validate` checks it against the prior's own count."""
-        return None
+        None where the solver does not declare it; `bench validate` checks it against the prior's own count.
+
+        The default: 0 for a solver that does not use the prior; one call per step for a config with an integer
+        `steps`; else None. A solver with another count overrides it."""
+        if not self.uses_prior:
+            return 0  # its networks (DnCNN, a bridge) are counted in network_use, not the prior
+        steps = getattr(self.config, "steps", None)
+        return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
 
     def spec(self) -> dict[str, Any]:
         """The solver's identity for result keys: name, version and resolved config."""
@@ -208,9 +215,12 @@ class Solver:
 
 
 def _synchronize(values: Sequence[Any]) -> None:
+    """Wait for CUDA's queued work on the device of the first tensor among `values` (none: nothing to wait for)."""
+    from bench.memory import synchronize
+
     for value in values:
-        if isinstance(value, Tensor) and value.is_cuda:
-            torch.cuda.synchronize(value.device)
+        if isinstance(value, Tensor):
+            synchronize(value.device)
             return
 
 

@@ -128,9 +128,6 @@ class CDDB(Solver):
     deep: bool = False  # differentiate through the bridge network (CDDB-deep)
     summary = "consistent direct diffusion bridge (Chung et al. 2023), 100 NFE; a bridge per task, no diffusion prior"
 
-    def nfe(self) -> int:
-        return 0  # its network is the bridge, counted in network_use, not the prior
-
     config: CDDBConfig
 
     def __init__(self, config: SolverConfig | None = None, *, bridge_fn: BridgeFn | None = None, **overrides: Any):

@@ -36,12 +36,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bench.sampling import posterior_step
 from operators import Cap, Operator, randn_per_image
 from operators.base import noise_std
 
 from . import register
 from .base import Solver, SolverConfig, SolverError, StepCallback
-from .uncond import posterior_step
 
 ASSETS = Path(__file__).resolve().parents[1] / "bench" / "assets"
 Y_TO_IMAGE = ("replicate", "pinv")
@@ -243,9 +243,6 @@ class DDC(Solver):
     requires = frozenset({Cap.FORWARD, Cap.PINV})
     summary = "learned data-consistency correction of the Tweedie estimate (Chen et al. 2024), 5 steps"
 
-    def nfe(self) -> int:
-        return self.config.steps  # one prior call per step
-
     def __init__(self, config: SolverConfig | None = None, *, phi: nn.Module | Phi | None = None, **overrides: Any):
         """`self.requested` keeps the options as given (None: follow the provenance); `self.config` holds them
         resolved against the network's provenance.json, so that code reading `config.clip_x0` sees what runs."""
@@ -267,7 +264,27 @@ class DDC(Solver):
         self._trained_for: dict[str, Any] | None = None  # the prior spec φ was trained with, from its provenance
         # Before φ loads, from provenance.json alone (result keys are computed before any weights load).
         on_disk = None if phi is not None else read_provenance(network_folder(self.config.network))
+        self._trained_tasks = (on_disk or {}).get("tasks")
         self.config = self._resolved(on_disk)
+
+    def unsupported(self, op: Operator, sigma: float) -> str | None:
+        """Besides the capabilities: a task φ was not trained for (its provenance lists them), and a measurement
+        that the chosen y_to_image cannot bring to the image's size (colourisation's one channel, replicated)."""
+        reason = super().unsupported(op, sigma)
+        if reason:
+            return reason
+        trained = self._trained_tasks
+        if trained and op.task not in trained:
+            return (
+                f"{self.name}: the φ network '{self.config.network}' was trained for {', '.join(trained)}, not "
+                f"{op.task}; train one with `python -m bench train-ddc --tasks {','.join([*trained, op.task])} ...` "
+                f"and pass it with --set {self.name}.network=<folder>"
+            )
+        try:
+            measurement_to_image(torch.zeros(1, *op.measurement_shape), op, self.config.y_to_image)
+        except SolverError as error:
+            return str(error)
+        return None
 
     def _resolved(self, provenance: dict[str, Any] | None) -> DDCConfig:
         """The requested config with each convention left at None taken from `provenance` (None: no record,

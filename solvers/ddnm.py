@@ -82,9 +82,6 @@ class DDNM(Solver):
         extra = frozenset({Cap.SVD}) if self.config.singular_cutoff > 0 else frozenset()
         return super().required_capabilities(sigma) | extra
 
-    def nfe(self) -> int:
-        return self.config.steps  # one prior call per step
-
     def solve(
         self,
         y: Tensor,

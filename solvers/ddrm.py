@@ -86,9 +86,6 @@ class DDRM(Solver):
     requires = frozenset({Cap.FORWARD, Cap.SVD})
     summary = "DDRM: per-singular-value variational sampling in A's spectral basis (Kawar et al. 2022)"
 
-    def nfe(self) -> int:
-        return self.config.steps  # one prior call per step
-
     def solve(
         self,
         y: Tensor,

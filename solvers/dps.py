@@ -66,11 +66,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from bench.sampling import posterior_step
 from operators import Cap, Operator, randn_per_image
 
 from . import register
 from .base import Solver, SolverConfig, SolverError, StepCallback
-from .uncond import posterior_step
 
 # DDC paper, Appendix B: ζ = 0.4 for (ImageNet) Gaussian deblurring, 1.0 for every other task.
 PAPER_ZETA_BY_TASK: dict[str, float] = {"gblur": 0.4}
@@ -161,9 +161,6 @@ class DPS(Solver):
     quick = {"steps": 100}
 
     config: DPSConfig
-
-    def nfe(self) -> int:
-        return self.config.steps  # one prior call per step
 
     def solve(
         self,

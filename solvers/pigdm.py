@@ -117,9 +117,6 @@ class PiGDM(Solver):
 
     config: PiGDMConfig
 
-    def nfe(self) -> int:
-        return self.config.steps  # one prior call per step
-
     def solve(
         self,
         y: Tensor,

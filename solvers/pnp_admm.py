@@ -204,9 +204,6 @@ class PnPADMM(Solver):
     uses_prior = False
     summary = "plug-and-play ADMM with a Gaussian denoiser (DnCNN); ignores the diffusion prior"
 
-    def nfe(self) -> int:
-        return 0  # its network is its own denoiser, counted in network_use, not the prior
-
     config: PnPADMMConfig
 
     def __init__(self, config: SolverConfig | None = None, *, denoiser_fn: Denoiser | None = None, **overrides: Any):

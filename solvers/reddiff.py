@@ -93,9 +93,6 @@ class RedDiff(Solver):
 
     config: RedDiffConfig
 
-    def nfe(self) -> int:
-        return self.config.steps  # one prior call per step
-
     def solve(
         self,
         y: Tensor,

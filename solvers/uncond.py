@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from bench.sampling import posterior_step
 from operators import Operator, randn_per_image
 
 from . import register
@@ -24,28 +25,12 @@ class UncondConfig(SolverConfig):
     steps: int = 1000  # DDPM: every training timestep
 
 
-def posterior_step(prior, x_t: Tensor, prediction, t: int, s: int, noise: Tensor) -> Tensor:
-    """x_s ~ q(x_s | x_t, x̂₀) with the prior's learned variance where it has one; no noise when s = -1."""
-    coefficients = prior.q_posterior(t, s, dtype=x_t.dtype)
-    mean = coefficients.mean(x_t, prediction.x0)
-    if s < 0:
-        return mean
-    if prediction.variance_frac is not None:
-        log_variance = prior.learned_log_variance(prediction.variance_frac, t, s)
-    else:
-        log_variance = coefficients.log_variance
-    return mean + (0.5 * log_variance).exp() * noise
-
-
 @register
 class Uncond(Solver):
     name = "uncond"
     Config = UncondConfig
     summary = "ancestral DDPM sampling that ignores y (reference for the kurtosis figure)"
     quick = {"steps": 100}
-
-    def nfe(self) -> int:
-        return self.config.steps  # one prior call per step
 
     def solve(
         self,

@@ -58,12 +58,27 @@ def test_new_tasks_declare_their_capabilities():
 
 def test_suites_resolve_to_each_papers_tasks():
     assert operators.resolve_tasks("all") == list(operators.PAPER_TASKS) == operators.resolve_tasks("ddc")
-    assert operators.resolve_tasks("dps") == ["sr4", "box-inpaint", "inpaint", "gblur", "motion-blur", "phase-retrieval"]
+    assert operators.resolve_tasks("dps") == [
+        "sr4",
+        "box-inpaint",
+        "inpaint",
+        "gblur",
+        "motion-blur",
+        "phase-retrieval",
+    ]
     assert operators.resolve_tasks("daps") == ["sr4", "box-inpaint", "gblur", "motion-blur", "phase-retrieval", "hdr"]
     every = operators.resolve_tasks("every")
     assert every == [t for t in operators.available() if not operators.is_plugin(t)]
     assert set(NEW_TASKS) <= set(every) and set(operators.PAPER_TASKS) <= set(every)
-    assert operators.resolve_tasks("hdr, dps, sr4") == ["hdr", "sr4", "box-inpaint", "inpaint", "gblur", "motion-blur", "phase-retrieval"]
+    assert operators.resolve_tasks("hdr, dps, sr4") == [
+        "hdr",
+        "sr4",
+        "box-inpaint",
+        "inpaint",
+        "gblur",
+        "motion-blur",
+        "phase-retrieval",
+    ]
     with pytest.raises(OperatorError, match=r"unknown task 'dsp'.*dps"):
         operators.resolve_tasks("dsp")
 
@@ -81,7 +96,9 @@ def test_new_operator_adjoint_identity(task, shape):
     torch.testing.assert_close(lhs, rhs, rtol=1e-13, atol=1e-13)
 
 
-@pytest.mark.parametrize("task,params", [(t, {}) for t in LINEAR if t != "motion-blur"] + [("motion-blur", {"rcond": 0.0})])
+@pytest.mark.parametrize(
+    "task,params", [(t, {}) for t in LINEAR if t != "motion-blur"] + [("motion-blur", {"rcond": 0.0})]
+)
 def test_new_operator_penrose_identities(task, params):
     """A A⁺ A = A and A⁺ A A⁺ = A⁺ (exactly for the masks and colourisation; motion blur with rcond = 0)."""
     shape = (3, 32, 32)
@@ -233,7 +250,9 @@ def test_motion_blur_svd_has_the_kernel_spectrum_and_pinv_drops_below_rcond():
     kept_part = op.pinv(op(x))
     spectrum_x = np.fft.fft2(x[0, 0].numpy()).ravel()
     np.testing.assert_allclose(np.abs(np.fft.fft2(kept_part[0, 0].numpy()).ravel()[discarded]), 0, atol=1e-12)
-    np.testing.assert_allclose(np.fft.fft2(kept_part[0, 0].numpy()).ravel()[~discarded], spectrum_x[~discarded], atol=1e-10)
+    np.testing.assert_allclose(
+        np.fft.fft2(kept_part[0, 0].numpy()).ravel()[~discarded], spectrum_x[~discarded], atol=1e-10
+    )
     with pytest.raises(OperatorError, match="for_images"):
         operators.build("motion-blur", shape=(1, 32, 32))(torch.zeros(1, 1, 32, 32))
 

@@ -24,7 +24,10 @@ SIGMAS = (0.0, 0.05)
 def quick(name: str) -> solvers.Solver:
     """The solver with as few steps / iterations as it allows, for plumbing tests."""
     fields = {f.name for f in dataclasses.fields(solvers.get(name).Config)}
-    overrides = {key: 2 for key in ("steps", "iterations", "nfe") if key in fields}
+    # steps and inner loops at 2, particle clouds at 4: plumbing, not quality (an SMC sampler's 64 particles on
+    # every task at 64² would cost more than the rest of this file)
+    overrides = {key: 2 for key in ("steps", "iterations", "nfe", "ode_steps", "langevin_steps") if key in fields}
+    overrides |= {key: 4 for key in ("particles",) if key in fields}
     if "off_schedule" in fields:  # a φ trained at its sampler's 5 timesteps refuses 2 steps unless told
         overrides["off_schedule"] = True
     return solvers.build(name, **overrides)

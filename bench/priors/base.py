@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.files import file_sha256
+from bench.memory import synchronize
 
 __all__ = [
     "PosteriorCoefficients",
@@ -188,10 +189,6 @@ class PosteriorCoefficients:
 _clock = time.perf_counter
 
 
-def _synchronize(device: torch.device) -> None:
-    # CUDA kernels run asynchronously: without a barrier the timer would measure only the launch.
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class _BackwardWindow:
@@ -213,7 +210,7 @@ class _OpenBackwardWindow(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         window: _BackwardWindow = ctx.window
-        _synchronize(grad.device)
+        synchronize(grad.device)
         window.opened = _clock()
         return grad, None
 
@@ -230,7 +227,7 @@ class _CloseBackwardWindow(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         window: _BackwardWindow = ctx.window
         if window.opened is not None:
-            _synchronize(grad.device)
+            synchronize(grad.device)
             window.prior.stats.backward_seconds += _clock() - window.opened
             window.opened = None
         return grad, None
@@ -417,11 +414,11 @@ class Prior:
         x_in = x_in.to(torch.float32)
         if self.channels_last:
             x_in = x_in.contiguous(memory_format=torch.channels_last)
-        _synchronize(self.device)
+        synchronize(self.device)
         start = _clock()
         with self.network_precision():
             out = self._network_output(x_in, t)
-        _synchronize(self.device)
+        synchronize(self.device)
         self.stats.forward_seconds += _clock() - start
         self.stats.nfe += 1
         if track_backward:
