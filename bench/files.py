@@ -20,6 +20,15 @@ T = TypeVar("T")
 _ROOT = Path(__file__).resolve().parents[1]
 
 
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+def asset(name: str) -> Path:
+    """The shipped asset folder `name` (natural64, ddc-natural64, dncnn, cddb-sr4-64, ...): bench/assets/<name>,
+    wherever the package is installed. The one place that knows where shipped weights live."""
+    return ASSETS / name
+
+
 def file_sha256(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
     """Hex SHA-256 of a file's bytes, read in chunks (weight files are hundreds of megabytes)."""
     digest = hashlib.sha256()

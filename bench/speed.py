@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -39,9 +38,9 @@ if TYPE_CHECKING:  # `bench report` builds the whole CLI and must not import tor
 
 # The config field that sets a solver's length, in the order looked for (pinv has none).
 STEP_FIELDS = ("steps", "iterations", "nfe")
-# The DDC paper's φ at 256x256 (its Appendix; the UNet2DModel configuration of DDPM's 256x256 models).
+# The DDC paper's φ widths, for the --phi-channels default without importing torch to build the CLI: the
+# same tuple as solvers.ddc.PAPER_PHI_CHANNELS (tests/test_speed.py checks).
 PAPER_PHI_CHANNELS = (128, 128, 256, 256, 512, 512)
-PAPER_PHI_LAYERS = 2
 DEFAULT_TASK = "sr4"
 DEFAULT_SIGMA = 0.05
 
@@ -103,17 +102,10 @@ def step_field(solver_class: type) -> str | None:
 
 
 def paper_phi(size: int, channels: int = 3, block_out_channels: Sequence[int] = PAPER_PHI_CHANNELS):
-    """A φ with random weights for `size`x`size` images; at the default widths the paper's 113.7M network."""
-    from diffusers import UNet2DModel
+    """DDC's φ at the paper's size with random weights (`solvers.ddc.paper_phi`)."""
+    from solvers.ddc import paper_phi as build
 
-    from bench.train_ddc import phi_unet_config
-    from solvers.ddc import DeltaNetwork
-
-    config = phi_unet_config(size, channels, block_out_channels)
-    if tuple(block_out_channels) == PAPER_PHI_CHANNELS:
-        config["layers_per_block"] = PAPER_PHI_LAYERS
-    # Random, not zero, output weights: the sampler then subtracts a Δ of ordinary magnitude.
-    return DeltaNetwork(UNet2DModel(**config)).eval().requires_grad_(False)
+    return build(size, channels, block_out_channels)
 
 
 def build_solver(name: str, length: int | None, phi: Any = None):
@@ -123,7 +115,7 @@ def build_solver(name: str, length: int | None, phi: Any = None):
     cls = solvers.get(name)
     field = step_field(cls)
     overrides = {field: length} if field and length is not None else {}
-    if phi is not None and "phi" in inspect.signature(cls.__init__).parameters:
+    if phi is not None and "phi" in cls.injectable_networks:
         return cls(cls.Config(**overrides), phi=phi)
     return solvers.build(name, **overrides)
 
@@ -306,7 +298,7 @@ def speed_table(
     )
     load_s = time.perf_counter() - load_started
     phi = None
-    if any("phi" in inspect.signature(solvers.get(n).__init__).parameters for n in solver_names):
+    if any("phi" in solvers.get(n).injectable_networks for n in solver_names):
         channels, size, _ = prior.image_shape
         phi = paper_phi(size, channels, phi_channels).to(prior.device)
         if compile:

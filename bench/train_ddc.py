@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from bench.files import atomic_write_text, replace_folder
 from bench.training import TrainConfig, Trainer, crop_batches, data_record
 from operators.base import noise_std
+from solvers.ddc import phi_unet_config
 
 DEFAULT_TASKS = ("sr4", "sr8", "gblur", "inpaint", "jpeg10", "denoise")  # the paper's six training tasks
 # The official code gives φ the prior's x̂₀ unclipped. For t near T, x̂₀ = (x_t − √(1−ᾱ)ε̂)/√ᾱ multiplies ε̂'s
@@ -54,31 +55,6 @@ DDC_OPTIMIZER = {
 def ddc_train_config(**overrides: Any) -> TrainConfig:
     """TrainConfig with DDC's optimiser settings (DDC_OPTIMIZER) under any explicit overrides."""
     return TrainConfig(**{**DDC_OPTIMIZER, **overrides})
-
-
-def phi_unet_config(size: int = 64, channels: int = 3, block_out_channels: Sequence[int] = (32, 64, 128, 128)):
-    """φ's UNet2DModel: input [x̂₀, y_img] (2C channels), output Δ (C channels).
-
-    The paper's 256² network has blocks (128, 128, 256, 256, 512, 512) with attention in the fifth; this one is
-    scaled down for 64² on a CPU (~4M parameters with the defaults) with attention at the second-lowest level.
-    """
-    blocks = list(block_out_channels)
-    down = ["DownBlock2D"] * len(blocks)
-    if len(blocks) >= 3:
-        down[-2] = "AttnDownBlock2D"
-    up = [name.replace("Down", "Up") for name in reversed(down)]
-    return {
-        "sample_size": size,
-        "in_channels": 2 * channels,
-        "out_channels": channels,
-        "layers_per_block": 1,
-        "block_out_channels": blocks,
-        "down_block_types": down,
-        "up_block_types": up,
-        "attention_head_dim": min(32, min(blocks)),
-        "norm_num_groups": min(32, min(blocks)),
-        "dropout": 0.0,
-    }
 
 
 def build_phi(

@@ -62,6 +62,9 @@ class Solver:
     # False for methods that bring their own network instead (PnP-ADMM's denoiser, CDDB's bridges): the runner
     # still passes the prior (for its device) and records it, and the callback reports their own network's calls.
     uses_prior: ClassVar[bool] = True
+    # Keyword arguments of the constructor that take the solver's own networks (DDC: "phi"), so that tools can
+    # inject stand-ins (`bench speed` times random paper-size ones): declared here, never read off a signature.
+    injectable_networks: ClassVar[tuple[str, ...]] = ()
     summary: ClassVar[str] = ""
     # Options that `bench run --budget quick` (the CPU default) lowers so that a laptop sees results in minutes;
     # empty for methods that are already cheap. Explicit --set options win over them.

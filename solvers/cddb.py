@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bench.files import asset
 from operators import Cap, Operator, randn_per_image
 
 from . import register
@@ -47,7 +48,7 @@ from .base import Solver, SolverConfig, SolverError, StepCallback
 from .bridge_network import BRIDGE_FILE, load_bridge, weights_file
 from .bridge_schedule import BridgeSchedule
 
-ASSETS = Path(__file__).resolve().parents[1] / "bench" / "assets"
+ASSETS = asset("")  # the shipped bridges are the folders cddb-<task>-<size> in it
 DEFAULT_STEP_SIZE = {"sr4": 1.0, "sr8": 1.0, "jpeg10": 0.5}  # DDC paper, Appendix B (CDDB: SR 1.0, JPEG 0.5)
 
 # A bridge as a plain function, for tests and callers with their own network: (x_n, n (B,) int64, x₁) -> output
@@ -75,7 +76,7 @@ class CDDBConfig(SolverConfig):
 
 
 def bridge_folder(bridge: str, task: str, size: int) -> Path:
-    return ASSETS / f"cddb-{task}-{size}" if bridge == "auto" else Path(bridge)
+    return asset(f"cddb-{task}-{size}") if bridge == "auto" else Path(bridge)
 
 
 def _spec_difference(trained: Mapping[str, Any], given: Mapping[str, Any]) -> str:

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bench.files import asset
 from bench.sampling import posterior_step
 from operators import Cap, Operator, randn_per_image
 from operators.base import noise_std
@@ -43,7 +44,6 @@ from operators.base import noise_std
 from . import register
 from .base import Solver, SolverConfig, SolverError, StepCallback
 
-ASSETS = Path(__file__).resolve().parents[1] / "bench" / "assets"
 Y_TO_IMAGE = ("replicate", "pinv")
 INPAINT_UNOBSERVED = ("zero", "noise")
 PROVENANCE = "provenance.json"
@@ -71,6 +71,48 @@ class DDCConfig(SolverConfig):
 
 DC_WEIGHTS = "output_dc.safetensors"  # the mean-passing gain of a φ built with output_dc=True
 DC_GAIN_SCALE = 10.0
+
+
+def phi_unet_config(size: int = 64, channels: int = 3, block_out_channels: Sequence[int] = (32, 64, 128, 128)):
+    """φ's UNet2DModel: input [x̂₀, y_img] (2C channels), output Δ (C channels).
+
+    The paper's 256² network has blocks (128, 128, 256, 256, 512, 512) with attention in the fifth; this one is
+    scaled down for 64² on a CPU (~4M parameters with the defaults) with attention at the second-lowest level.
+    """
+    blocks = list(block_out_channels)
+    down = ["DownBlock2D"] * len(blocks)
+    if len(blocks) >= 3:
+        down[-2] = "AttnDownBlock2D"
+    up = [name.replace("Down", "Up") for name in reversed(down)]
+    return {
+        "sample_size": size,
+        "in_channels": 2 * channels,
+        "out_channels": channels,
+        "layers_per_block": 1,
+        "block_out_channels": blocks,
+        "down_block_types": down,
+        "up_block_types": up,
+        "attention_head_dim": min(32, min(blocks)),
+        "norm_num_groups": min(32, min(blocks)),
+        "dropout": 0.0,
+    }
+
+
+# The paper's φ (DDC's exp/logs/ddc_network/config.json): 113,676,675 parameters at 256².
+PAPER_PHI_CHANNELS = (128, 128, 256, 256, 512, 512)
+PAPER_PHI_LAYERS = 2
+
+
+def paper_phi(size: int, channels: int = 3, block_out_channels: Sequence[int] = PAPER_PHI_CHANNELS) -> nn.Module:
+    """A φ with random weights for `size`x`size` images; at the default widths the paper's 113.7M network
+    (the architecture, not the weights, sets the speed: `bench speed` times with it)."""
+    from diffusers import UNet2DModel
+
+    config = phi_unet_config(size, channels, block_out_channels)
+    if tuple(block_out_channels) == PAPER_PHI_CHANNELS:
+        config["layers_per_block"] = PAPER_PHI_LAYERS
+    # Random, not zero, output weights: the sampler then subtracts a Δ of ordinary magnitude.
+    return DeltaNetwork(UNet2DModel(**config)).eval().requires_grad_(False)
 
 
 class DeltaNetwork(nn.Module):
@@ -170,7 +212,7 @@ def corrected_prediction(prior, phi: nn.Module | Phi, x_t: Tensor, t: int, y_ima
 
 def network_folder(network: str) -> Path:
     """The folder of φ weights named by `network`: bench/assets/ddc-<name>/ for a bare name, else a path."""
-    named = ASSETS / f"ddc-{network}"
+    named = asset(f"ddc-{network}")
     return named if "/" not in network and not Path(network).is_dir() else Path(network)
 
 
@@ -242,6 +284,7 @@ class DDC(Solver):
     Config = DDCConfig
     requires = frozenset({Cap.FORWARD, Cap.PINV})
     summary = "learned data-consistency correction of the Tweedie estimate (Chen et al. 2024), 5 steps"
+    injectable_networks = ("phi",)  # tools may pass a φ (`bench speed`: a random paper-size one, `paper_phi`)
 
     def __init__(self, config: SolverConfig | None = None, *, phi: nn.Module | Phi | None = None, **overrides: Any):
         """`self.requested` keeps the options as given (None: follow the provenance); `self.config` holds them

@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bench.files import asset
 from operators import Cap, Operator
 from operators.base import noise_std
 
@@ -53,7 +54,7 @@ from .base import Solver, SolverConfig, SolverError, StepCallback
 
 Denoiser = Callable[[Tensor, float], Tensor]
 
-DNCNN_ASSET = Path(__file__).resolve().parents[1] / "bench" / "assets" / "dncnn"
+DNCNN_ASSET = asset("dncnn")
 MEASUREMENT_NOISE_FLOOR = 1.0 / (255.0 * math.sqrt(12.0))  # 8-bit storage of y: uniform error of one level
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -41,3 +42,21 @@ def to_tensor(photo: np.ndarray, dtype: torch.dtype = torch.float64) -> torch.Te
     """uint8 (H, W, C) or (H, W) -> (1, C, H, W) in [-1, 1]."""
     array = photo[..., None] if photo.ndim == 2 else photo
     return torch.from_numpy(array.astype(np.float64) / 127.5 - 1.0).permute(2, 0, 1)[None].to(dtype)
+
+
+# CI always has ../shared/data beside the repository: there, a test that would skip for want of it fails with
+# the reason instead (.ci/run sets BENCH_REQUIRE_SHARED_DATA=1), so that a moved folder cannot silently turn
+# the real-photo tests off. Elsewhere (a clone without the data) such tests skip, naming what is missing.
+REQUIRE_SHARED_DATA = os.environ.get("BENCH_REQUIRE_SHARED_DATA") == "1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if not (REQUIRE_SHARED_DATA and report.skipped):
+        return
+    reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    if "shared/data" in reason or str(SHARED_DATA) in reason:
+        report.outcome = "failed"
+        report.longrepr = f"BENCH_REQUIRE_SHARED_DATA=1 but the shared data is missing: {reason}"

@@ -16,10 +16,11 @@ from safetensors.torch import load_file
 
 from bench.cli import main
 from bench.data import RandomCrops
+from bench.files import asset
 from bench.train_denoiser import DnCNN, denoising_loss, load_denoiser
 from bench.training import TrainConfig, Trainer, recalibrate_batch_norm
 
-ASSET = Path(__file__).resolve().parents[1] / "bench" / "assets" / "dncnn"
+ASSET = asset("dncnn")
 
 
 @torch.no_grad()

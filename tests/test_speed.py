@@ -36,6 +36,13 @@ def test_each_solver_has_its_length_field():
     assert step_field(solvers.get("pinv")) is None
 
 
+def test_speed_names_the_solvers_paper_phi_widths():
+    import solvers.ddc
+    from bench import speed
+
+    assert speed.PAPER_PHI_CHANNELS == solvers.ddc.PAPER_PHI_CHANNELS
+
+
 def test_paper_phi_has_the_papers_113_7m_parameters():
     with torch.device("meta"):
         phi = paper_phi(256)

@@ -28,10 +28,11 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
+
+from bench.files import asset
 
 from .base import (
     PosteriorCoefficients,
@@ -63,7 +64,7 @@ __all__ = [
 ]
 
 # Where the embedded prior's weights ship (package data of `bench`).
-NATURAL64_DIR = Path(__file__).resolve().parents[1] / "assets" / "natural64"
+NATURAL64_DIR = asset("natural64")
 
 
 def parse_spec(spec: str) -> tuple[str, str | None, dict[str, str]]:
