@@ -5,11 +5,17 @@ A batch is consecutive units sharing (solver, task, σ). `evaluate_batch` measur
 the solver's `reconstruct` with a callback that records each step's trace, times it (CUDA synchronised, trace
 bookkeeping taken out), measures its peak memory (`bench.memory`), and returns one unit row per image
 (`bench.store.UNIT_COLUMNS`) and the trace rows; any exception becomes failed rows and the run goes on.
+
+The measurement is drawn by the run's noise model (`--noise`, `operators.noise`). With `--best-of N` the solver
+runs N times on the same y with independent draws (`solver_generators`) and each image keeps the run of least
+‖A(x̂) − y‖ (`best_of`); its row names that run (`best_repeat`) and its traces are that run's only, while the
+row's time, network calls and memory are those of all N runs: the cost of the result.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +31,12 @@ __all__ = [
     "SET_METRIC_MIN_IMAGES",
     "divergence",
     "RunContext",
+    "best_of",
     "evaluate_batch",
     "fisher_kurtosis",
+    "selection_residual",
     "set_metrics",
+    "solver_generators",
 ]
 
 # FID/KID need a few images per set (the KID subsets hold n // 2 of them; see bench.metrics.fid_kid).
@@ -48,13 +57,13 @@ class RunContext:
     device: Any
     store: Any
     versions: dict[str, str]
-    metrics: tuple[str, ...] = ()  # the selected metrics (`bench.metrics.select`); empty = the defaults
+    metrics: tuple[str, ...] = ()  # the selected metrics (`bench.metric_specs.select`); empty = the defaults
     attempts: dict[str, int] = field(default_factory=dict)  # key -> its next row's `attempt` (bench.store)
     warm: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if not self.metrics:
-            from bench.metrics import select
+            from bench.metric_specs import select
 
             self.metrics = select(None)
 
@@ -110,6 +119,54 @@ def divergence(raw: Any) -> list[str | None]:
     return reasons
 
 
+def solver_generators(seed: int, image_ids: list[str], repeat: int, device: Any) -> list[Any]:
+    """One generator per image for run `repeat` of a unit: repeat 0 draws from the "solver" stream, as every run
+    without --best-of does, so best-of-1 is the plain run and repeat 0 of best-of-N equals it; repeat r > 0 from
+    "solver/repeat<r>" (`operators.seeded_generator`: independent of the other repeats and of the batch)."""
+    import operators
+
+    stream = "solver" if repeat == 0 else f"solver/repeat{repeat}"
+    return operators.image_generators(seed, image_ids, stream, device=device)
+
+
+def selection_residual(op: Any, y: Any, raw: Any) -> Any:
+    """(B,) ‖A(clamp(x̂, −1, 1)) − y‖ per image, the residual of the image a row reports (on the [-1, 1] scale, in
+    `_accumulation_dtype`); +inf where the raw estimate diverged (`divergence`), so such a run is never kept
+    while another one finished. Uses the measurement only, never the clean image."""
+    import torch
+
+    with torch.no_grad():
+        safe = torch.nan_to_num(raw, nan=0.0, posinf=1.0, neginf=-1.0).clamp(-1, 1)
+        residual = (op(safe) - y).reshape(raw.shape[0], -1).norm(dim=1).to(_accumulation_dtype(raw.device))
+    diverged = torch.tensor([reason is not None for reason in divergence(raw)], device=residual.device)
+    return torch.where(diverged | ~torch.isfinite(residual), torch.full_like(residual, math.inf), residual)
+
+
+def best_of(n: int, solve: Any, op: Any, y: Any) -> tuple[Any, list[int]]:
+    """Run `solve(repeat)` for repeat = 0 .. n − 1 and keep, per image, the raw estimate (B, C, H, W) of least
+    `selection_residual` (ties: the earlier repeat): (estimate, the repeat kept per image).
+
+    The papers' protocol for phase retrieval (DPS, DAPS: "best of 4 runs"), with the selection made by the
+    measurement alone, never by the ground truth. n = 1 is one plain run, with no residual computed."""
+    import torch
+
+    best = solve(0)
+    chosen = [0] * best.shape[0]
+    if n == 1:
+        return best, chosen
+    best = best.detach()
+    least = selection_residual(op, y, best)
+    kept = torch.zeros(best.shape[0], dtype=torch.long, device=least.device)
+    for repeat in range(1, n):
+        raw = solve(repeat).detach()
+        residual = selection_residual(op, y, raw)
+        better = residual < least
+        best = torch.where(better.to(raw.device).view(-1, *([1] * (raw.ndim - 1))), raw, best)
+        least = torch.where(better, residual, least)
+        kept = torch.where(better, torch.full_like(kept, repeat), kept)
+    return best, kept.tolist()
+
+
 def _unreadable_images(context: RunContext, batch: list[Any]) -> dict[str, str]:
     """image id -> why it cannot be read, for the batch's images that cannot."""
     bad = {}
@@ -122,7 +179,7 @@ def _unreadable_images(context: RunContext, batch: list[Any]) -> dict[str, str]:
 
 
 def _is_per_image(name: str) -> bool:
-    from bench.metrics import spec
+    from bench.metric_specs import spec
 
     return spec(name).scope == "image"
 
@@ -134,6 +191,8 @@ def _base_row(context: RunContext, unit: Any) -> dict[str, Any]:
         solver=unit.solver,
         task=unit.task,
         sigma=unit.sigma,
+        noise=context.settings.noise,
+        best_of=context.settings.best_of,
         prior=context.settings.prior,
         dataset=context.dataset.name,
         image_id=unit.image_id,
@@ -163,7 +222,7 @@ def evaluate_batch(context: RunContext, batch: list[Any]) -> tuple[list[dict[str
     first = batch[0]
     solver, op = context.solvers[first.solver], context.ops[first.task]
     rows = [_base_row(context, unit) for unit in batch]
-    reason = solver.unsupported(op, first.sigma)
+    reason = solver.unsupported(op, first.sigma) or solver.noise_unsupported(context.settings.noise, first.sigma)
     if reason:
         for row in rows:
             row.update(status="unsupported", error=reason)
@@ -185,9 +244,9 @@ def evaluate_batch(context: RunContext, batch: list[Any]) -> tuple[list[dict[str
     try:
         clean = torch.stack([context.dataset[context.index_of[i]][1] for i in ids]).to(device)
         bound = op.for_images(ids, settings.seed)
-        y = bound.measure(clean, first.sigma, operators.image_generators(settings.seed, ids, "noise"))
-        generators = operators.image_generators(settings.seed, ids, "solver", device=device)
-        steps: list[tuple[int, int, Any, Any]] = []
+        noise = operators.noise_model(settings.noise)
+        y = bound.measure(clean, first.sigma, operators.image_generators(settings.seed, ids, "noise"), noise=noise)
+        runs: list[list[tuple[int, int, Any, Any]]] = []  # each repeat's steps (`--best-of`; one run without it)
         tracing = [0.0]  # seconds spent in the trace callback, taken out of the solver's wall time
 
         def record(*, step: int, t: int, x_t: Any, eps: Any, x0: Any) -> None:
@@ -195,18 +254,22 @@ def evaluate_batch(context: RunContext, batch: list[Any]) -> tuple[list[dict[str
             began = time.perf_counter()
             with torch.no_grad():
                 residual = (bound(x0.detach()) - y).reshape(len(ids), -1).norm(dim=1)
-                steps.append((step, int(t), fisher_kurtosis(eps), residual.to(_accumulation_dtype(device))))
+                runs[-1].append((step, int(t), fisher_kurtosis(eps), residual.to(_accumulation_dtype(device))))
             synchronize(device)
             tracing[0] += time.perf_counter() - began
+
+        def solve(repeat: int) -> Any:
+            runs.append([])
+            generators = solver_generators(settings.seed, ids, repeat, device)
+            sigma = noise.solver_sigma(first.sigma)
+            return solver.reconstruct(y, bound, prior, sigma=sigma, generators=generators, callback=record, clamp=False)
 
         prior.reset_stats()
         solver.reset_network_use()
         synchronize(device)
         with PeakMemory(device) as memory:
             start = time.perf_counter()
-            estimate = solver.reconstruct(
-                y, bound, prior, sigma=first.sigma, generators=generators, callback=record, clamp=False
-            )
+            estimate, chosen = best_of(settings.best_of, solve, bound, y)
             synchronize(device)
             wall = time.perf_counter() - start - tracing[0]
         peak = memory.peak
@@ -232,6 +295,7 @@ def evaluate_batch(context: RunContext, batch: list[Any]) -> tuple[list[dict[str
                 peak_memory_bytes=peak,
                 batch_size=len(ids),
                 warmup=warmup,
+                best_repeat=chosen[b],
             )
             if diverged[b] is not None:
                 row.update(status="diverged", error=diverged[b])
@@ -240,12 +304,16 @@ def evaluate_batch(context: RunContext, batch: list[Any]) -> tuple[list[dict[str
             if missed:  # images and the other scores are kept; `bench score` fills these in later
                 row["metrics_missing"] = missed
         _save_images(context, batch, clean, bound, y, estimate, finite)
-        if steps:
+        for repeat, steps in enumerate(runs):  # each image's traces are those of the run it keeps
+            if not steps or repeat not in chosen:
+                continue
             # one transfer for the whole trajectory rather than one per value
             kurtosis = torch.stack([k for _, _, k, _ in steps]).cpu().tolist()
             residual = torch.stack([r for _, _, _, r in steps]).cpu().tolist()
             for i, (step, t, _, _) in enumerate(steps):
                 for b, unit in enumerate(batch):
+                    if chosen[b] != repeat:
+                        continue
                     traces.append(
                         new_row(
                             TRACE_COLUMNS,
@@ -305,6 +373,8 @@ def _image_paths(context: RunContext, unit: Any) -> dict[str, str]:
         dataset=context.dataset.name,
         solver_version=context.solvers[unit.solver].version,
         solver_config=context.solver_configs[unit.solver],
+        noise=context.settings.noise,
+        best_of=context.settings.best_of,
     )
     if not context.ops[unit.task].supports(operators.Cap.PINV):
         paths["measurement_path"] = None

@@ -10,14 +10,13 @@ The pretrained networks (LPIPS trunks, the FID Inception) come from `bench.weigh
 from __future__ import annotations
 
 import contextlib
-import difflib
 import io
 import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -28,9 +27,12 @@ if TYPE_CHECKING:
     from operators import Operator
 
 
-class MetricError(ValueError):
-    """Bad input to a metric: the message names the problem and the fix."""
-
+# The declarations (names, directions, columns, --metrics) live in bench.metric_specs, which needs no torch;
+# they are re-exported here for callers of the metric functions.
+from bench.metric_specs import (  # noqa: E402
+    MetricError,
+    spec,
+)
 
 # ----- input checks and the one range conversion -----------------------------------------------------------
 
@@ -361,155 +363,9 @@ def kid(estimates: ImageSet | np.ndarray, references: ImageSet | np.ndarray, **o
 # ----- registry ----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class MetricSpec:
-    """A registered metric. Per-image metrics are called as fn(x_hat, x) (or fn(op, x_hat, y) when
-    `uses_measurement`) and return (B,); per-set ones compare two image sets. `weights` are the
-    `bench.weights` names the metric loads: a run resolves them before its first unit."""
-
-    name: str
-    higher_is_better: bool
-    scope: Literal["image", "set"]
-    description: str
-    fn: Callable[..., Any]
-    weights: tuple[str, ...] = ()
-    min_size: int = 1  # smaller images get NaN: the metric is not defined there
-    uses_measurement: bool = False
-    reported_by: str = ""  # which papers report the metric this way
-
-    @property
-    def column(self) -> str:
-        """The metric's column in the store's tables."""
-        return self.name.replace("-", "_")
-
-
-def _lpips_vgg(x_hat: Tensor, x: Tensor) -> Tensor:
+def lpips_vgg(x_hat: Tensor, x: Tensor) -> Tensor:
+    """LPIPS v0.1 with the VGG16 trunk (DPS's evaluation), (B,)."""
     return lpips(x_hat, x, net="vgg")
-
-
-_METRICS: dict[str, MetricSpec] = {
-    spec.name: spec
-    for spec in (
-        MetricSpec("psnr", True, "image", "PSNR in dB on [0, 1]", psnr, reported_by="every paper"),
-        MetricSpec(
-            "ssim",
-            True,
-            "image",
-            "SSIM, 11x11 Gaussian window (std 1.5), data range 1",
-            ssim,
-            min_size=11,
-            reported_by="torchmetrics' default (RED-diff)",
-        ),
-        MetricSpec(
-            "ssim-skimage",
-            True,
-            "image",
-            "SSIM as skimage computes it in DDC's and DPS's code: 7x7 uniform window, sample covariance, data range 2",
-            ssim_skimage,
-            min_size=SKIMAGE_SSIM_WINDOW,
-            reported_by="DDC, DPS",
-        ),
-        # LPIPS' AlexNet trunk pools its input down five times: smaller images leave nothing to compare
-        MetricSpec(
-            "lpips",
-            False,
-            "image",
-            "LPIPS v0.1, AlexNet",
-            lpips,
-            weights=("lpips-alex",),
-            min_size=32,
-            reported_by="DDC, RED-diff",
-        ),
-        MetricSpec(
-            "lpips-vgg",
-            False,
-            "image",
-            "LPIPS v0.1, VGG16",
-            _lpips_vgg,
-            weights=("lpips-vgg",),
-            min_size=16,
-            reported_by="DPS, DAPS, InverseBench (piq's VGG)",
-        ),
-        MetricSpec(
-            "consistency",
-            False,
-            "image",
-            "RMS of A(x_hat) - y on the measurement's scale",
-            consistency,
-            uses_measurement=True,
-        ),
-        MetricSpec(
-            "fid",
-            False,
-            "set",
-            "Frechet Inception distance (clean-fid; biased below ~2k images)",
-            fid,
-            weights=("inception-fid",),
-            reported_by="RED-diff (clean-fid)",
-        ),
-        MetricSpec(
-            "kid",
-            False,
-            "set",
-            "kernel Inception distance, mean and std over subsets (clean-fid)",
-            kid,
-            weights=("inception-fid",),
-        ),
-    )
-}
-
-#: What `bench run` scores when --metrics is not given.
-DEFAULT_METRICS = ("psnr", "ssim", "lpips", "consistency", "fid", "kid")
-#: Scored in every run whatever --metrics says: they need no network, and the summary and report use them.
-ALWAYS_METRICS = ("psnr", "consistency")
-
-
-def spec(name: str) -> MetricSpec:
-    """The registered metric called `name`; an unknown name gets a suggestion."""
-    if name not in _METRICS:
-        close = difflib.get_close_matches(name, list(_METRICS), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise MetricError(f"unknown metric '{name}'{hint} (available: {', '.join(_METRICS)})")
-    return _METRICS[name]
-
-
-def names(scope: Literal["image", "set"] | None = None) -> list[str]:
-    """Registered metric names, optionally only the per-image or per-set ones."""
-    return [m.name for m in _METRICS.values() if scope is None or m.scope == scope]
-
-
-def select(text: str | Sequence[str] | None) -> tuple[str, ...]:
-    """The metric selection of a run, in registry order: the defaults, `+name` added to them, or a full list.
-
-    text: None (the defaults), "lpips-vgg,ssim-skimage" (exactly these), "+lpips-vgg" (the defaults and
-    these), or a sequence of such items. `ALWAYS_METRICS` are always included.
-    """
-    items = [part.strip() for part in (text.split(",") if isinstance(text, str) else (text or ())) if part.strip()]
-    if items and all(item.startswith("+") for item in items):
-        chosen = {*DEFAULT_METRICS, *(item[1:] for item in items)}
-    elif any(item.startswith("+") for item in items):
-        raise MetricError(
-            "--metrics mixes '+name' (add to the defaults) with plain names (exactly these); use one form, "
-            f"e.g. --metrics +lpips-vgg or --metrics {','.join(DEFAULT_METRICS)},lpips-vgg"
-        )
-    else:
-        chosen = set(items or DEFAULT_METRICS)
-    for name in chosen:
-        spec(name)  # an unknown name is an error with a suggestion
-    chosen |= set(ALWAYS_METRICS)
-    return tuple(name for name in _METRICS if name in chosen)
-
-
-def weights_needed(selection: Sequence[str], image_size: int) -> dict[str, list[str]]:
-    """weight name -> the selected metrics that load it, for images of `image_size` pixels a side."""
-    needed: dict[str, list[str]] = {}
-    for name in selection:
-        metric = spec(name)
-        if metric.scope == "image" and image_size < metric.min_size:
-            continue
-        for weight in metric.weights:
-            needed.setdefault(weight, []).append(name)
-    return needed
 
 
 def score_images(
@@ -533,16 +389,3 @@ def score_images(
         except WeightsError as error:
             missing[name] = str(error).splitlines()[0]
     return scores, missing
-
-
-def available() -> list[tuple[str, str]]:
-    """(name, one-line description with direction and scope) for each metric, for `bench list`."""
-    default = set(DEFAULT_METRICS)
-    return [
-        (
-            m.name,
-            f"{'higher' if m.higher_is_better else 'lower'} is better, per {m.scope}"
-            f"{', default' if m.name in default else ''}: {m.description}",
-        )
-        for m in _METRICS.values()
-    ]

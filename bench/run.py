@@ -12,9 +12,10 @@ This module builds what the batches share (solvers, prior, operators, dataset), 
 batches of consecutive units sharing (solver, task, σ), and prints the summary. A batch is committed as one
 part file, so a killed run loses at most the batch in flight and a re-run skips what is done.
 
-Randomness: image b's measurement noise comes from `image_generators(seed, ids, "noise")`, its solver draws
-from the "solver" stream and its operator (inpainting mask) from `op.for_images(ids, seed)`: a unit's result
-does not depend on its batch, its rank or the units before it.
+Randomness: image b's measurement noise comes from `image_generators(seed, ids, "noise")` (drawn by the run's
+noise model, `--noise`), its solver draws from the "solver" stream (repeat r > 0 of `--best-of` from
+"solver/repeat<r>") and its operator (inpainting mask) from `op.for_images(ids, seed)`: a unit's result does not
+depend on its batch, its rank or the units before it.
 
 Under torchrun (environment RANK, WORLD_SIZE) unit i belongs to rank i % WORLD_SIZE; each rank writes its own
 parts and rank 0 computes the set metrics and prints the summary once all ranks are finished. The end of a
@@ -118,6 +119,8 @@ def _prepare(settings: RunSettings, rank: int) -> tuple[RunContext, list[Any]]:
         dataset.name,
         ids,
         settings.seed,
+        noise=operators.noise_model(settings.noise).spec(),
+        best_of=settings.best_of,
     )
     versions = {
         "torch_version": torch.__version__,

@@ -53,6 +53,8 @@ _CONFIG_KEYS = (
     "force",
     "budget",
     "metrics",
+    "noise",
+    "best_of",
 )
 # --budget: "paper" runs every solver at its paper's defaults; "quick" lowers the few expensive ones (each
 # solver's `quick` options, e.g. DPS 1000 -> 100 steps); "auto" is quick on a CPU and paper on a GPU.
@@ -83,7 +85,9 @@ class RunSettings:
     force: bool = False
     progress: bool = True
     budget: str = "auto"
-    metrics: tuple[str, ...] = ()  # the per-image and per-set metrics to score (`bench.metrics.select`)
+    metrics: tuple[str, ...] = ()  # the per-image and per-set metrics to score (`bench.metric_specs.select`)
+    noise: str = "gaussian"  # the measurement noise model (`operators.noise.NOISE_MODELS`)
+    best_of: int = 1  # solver runs per unit, of which the one of least ‖A(x̂) − y‖ is kept (`bench.evaluate`)
 
 
 def _parse_sigmas(value: Any) -> list[float]:
@@ -226,6 +230,8 @@ _CONFIG_TYPES: dict[str, tuple[str, Any, str]] = {
     "force": ("true or false", lambda v: isinstance(v, bool), "force = false"),
     "budget": (f"one of {', '.join(BUDGETS)} (text)", _is_text, 'budget = "quick"'),
     "metrics": ("a list of metric names or one comma-separated string", _is_names, 'metrics = ["psnr", "ssim"]'),
+    "noise": ("a noise model name: gaussian or poisson (text)", _is_text, 'noise = "poisson"'),
+    "best_of": ("a whole number >= 1", _is_integer, "best_of = 4"),
 }
 
 
@@ -354,11 +360,23 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         progress=not args.no_progress,
         budget=_check_budget(pick("budget", "auto")),
         metrics=_select_metrics(pick("metrics", None)),
+        noise=_check_noise(pick("noise", "gaussian")),
+        best_of=_integer(pick("best_of", 1), "best-of", minimum=1),
     )
 
 
+def _check_noise(value: Any) -> str:
+    """The name of a noise model (`operators.noise.NOISE_MODELS`); RunError with the closest name otherwise."""
+    import operators
+
+    try:
+        return operators.noise_model(str(value)).name
+    except operators.OperatorError as error:
+        raise RunError(f"--noise (or the config key 'noise'): {error}") from None
+
+
 def _select_metrics(value: Any) -> tuple[str, ...]:
-    from bench import metrics
+    from bench import metric_specs as metrics
 
     if value is not None and not isinstance(value, str | list | tuple):
         raise RunError(f"config key 'metrics' must be a list of metric names or a string, got {value!r}")
@@ -511,6 +529,18 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         help="metrics to score, comma-separated: exactly these, or +name to add to the defaults "
         "(e.g. +lpips-vgg,+ssim-skimage for DPS's and DDC's conventions; see `bench list metrics`); "
         "psnr and consistency are always scored",
+    )
+    parser.add_argument(
+        "--noise",
+        help="measurement noise model: gaussian (default; std σ on [0, 1]) or poisson (DPS's shot noise, std σ at "
+        "mid-grey); solvers whose data term assumes Gaussian noise are recorded as unsupported under poisson",
+    )
+    parser.add_argument(
+        "--best-of",
+        type=int,
+        metavar="N",
+        help="run each unit's solver N times (independent draws) and keep the run of least ‖A(x̂) − y‖, as the "
+        "papers report phase retrieval (best of 4); default 1",
     )
     parser.add_argument("--config", help="TOML or YAML file with any of these options; the command line overrides it")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench import metric_specs
 from bench.files import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -115,6 +116,12 @@ UNIT_COLUMNS = (
     Column("solver", "str", "solver name as registered (`solvers.available()`)"),
     Column("task", "str", "task name (`operators.available()`)"),
     Column("sigma", "float64", "measurement noise σ on the [0, 1] pixel scale (std 2σ on [-1, 1])"),
+    Column(
+        "noise",
+        "str",
+        "the noise model (`--noise`, `operators.noise`): gaussian, or poisson with σ its std at mid-grey",
+        "gaussian",
+    ),
     Column("prior", "str", "the prior's spec as given on the command line"),
     Column("dataset", "str", "the dataset's name"),
     Column("image_id", "str", "the image's id within the dataset"),
@@ -123,12 +130,8 @@ UNIT_COLUMNS = (
     Column("status", "str", "ok, unsupported, failed or diverged (`STATUSES`)", "ok"),
     Column("attempt", "int64", "the how-many-th computation of this key in this folder; decides which row wins", 1),
     Column("error", "str", "why the unit is not ok (the reason or the exception text); None when ok"),
-    Column("psnr", "float64", "PSNR in dB against the clean image, on [0, 1] pixels", _NAN),
-    Column("ssim", "float64", "SSIM against the clean image", _NAN),
-    Column("lpips", "float64", "LPIPS (AlexNet) against the clean image; NaN below 32×32 pixels", _NAN),
-    Column("consistency", "float64", "‖A(x̂) − y‖ per measured entry, on the [-1, 1] scale", _NAN),
-    Column("ssim_skimage", "float64", "SSIM the DDC/DPS way (skimage, 7×7 uniform window, range 2)", _NAN),
-    Column("lpips_vgg", "float64", "LPIPS (VGG16) against the clean image; NaN below 16×16 pixels", _NAN),
+    # one column per per-image metric, as bench.metric_specs declares them (NaN where not scored)
+    *(Column(m.column, "float64", f"{m.description}; NaN where not scored", _NAN) for m in metric_specs.specs("image")),
     Column("metrics", "str", "the per-image metrics the run asked for, comma-separated (`--metrics`)", ""),
     Column("metrics_missing", "str", "metrics not scored for lack of weights, with why; `bench score` fills them", ""),
     Column("metrics_from_png", "str", "metrics `bench score` filled in later from the saved 8-bit PNGs", ""),
@@ -152,8 +155,12 @@ UNIT_COLUMNS = (
     Column("measurement_path", "str", "the measurement's PNG (A⁺y), relative to the run folder; None without A⁺"),
     Column("solver_version", "int64", "the solver's `version` (bumped when its math changes)"),
     Column("solver_config", "str", "the solver's resolved config as canonical JSON"),
+    Column("best_of", "int64", "solver runs of which the row keeps the one of least ‖A(x̂) − y‖ (`--best-of`)", 1),
+    Column("best_repeat", "int64", "which of those runs (0 .. best_of − 1) the row keeps; the traces are its", 0),
     *_VERSIONS,
 )
+# Unit columns added after stores existed: rows written before them read as their default (`_backfill`).
+_ADDED_UNIT_COLUMNS = ("noise", "best_of", "best_repeat")
 #: Table `traces`: one row per (unit, step) of the computation that gave the unit's latest row.
 TRACE_COLUMNS = (
     Column("key", "str", "the unit's key"),
@@ -234,18 +241,26 @@ def unit_image_paths(
     dataset: str,
     solver_version: int,
     solver_config: str,
+    noise: str = "gaussian",
+    best_of: int = 1,
 ) -> dict[str, str]:
-    """A unit's PNGs relative to the run folder: {image_path, reference_path, measurement_path}."""
+    """A unit's PNGs relative to the run folder: {image_path, reference_path, measurement_path}.
+
+    A noise model other than Gaussian names the σ folder (`0.05-poisson`), since it changes the measurement, and
+    a best-of count above 1 enters the tag; the defaults give the paths made before these options existed."""
     import hashlib
 
     source = image_source(prior, dataset)
     identity = f"{int(solver_version)}/{solver_config}/{int(seed)}/{source}"
+    if int(best_of) != 1:
+        identity += f"/best_of={int(best_of)}"
     tag = hashlib.sha256(identity.encode()).hexdigest()[:12]
     name = f"{image_id}.png"
+    level = sigma_label(sigma) if noise == "gaussian" else f"{sigma_label(sigma)}-{noise}"
     return {
-        "image_path": f"images/{solver}/{task}/{sigma_label(sigma)}/{tag}/{name}",
+        "image_path": f"images/{solver}/{task}/{level}/{tag}/{name}",
         "reference_path": f"images/reference/{source}/{name}",
-        "measurement_path": f"images/measurement/{task}/{sigma_label(sigma)}/seed{int(seed)}/{source}/{name}",
+        "measurement_path": f"images/measurement/{task}/{level}/seed{int(seed)}/{source}/{name}",
     }
 
 
@@ -345,6 +360,23 @@ def _read_parts(
         raise _type_conflict(tables, read, error) from None
     codes = np.repeat(np.arange(len(stems)), [t.num_rows for t in tables])
     frame["part"] = pd.Categorical.from_codes(codes, categories=stems)  # a code per row, not a string
+    return frame
+
+
+def _backfill(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """Unit rows written before a column of `_ADDED_UNIT_COLUMNS` existed take its default (missing or null):
+    old stores read as Gaussian, best-of-1 runs."""
+    if kind != UNITS or frame.empty:
+        return frame
+    for column in UNIT_COLUMNS:
+        if column.name not in _ADDED_UNIT_COLUMNS:
+            continue
+        if column.name not in frame:
+            frame[column.name] = column.default
+        elif frame[column.name].isna().any():
+            frame[column.name] = frame[column.name].fillna(column.default)
+        if column.dtype == "int64":
+            frame[column.name] = frame[column.name].astype("int64")
     return frame
 
 
@@ -616,7 +648,7 @@ class ResultStore:
             listed = [self.parts(kind) for kind in kinds]
             try:
                 return tuple(
-                    _read_parts(paths, _IDENTITY.get(kind), vanished_ok=False)
+                    _backfill(_read_parts(paths, _IDENTITY.get(kind), vanished_ok=False), kind)
                     for kind, paths in zip(kinds, listed, strict=True)
                 )
             except _PartVanished:

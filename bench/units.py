@@ -2,9 +2,11 @@
 
 A unit's key is the SHA-256 of the canonical JSON (sorted keys, no spaces) of everything that defines its
 result: the solver's spec (name, version, resolved config), the operator's spec, σ, the prior's spec, the
-dataset's name, the image id and the seed. Changing any of them (or bumping a solver's `version`) gives a new
-key, so results of different definitions are never mixed; the key does not depend on the batch size, the
-device, the output folder or the order of the command-line lists.
+dataset's name, the image id and the seed, and the two run options that change a result only when they are not
+their defaults: the noise model's spec (`--noise`, not named for Gaussian) and the best-of count (`--best-of`,
+not named for 1). Keys of runs made before those options existed are therefore unchanged. Changing any of them
+(or bumping a solver's `version`) gives a new key, so results of different definitions are never mixed; the
+key does not depend on the batch size, the device, the output folder or the order of the command-line lists.
 """
 
 from __future__ import annotations
@@ -15,7 +17,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Unit", "canonical_json", "enumerate_units", "image_tag", "shard", "unit_key"]
+__all__ = ["DEFAULT_NOISE_SPEC", "Unit", "canonical_json", "enumerate_units", "image_tag", "shard", "unit_key"]
+
+# The spec of the default noise model (`operators.noise.GaussianNoise().spec()`, kept here so that keys need no
+# torch): a unit under it has no "noise" entry in its key, as before noise models existed.
+DEFAULT_NOISE_SPEC: dict[str, Any] = {"name": "gaussian"}
 
 
 def canonical_json(value: Any) -> str:
@@ -40,8 +46,14 @@ def unit_key(
     dataset: str,
     image_id: str,
     seed: int,
+    noise: Mapping[str, Any] | None = None,
+    best_of: int = 1,
 ) -> str:
-    """Hex SHA-256 (64 characters) of the canonical JSON of a unit's definition."""
+    """Hex SHA-256 (64 characters) of the canonical JSON of a unit's definition.
+
+    `noise`: the noise model's spec (None: Gaussian); it enters the record only when it is not
+    `DEFAULT_NOISE_SPEC`. `best_of`: repeats of which the run keeps the best (`bench.evaluate`); it enters the
+    record only above 1. Gaussian, best-of-1 keys are byte for byte the keys made before these options."""
     record = {
         "solver": dict(solver_spec),
         "operator": dict(operator_spec),
@@ -51,6 +63,10 @@ def unit_key(
         "image_id": str(image_id),
         "seed": int(seed),
     }
+    if noise is not None and dict(noise) != DEFAULT_NOISE_SPEC:
+        record["noise"] = dict(noise)
+    if int(best_of) != 1:
+        record["best_of"] = int(best_of)
     return hashlib.sha256(canonical_json(record).encode("utf-8")).hexdigest()
 
 
@@ -78,11 +94,19 @@ def enumerate_units(
     dataset: str,
     image_ids: Sequence[str],
     seed: int,
+    noise: Mapping[str, Any] | None = None,
+    best_of: int = 1,
 ) -> list[Unit]:
     """Every unit of the matrix, ordered solver, task, σ, image (the given orders), so that consecutive
-    units share a solver, task and σ and can be batched together."""
+    units share a solver, task and σ and can be batched together. `noise`, `best_of`: as in `unit_key`."""
     return [
-        Unit(solver, task, float(sigma), image_id, unit_key(sspec, ospec, sigma, prior_spec, dataset, image_id, seed))
+        Unit(
+            solver,
+            task,
+            float(sigma),
+            image_id,
+            unit_key(sspec, ospec, sigma, prior_spec, dataset, image_id, seed, noise=noise, best_of=best_of),
+        )
         for solver, sspec in solver_specs.items()
         for task, ospec in operator_specs.items()
         for sigma in sigmas

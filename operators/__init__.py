@@ -6,7 +6,8 @@ Conventions, followed everywhere in this project:
 * A measurement is y = A(x) + n with n ~ N(0, (2 sigma)^2 I). sigma is given on the [0, 1] pixel scale, as
   in DDRM, DDNM, RED-diff and DDC; on the [-1, 1] scale the noise std is therefore 2 sigma. DPS and DAPS
   add std sigma on [-1, 1], so their "sigma = 0.05" is our sigma = 0.025. `add_noise` is the one function
-  that applies noise, and it draws image b's noise from generators[b] alone.
+  that applies Gaussian noise, and it draws image b's noise from generators[b] alone. The noise model is an
+  object (`operators.noise`: Gaussian, the default, or DPS's Poisson) chosen per run; its level is σ as above.
 * Each operator declares its capabilities (`Cap`): forward, adjoint, pinv, svd, differentiable. Solvers
   declare the capabilities they require and the runner compares the two sets; nothing probes attributes.
 * `operators.build(task, shape=(C, H, W), **params)` builds one; `operators.available()` lists the tasks;
@@ -32,13 +33,18 @@ from .base import (
     randn_per_image,
     seeded_generator,
 )
+from .noise import NOISE_MODELS, GaussianNoise, NoiseModel, PoissonNoise, noise_model
 
 __all__ = [
+    "NOISE_MODELS",
     "SVD",
     "Cap",
+    "GaussianNoise",
+    "NoiseModel",
     "Operator",
     "OperatorError",
     "PAPER_TASKS",
+    "PoissonNoise",
     "SUITES",
     "add_noise",
     "available",
@@ -48,6 +54,7 @@ __all__ = [
     "describe",
     "image_generators",
     "is_plugin",
+    "noise_model",
     "randn_per_image",
     "register",
     "resolve_tasks",

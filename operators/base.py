@@ -187,10 +187,15 @@ class Operator:
         self._require(Cap.SVD)
         return self._svd()
 
-    def measure(self, x: Tensor, sigma: float, generators: Sequence[torch.Generator]) -> Tensor:
-        """y = A(x) + n, n ~ N(0, (2 sigma)^2 I) (see `add_noise`), kept inside the measurement space."""
+    def measure(self, x: Tensor, sigma: float, generators: Sequence[torch.Generator], noise: Any = None) -> Tensor:
+        """y = the noisy A(x), kept inside the measurement space: x (B, C, H, W) in [-1, 1] -> (B, *measurement_shape).
+
+        `noise`: a `operators.noise.NoiseModel` or its name; None is Gaussian, n ~ N(0, (2 sigma)^2 I) (see
+        `add_noise`), bit for bit as before noise models existed. sigma is the level on the [0, 1] pixel scale."""
+        from .noise import noise_model
+
         with torch.no_grad():
-            return self.restrict(add_noise(self.forward(x), sigma, generators))
+            return self.restrict(noise_model(noise).sample(self.forward(x), sigma, generators))
 
     def restrict(self, y: Tensor) -> Tensor:
         """A noisy A(x) brought into the measurement space, as `measure` does (inpainting zeroes the pixels it

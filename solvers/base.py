@@ -62,6 +62,11 @@ class Solver:
     # False for methods that bring their own network instead (PnP-ADMM's denoiser, CDDB's bridges): the runner
     # still passes the prior (for its device) and records it, and the callback reports their own network's calls.
     uses_prior: ClassVar[bool] = True
+    # The measurement noise models (`operators.noise.NOISE_MODELS` names) the solver's data term is valid for.
+    # Gaussian only by default: a method whose update assumes it (DDRM's and DDNM+'s spectral noise, ΠGDM's noisy
+    # form, DDC's φ trained on it, MCGDiff's exact law, CDDB's bridges) refuses the others. Methods that only
+    # reduce ‖y − A(x)‖ (DPS, which ran Poisson in its paper, RED-diff, PnP-ADMM, A⁺, DAPS, DiffPIR) add them.
+    noise_models: ClassVar[frozenset[str]] = frozenset({"gaussian"})
     # Keyword arguments of the constructor that take the solver's own networks (DDC: "phi"), so that tools can
     # inject stand-ins (`bench speed` times random paper-size ones): declared here, never read off a signature.
     injectable_networks: ClassVar[tuple[str, ...]] = ()
@@ -124,6 +129,20 @@ class Solver:
             why = " (A⁺ is not defined for this nonlinear operator)" if Cap.PINV in missing and not op.linear else ""
             return f"{self.name} needs {names}{noisy}, which {op.task} does not provide{why}"
         return None
+
+    def noise_unsupported(self, noise: str, sigma: float) -> str | None:
+        """None if this solver's data term holds under the noise model named `noise` at level `sigma`, else why not.
+
+        The runner asks it after `unsupported(op, sigma)`; it is a method of its own rather than an argument of
+        `unsupported`, which subclasses override with (op, sigma) and would not pass on. σ = 0 is noiseless under
+        every model, so nothing is refused there."""
+        if sigma <= 0 or noise in self.noise_models:
+            return None
+        return (
+            f"{self.name} assumes {' or '.join(sorted(self.noise_models))} measurement noise in its data term, "
+            f"so it does not run under {noise} noise (Solver.noise_models); use --noise gaussian, or drop "
+            f"{self.name} from --solvers"
+        )
 
     def reconstruct(
         self,

@@ -126,6 +126,7 @@ def edm_sigma(prior, t: int) -> float:
 @register
 class DAPS(Solver):
     name = "daps"
+    noise_models = frozenset({"gaussian", "poisson"})  # Langevin on ‖y − A(x₀)‖² only
     Config = DAPSConfig
     requires = frozenset({Cap.FORWARD, Cap.DIFFERENTIABLE})
     summary = (

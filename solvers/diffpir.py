@@ -130,6 +130,7 @@ def quad_timesteps(num_timesteps: int, n: int) -> list[int]:
 @register
 class DiffPIR(Solver):
     name = "diffpir"
+    noise_models = frozenset({"gaussian", "poisson"})  # a proximal step on ‖y − Ax‖² only
     Config = DiffPIRConfig
     requires = frozenset({Cap.FORWARD})
     # the closed-form prox where the operator has an SVD, else gradient steps through the operator

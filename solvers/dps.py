@@ -152,6 +152,7 @@ def _detached(prediction, x0: Tensor):
 @register
 class DPS(Solver):
     name = "dps"
+    noise_models = frozenset({"gaussian", "poisson"})  # DPS ran Poisson in its paper (Sec. 4): ∇‖y − A(x̂₀)‖
     Config = DPSConfig
     requires = frozenset({Cap.FORWARD, Cap.DIFFERENTIABLE})
     backprop_through_network = True

@@ -22,6 +22,7 @@ class PinvConfig(SolverConfig):
 @register
 class Pinv(Solver):
     name = "pinv"
+    noise_models = frozenset({"gaussian", "poisson"})  # A⁺y assumes no noise law
     Config = PinvConfig
     requires = frozenset({Cap.PINV})
     summary = "A⁺y, the measurement's pseudo-inverse (no prior)"

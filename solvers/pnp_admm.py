@@ -197,6 +197,7 @@ class _DnCNNDenoiser:
 @register
 class PnPADMM(Solver):
     name = "pnp-admm"
+    noise_models = frozenset({"gaussian", "poisson"})  # a least-squares x-step on ‖y − Ax‖ only
     Config = PnPADMMConfig
     requires = frozenset({Cap.FORWARD, Cap.ADJOINT})
     # A⁺y as the start and the data step in closed form in A's SVD; Aᵀy and conjugate gradients without them

@@ -86,6 +86,7 @@ def inverse_sqrt_snr(prior, t: int) -> Tensor:
 @register
 class RedDiff(Solver):
     name = "reddiff"
+    noise_models = frozenset({"gaussian", "poisson"})  # ½‖y − Aμ‖² only
     Config = RedDiffConfig
     requires = frozenset({Cap.FORWARD, Cap.PINV, Cap.DIFFERENTIABLE})
     uses_when_available = frozenset({Cap.SVD})  # counts the measured entries; the measurement size without it

@@ -28,6 +28,7 @@ class UncondConfig(SolverConfig):
 @register
 class Uncond(Solver):
     name = "uncond"
+    noise_models = frozenset({"gaussian", "poisson"})  # ignores y
     Config = UncondConfig
     summary = "ancestral DDPM sampling that ignores y (reference for the kurtosis figure)"
     quick = {"steps": 100}

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from bench import metric_specs
 from bench.report.load import GROUP, finite, sigma_label, sort_tasks
 
 __all__ = [
@@ -53,14 +54,12 @@ class Metric:
         return f"{self.name}{'↑' if self.higher_is_better else '↓'}"
 
 
-METRICS = (
-    Metric("psnr", "PSNR", True, 2, True),
-    Metric("ssim", "SSIM", True, 3, True),
-    Metric("ssim_skimage", "SSIM (skimage)", True, 3, True, optional=True),
-    Metric("lpips", "LPIPS", False, 3, True),
-    Metric("lpips_vgg", "LPIPS-VGG", False, 3, True, optional=True),
-    Metric("fid", "FID", False, 1, False),
-    Metric("kid", "KID", False, 3, False),
+# The quality table's columns, from the metric declarations (bench.metric_specs): a metric that is not scored
+# by default gets a column only where the run scored it.
+METRICS = tuple(
+    Metric(m.column, m.label, m.higher_is_better, m.decimals, m.scope == "image", optional=not m.default)
+    for m in metric_specs.specs()
+    if m.in_quality_table
 )
 
 
