@@ -279,6 +279,8 @@ def run(settings: RunSettings) -> Any:
             print(
                 f"{len(units)} units ({len(settings.solvers)} solvers x {len(settings.tasks)} tasks x "
                 f"{len(settings.sigmas)} sigma x {len(context.dataset)} images) -> {settings.out}"
+                + (f"; {settings.noise} noise" if settings.noise != "gaussian" else "")
+                + (f"; best of {settings.best_of} runs by ‖A(x̂) − y‖" if settings.best_of > 1 else "")
                 + (f"; {skipped} already done" if skipped else ""),
                 file=sys.stderr,
             )
