@@ -29,10 +29,15 @@ if TYPE_CHECKING:
 
 # The declarations (names, directions, columns, --metrics) live in bench.metric_specs, which needs no torch;
 # they are re-exported here for callers of the metric functions.
-from bench.metric_specs import (  # noqa: E402
-    MetricError,
-    spec,
-)
+from bench.metric_specs import ALWAYS_METRICS as ALWAYS_METRICS  # noqa: E402
+from bench.metric_specs import DEFAULT_METRICS as DEFAULT_METRICS  # noqa: E402
+from bench.metric_specs import MetricError as MetricError  # noqa: E402
+from bench.metric_specs import MetricSpec as MetricSpec  # noqa: E402
+from bench.metric_specs import available as available  # noqa: E402
+from bench.metric_specs import names as names  # noqa: E402
+from bench.metric_specs import select as select  # noqa: E402
+from bench.metric_specs import spec as spec  # noqa: E402
+from bench.metric_specs import weights_needed as weights_needed  # noqa: E402
 
 # ----- input checks and the one range conversion -----------------------------------------------------------
 

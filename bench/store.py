@@ -364,19 +364,15 @@ def _read_parts(
 
 
 def _backfill(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
-    """Unit rows written before a column of `_ADDED_UNIT_COLUMNS` existed take its default (missing or null):
-    old stores read as Gaussian, best-of-1 runs."""
+    """Unit rows written before a column of `_ADDED_UNIT_COLUMNS` existed, read beside rows that have it, take
+    its default instead of null: they were Gaussian, best-of-1 runs. A table none of whose parts has the column
+    is left without it, like every column a hand-made store leaves out (`_check_required`)."""
     if kind != UNITS or frame.empty:
         return frame
     for column in UNIT_COLUMNS:
-        if column.name not in _ADDED_UNIT_COLUMNS:
-            continue
-        if column.name not in frame:
-            frame[column.name] = column.default
-        elif frame[column.name].isna().any():
-            frame[column.name] = frame[column.name].fillna(column.default)
-        if column.dtype == "int64":
-            frame[column.name] = frame[column.name].astype("int64")
+        if column.name in _ADDED_UNIT_COLUMNS and column.name in frame and frame[column.name].isna().any():
+            values = frame[column.name].astype(object).fillna(column.default)
+            frame[column.name] = values.astype("int64") if column.dtype == "int64" else values
     return frame
 
 
