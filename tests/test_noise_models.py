@@ -168,9 +168,8 @@ def test_solvers_whose_data_term_assumes_gaussian_noise_refuse_poisson_with_the_
 
 def test_run_under_poisson_noise_records_the_model_and_refuses_gaussian_solvers(tmp_path, photos, capsys):
     out = tmp_path / "run"
-    code, _, err = run(
-        capsys, out, photos, "--noise", "poisson", "--solvers", "pinv,dps,ddrm", "--set", "dps.steps=2", "--n-images", "2"
-    )
+    argv = ["--noise", "poisson", "--solvers", "pinv,dps,ddrm", "--set", "dps.steps=2", "--n-images", "2"]
+    code, _, err = run(capsys, out, photos, *argv)
     assert code == 0 and "poisson noise" in err
     table = ResultStore(out).units()
     assert len(table) == 6 and set(table["noise"]) == {"poisson"} and set(table["best_of"]) == {1}

@@ -35,7 +35,7 @@ REFERENCE_SOLVERS = frozenset({"uncond"})
 SOLVER_ORDER = ("uncond", "pinv", "dps", "ddnm", "ddrm", "pigdm", "reddiff", "pnp-admm", "cddb", "ddc-nolpips", "ddc")
 TASK_ORDER = ("sr4", "sr8", "gblur", "inpaint", "jpeg10", "denoise")
 # Row fields that, besides the solver config, tell two runs of one solver apart.
-IDENTITY_FIELDS = ("prior", "dataset", "seed", "solver_version")
+IDENTITY_FIELDS = ("prior", "dataset", "seed", "solver_version", "noise", "best_of")
 GROUP = ["method", "task", "sigma"]
 
 
