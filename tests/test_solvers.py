@@ -88,8 +88,8 @@ def test_solver_unsupported_pairs_name_the_missing_capability(name):
             missing = solver.required_capabilities(sigma) - op.capabilities
             if missing:
                 assert reason and task in reason and all(c.value in reason for c in missing)
-            elif reason:  # only for want of per-task weights (no trained bridge at 16×16), with the fix named
-                assert not solver.uses_prior and "python -m bench train-" in reason, reason
+            elif reason:  # only for want of per-task weights (a bridge, a φ not trained for it), the fix named
+                assert "python -m bench train-" in reason, reason
             if reason:
                 with pytest.raises(SolverError):
                     solver.check(op, sigma)
