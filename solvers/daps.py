@@ -39,9 +39,10 @@ steps (the release has no 4K command; the paper's own 1K is 250 × 4). 100 Lange
 
 Departures from the official code, stated:
 * σ rounded to the prior's timesteps (above).
-* Langevin learning rate per task from configs/task/*.yaml (pixel group): down_sampling 1e-4 (our sr4, sr8),
-  gaussian_blur 1e-4 (gblur), inpainting 5e-5 (inpaint); tasks without a config take 5e-5 (denoise, jpeg10:
-  unit-gain operators like inpainting, where η·2/τ² = 1 is the stability edge 1e-4 would cross).
+* Langevin learning rate per task from configs/task/*.yaml (pixel group, `CONFIG_LR_BY_TASK`); tasks without a
+  config take 5e-5 (denoise, jpeg10, colorize). Our random `inpaint` takes the box-inpainting 5e-5, not
+  inpainting_rand.yaml's 1e-4: on an observed pixel the update multiplies the error by 1 − η/σ_k² − 2η/τ², which
+  at η = 1e-4, τ = 0.01 is −1 − η/σ_k², a growing oscillation until η has decayed.
 * The official sampler returns zeros for an image whose Langevin chain produced a NaN; we let it through, so
   that the runner records the divergence instead of a black image.
 """
@@ -61,8 +62,15 @@ from operators.base import noise_std
 from . import register
 from .base import Solver, SolverConfig, SolverError, StepCallback
 
-# configs/task/{down_sampling,gaussian_blur,inpainting}.yaml, pixel: mcmc_sampler_config.lr
-CONFIG_LR_BY_TASK: dict[str, float] = {"sr4": 1e-4, "sr8": 1e-4, "gblur": 1e-4, "inpaint": 5e-5}
+# configs/task/*.yaml, pixel: mcmc_sampler_config.lr. down_sampling 1e-4 (SR ×4), gaussian_blur 1e-4, inpainting
+# (box) 5e-5, motion_blur 5e-5, hdr 2e-5, phase_retrieval 5e-5. Our random `inpaint` takes the box config's 5e-5, not
+# inpainting_rand.yaml's 1e-4: at τ = 0.01 that step is η·2/τ² = 2 on every observed pixel, the edge where the
+# Langevin update stops contracting (see the module docstring).
+CONFIG_LR_BY_TASK: dict[str, float] = {
+    **dict.fromkeys(("sr4", "sr8", "sr4-pool", "sr4-ddrm", "gblur"), 1e-4),
+    **dict.fromkeys(("inpaint", "box-inpaint", "box-inpaint-centre", "motion-blur", "phase-retrieval"), 5e-5),
+    "hdr": 2e-5,
+}
 DEFAULT_LR = 5e-5
 
 

@@ -70,8 +70,13 @@ from .base import Solver, SolverConfig, SolverError, StepCallback, spectral_meas
 # ζ of the released configs, per task: configs/sisr.yaml (SR ×4, our sr4 and sr8), configs/deblur.yaml (Gaussian
 # deblurring), configs/inpaint.yaml (inpainting). Denoising has no config: A = I is deblurring with a delta kernel,
 # so it takes deblur.yaml's. Tasks without an SVD take the gradient path, for which main_ddpir_sisr.py's
-# first-order branch notes "zeta=0.25; lambda_=15: FFHQ" (we keep λ = 1, see `lam`).
-CONFIG_ZETA_BY_TASK: dict[str, float] = {"sr4": 0.25, "sr8": 0.25, "gblur": 0.1, "inpaint": 1.0, "denoise": 0.1}
+# first-order branch notes "zeta=0.25; lambda_=15: FFHQ" (we keep λ = 1, see `lam`). Other SVD tasks (colorize):
+# 0.1, deblur.yaml's.
+CONFIG_ZETA_BY_TASK: dict[str, float] = {
+    **dict.fromkeys(("sr4", "sr8", "sr4-pool", "sr4-ddrm"), 0.25),  # sisr.yaml
+    **dict.fromkeys(("gblur", "motion-blur", "denoise"), 0.1),  # deblur.yaml (blur_mode Gaussian or motion)
+    **dict.fromkeys(("inpaint", "box-inpaint", "box-inpaint-centre"), 1.0),  # inpaint.yaml (random or box masks)
+}
 GRADIENT_PATH_ZETA = 0.25
 SPACINGS = ("quad", "uniform", "linspace", "respace")
 

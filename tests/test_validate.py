@@ -174,7 +174,10 @@ def test_an_undeclared_capability_and_a_wrong_nfe_are_named():
 def quick_options(name: str) -> dict[str, str]:
     """Fewer steps for the plumbing: the contract does not depend on the step count."""
     fields = {f.name for f in dataclasses.fields(solvers.get(name).Config)}
-    return {key: "10" for key in ("steps", "iterations", "nfe") if key in fields and name not in ("ddc", "ddc-nolpips")}
+    options = {key: "10" for key in ("steps", "iterations", "nfe") if key in fields and name not in ("ddc", "ddc-nolpips")}
+    # inner loops and particle clouds small too: DAPS's 100 Langevin steps per level, MCGDiff's 64 particles
+    options |= {key: value for key, value in (("ode_steps", "2"), ("langevin_steps", "5"), ("particles", "8")) if key in fields}
+    return options
 
 
 @pytest.mark.slow
