@@ -326,7 +326,7 @@ class DDC(Solver):
         try:
             measurement_to_image(torch.zeros(1, *op.measurement_shape), op, self.config.y_to_image)
         except SolverError as error:
-            return str(error)
+            return f"{self.name}: {str(error).removeprefix('ddc: ')}".replace("--set ddc.", f"--set {self.name}.")
         return None
 
     def _resolved(self, provenance: dict[str, Any] | None) -> DDCConfig:
