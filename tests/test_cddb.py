@@ -320,6 +320,7 @@ def test_the_bridge_sees_x1_built_as_the_runner_builds_y(photo_folder):
 SHIPPED = [task for task in ("jpeg10", "sr4") if (ASSETS / f"cddb-{task}-64" / "bridge.json").is_file()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", SHIPPED)
 def test_shipped_bridge_learned_its_task_on_held_out_photos(kodak_photos, task):
     """The bridge's one-step estimate (NFE 1, x̂₀ from x₁) is closer to the truth than A⁺y, and with 25 steps the

@@ -122,6 +122,7 @@ def test_the_readme_plugin_installs_lists_runs_resumes_and_reports(example_site,
     assert "one-step" in (report / "index.html").read_text()
 
 
+@pytest.mark.slow
 def test_a_broken_plugin_is_reported_by_name_and_the_builtins_still_run(example_site, tmp_path):
     listed = bench(example_site, "list", "solvers", cwd=tmp_path)
     assert listed.returncode == 0

@@ -271,6 +271,7 @@ def pigdm_law(prior, op, y: torch.Tensor, sigma: float, steps: int, eta: float, 
     return mean, cov
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["sr4", "gblur"])
 def test_pigdm_noisy_samples_follow_their_exact_gaussian_law(prior, task):
     """The whole sampler at σ = 0.05 (25 steps, η = 1, w = 1), 256 draws against its law computed densely

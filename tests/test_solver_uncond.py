@@ -85,6 +85,7 @@ def follows(statistics: tuple[float, float, float]) -> bool:
     return mean_error < 1.2 and var_error < 0.08 and abs(ratio_z) < 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("steps", [1000, 100])
 def test_uncond_samples_follow_the_exact_law_of_ddpm(prior, steps):
     """Measured (mean error, variance error, total-variance ratio): 1000 steps (1.00, 0.060, 0.973 = −1.1 std),

@@ -95,6 +95,7 @@ def test_solver_unsupported_pairs_name_the_missing_capability(name):
                     solver.check(op, sigma)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", solvers.available())
 def test_solver_runs_on_the_default_prior_for_every_supported_task(name, natural64):
     """Every solver x task x sigma in {0, 0.05}: finite output in [-1, 1], callback sees each network call."""

@@ -111,6 +111,7 @@ def exact_report():
     return validate("exact-posterior", solver_class=ExactPosterior)
 
 
+@pytest.mark.slow
 def test_an_exact_posterior_sampler_passes_every_check(exact_report):
     report = exact_report
     assert report.failures() == [], format_report(report)
@@ -132,6 +133,7 @@ def test_an_exact_posterior_sampler_passes_every_check(exact_report):
     assert jpeg and all(c.status == "skipped" and "not linear" in c.reason for c in jpeg)
 
 
+@pytest.mark.slow
 def test_reading_sigma_as_the_noise_std_fails_the_noise_convention():
     # gblur and denoise: the tasks whose posterior mean moves most with the noise level
     report = validate("exact-posterior", {"noise_scale": "1"}, solver_class=ExactPosterior, tasks=["gblur", "denoise"])
@@ -142,6 +144,7 @@ def test_reading_sigma_as_the_noise_std_fails_the_noise_convention():
     assert "σ is misread" in report.convention.detail
 
 
+@pytest.mark.slow
 def test_sharing_one_generator_across_the_batch_fails_per_image():
     report = validate("ddnm-shared-generator", {"steps": "10"}, solver_class=SharedGeneratorDDNM, draws=4)
     assert "per-image" in failed_checks(report), format_report(report)
@@ -197,6 +200,7 @@ def test_every_builtin_solver_passes_validate_or_says_why_not(name):
         assert all(c.checks["nfe"].passed for c in ran if "nfe" in c.checks)
 
 
+@pytest.mark.slow
 def test_the_command_line_exits_1_naming_the_failed_check_and_writes_json(tmp_path):
     module = tmp_path / "halfnoise.py"
     module.write_text(
