@@ -209,6 +209,20 @@ def _done_keys(raw_units: Any, root: Any) -> set[str]:
     return done
 
 
+def unit_cost(solver: Any) -> int:
+    """A unit's expected cost in network evaluations per image, for the progress bar: the prior's NFE (a
+    backward pass counted as two more), at least 1 (A⁺y, or a solver that does not declare its NFE)."""
+    nfe = solver.nfe() or 0
+    return max(1, nfe * (3 if solver.backprop_through_network else 1))
+
+
+def _other_units(written: Any, keys: set[str]) -> int:
+    """How many units in the folder this run does not define (other solvers, tasks, σ, settings or seeds)."""
+    if written.empty:
+        return 0
+    return int((~latest(written, "key")["key"].isin(keys)).sum())
+
+
 def _batches(units: list[Any], batch_size: int) -> list[list[Any]]:
     """Consecutive units of the same (solver, task, σ), at most `batch_size` at a time."""
     batches: list[list[Any]] = []
@@ -284,10 +298,26 @@ def run(settings: RunSettings) -> Any:
                 + (f"; {skipped} already done" if skipped else ""),
                 file=sys.stderr,
             )
-        bar = tqdm(total=len(pending), unit="img", disable=not settings.progress or dist.rank != 0, file=sys.stderr)
+            others = _other_units(written, {unit.key for unit in units})
+            if others:
+                print(
+                    f"note: {settings.out} also holds {others} unit(s) of other settings; the report shows them "
+                    "beside this run's (--name <name> keeps a run apart)",
+                    file=sys.stderr,
+                )
+        # The bar counts network evaluations, not images, so that its estimate holds when a cheap solver's
+        # units are followed by an expensive one's (DDC 5 calls, DPS 100 with a backward pass each).
+        cost = {name: unit_cost(solver) for name, solver in context.solvers.items()}
+        bar = tqdm(
+            total=sum(cost[unit.solver] for unit in pending),
+            unit="NFE",
+            unit_scale=True,
+            disable=not settings.progress or dist.rank != 0,
+            file=sys.stderr,
+        )
         for batch in _batches(pending, settings.batch_size):
             first = batch[0]
-            bar.set_description(f"{first.solver}/{first.task}/σ={sigma_label(first.sigma)}")
+            bar.set_description(f"{first.solver}/{first.task}/σ={sigma_label(first.sigma)} ({len(batch)} img)")
             context.store.check_in_place()  # stop before computing into a folder that is gone
             rows, traces = evaluate_batch(context, batch)
             context.store.check_in_place()  # a moved folder would be recreated, empty, by the next write
@@ -295,7 +325,7 @@ def run(settings: RunSettings) -> Any:
             # traces first: the unit part commits the batch (see bench.store)
             context.store.write_part("traces", traces, stem=stem)
             context.store.write_part("units", rows, stem=stem)
-            bar.update(len(batch))
+            bar.update(cost[first.solver] * len(batch))
         bar.close()
         dist.barrier()
         if dist.rank != 0:
@@ -312,6 +342,7 @@ def run(settings: RunSettings) -> Any:
         if failed:
             print(f"{failed} unit(s) failed; a re-run retries them:", file=sys.stderr)
             print("\n".join(failure_report(table)), file=sys.stderr)
+        print(f"report: python -m bench report --results {settings.out}", file=sys.stderr)
         return summary
     finally:
         if store is not None:

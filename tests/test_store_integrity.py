@@ -286,3 +286,11 @@ def test_a_report_whose_folder_cannot_be_written_says_so_before_reading(tmp_path
     blocker.write_text("a file where the reports folder should be")
     code, _, err = bench(capsys, "report", "--results", str(out), "--out", str(blocker / "mine"))
     assert code == 2 and f"folder '{blocker}' is not writable" in err and "--out" in err and ".tmp" not in err
+
+
+def test_a_run_names_its_report_command_and_other_settings_in_its_folder(tmp_path, photos, capsys):
+    out = tmp_path / "run"
+    code, _, err = bench(capsys, *run_args(out, photos))
+    assert code == 0 and f"report: python -m bench report --results {out}" in err and "other settings" not in err
+    code, _, err = bench(capsys, *run_args(out, photos, "--tasks", "sr8"))
+    assert code == 0 and f"note: {out} also holds 4 unit(s) of other settings" in err

@@ -95,7 +95,8 @@ def grid_figures(images: Path, units: pd.DataFrame, methods: list[str], out: Pat
     for (task, sigma), rows in sorted(units.groupby(["task", "sigma"]), key=lambda g: (rank[g[0][0]], g[0][1])):
         newest = {r["image_id"]: r for r in rows.sort_values("part").to_dict("records")}  # the latest run's row
         paths = {i: row_image_paths(root, row) for i, row in newest.items()}
-        ids = sorted(i for i, (_, reference, _) in paths.items() if reference.is_file())[:MAX_IMAGES]
+        available = sorted(i for i, (_, reference, _) in paths.items() if reference.is_file())
+        ids = available[:MAX_IMAGES]
         if not ids:
             continue
         folder = sigma_label(sigma)
@@ -111,7 +112,11 @@ def grid_figures(images: Path, units: pd.DataFrame, methods: list[str], out: Pat
         path = out / f"{task}_sigma{folder}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         _grid(columns, ids, size).save(path, format="PNG", optimize=False)
-        caption = f"{task}, σ = {folder}: ground truth, the measurement shown as A⁺y, each solver's reconstruction."
+        shown = f"all {len(ids)} images" if len(ids) == len(available) else f"the first {len(ids)} of {len(available)} images"
+        caption = (
+            f"{task}, σ = {folder}: ground truth, the measurement shown as A⁺y, each solver's reconstruction; "
+            f"{shown} (sorted by id)."
+        )
         figures.append(Figure(path, f"{task} (σ = {folder})", caption))
     return figures
 

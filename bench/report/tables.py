@@ -220,7 +220,7 @@ def _marks(at: pd.DataFrame) -> dict[tuple[str, str, str], str]:
             for (method, task), value in zip(zip(rows["method"], rows["task"], strict=True), shown, strict=True):
                 if value == ranked[0]:
                     marks[(method, task, metric.column)] = "best"
-                elif len(ranked) > 1 and value == ranked[1]:
+                elif len(ranked) > 1 and value == ranked[1] and len(rows) > 2:  # of two, "second" is the worst
                     marks[(method, task, metric.column)] = "second"
     return marks
 
