@@ -10,6 +10,7 @@ contract below when they load and listed after the built-ins, sorted by name.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
 import typing
@@ -36,11 +37,20 @@ __all__ = [
     "register",
 ]
 
-# Modules imported on first use of the registry, in the order `available()` lists them.
-_MODULES = (
-    *("uncond", "pinv", "dps", "ddnm", "ddrm", "pigdm", "reddiff", "pnp_admm", "ddc", "cddb"),
-    *("diffpir", "daps", "mcgdiff"),
-)
+# Every module of this package is imported on first use of the registry (a new solver module needs no list
+# entry); these come first, in the DDC paper's order, and any other after them by name.
+_LISTED_FIRST = ("uncond", "pinv", "dps", "ddnm", "ddrm", "pigdm", "reddiff", "pnp_admm", "ddc", "cddb")
+
+
+@functools.cache
+def _modules() -> list[str]:
+    """The package's solver modules: every module but the shared ones (base) and private ones (_name)."""
+    import pkgutil
+
+    found = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_") and m.name != "base"]
+    rank = {name: i for i, name in enumerate(_LISTED_FIRST)}
+    return sorted(found, key=lambda name: (rank.get(name, len(rank)), name))
+
 _REGISTRY: dict[str, type[Solver]] = {}
 _PLUGINS: set[str] = set()
 _loaded = False
@@ -61,7 +71,7 @@ def _load() -> None:
     global _loaded
     if _loaded:
         return
-    for module in _MODULES:
+    for module in _modules():
         try:
             importlib.import_module(f"{__name__}.{module}")
         except ModuleNotFoundError as error:
@@ -77,19 +87,20 @@ def _load() -> None:
 
 
 def _is_builtin(cls: type[Solver]) -> bool:
-    return cls.__module__.rpartition(".")[2] in _MODULES and cls.__module__.startswith(f"{__name__}.")
+    return cls.__module__.startswith(f"{__name__}.") and cls.__module__.rpartition(".")[2] in _modules()
 
 
 def _order(name: str) -> tuple[int, str]:
-    """Built-ins in `_MODULES` order (registration order within a module), then everything else by name."""
+    """Built-ins in module order (`_modules`; registration order within a module), then the rest by name."""
     cls = _REGISTRY[name]
+    modules = _modules()
     if _is_builtin(cls):
-        return _MODULES.index(cls.__module__.rpartition(".")[2]), ""
-    return len(_MODULES), name
+        return modules.index(cls.__module__.rpartition(".")[2]), ""
+    return len(modules), name
 
 
 def available() -> list[str]:
-    """Built-in solver names in `_MODULES` order, whatever order their modules were imported in, then plug-ins
+    """Built-in solver names in module order, whatever order their modules were imported in, then plug-ins
     sorted by name."""
     _load()
     return sorted(_REGISTRY, key=_order)
