@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import Cap, Operator, OperatorError, seeded_generator
-from .inpaint import _MaskSVD
+from .base import OperatorError, seeded_generator
+from .inpaint import MaskOperator
 
 POSITIONS = ("random", "centre")
 DPS_BOX_SIZE = 128 / 256  # DPS configs/inpainting_config.yaml: mask_len_range (128, 129) at image_size 256
@@ -38,14 +38,15 @@ def _round_half_up(value: float) -> int:
     return int(math.floor(value + 0.5))
 
 
-class BoxInpainting(Operator):
+class BoxInpainting(MaskOperator):
     """y = m * x with m zero on one box per image (all channels): DPS's 128×128-of-256² hole, or its centred variant.
 
     x: (B, C, H, W) in [-1, 1] -> y: (B, C, H, W), zero inside the box.
     """
 
     task = "box-inpaint"
-    capabilities = frozenset({Cap.FORWARD, Cap.ADJOINT, Cap.PINV, Cap.SVD, Cap.DIFFERENTIABLE})
+    what = "the box-inpainting operator"
+    mask_word = ("box", "boxes")
 
     def __init__(
         self,
@@ -83,11 +84,6 @@ class BoxInpainting(Operator):
         self.kept_pixels = h * w - self.box_shape[0] * self.box_shape[1]
         self.corners = None if boxes is None else [tuple(int(v) for v in b) for b in boxes]
         self.mask = None if self.corners is None else self._masks(self.corners)  # (B, 1, H, W) bool, True = kept
-        self._svd_cache: _MaskSVD | None = None
-
-    @property
-    def measurement_shape(self) -> tuple[int, int, int]:
-        return self.input_shape
 
     def params(self) -> dict[str, Any]:
         where = "per image, seeded by (seed, image id)" if self.position == "random" else "centre"
@@ -118,31 +114,3 @@ class BoxInpainting(Operator):
         for b, (top, left) in enumerate(corners):
             masks[b, :, top : top + bh, left : left + bw] = False
         return masks
-
-    def _bound_mask(self) -> Tensor:
-        if self.mask is None:
-            raise OperatorError(
-                "the box-inpainting operator has no boxes yet: call op.for_images(image_ids, seed) to draw each image's box"
-            )
-        return self.mask
-
-    def _weights(self, t: Tensor) -> Tensor:
-        if t.shape[0] != self._bound_mask().shape[0]:
-            raise OperatorError(
-                f"the box-inpainting operator holds boxes for {self.mask.shape[0]} images but got a batch of "
-                f"{t.shape[0]}; call op.for_images(image_ids, seed) with this batch's ids"
-            )
-        return self.mask.to(device=t.device, dtype=t.dtype)
-
-    def _forward(self, x: Tensor) -> Tensor:
-        return x * self._weights(x)
-
-    _adjoint = _forward
-    _pinv = _forward
-    _restrict = _forward
-
-    def _svd(self) -> _MaskSVD:
-        self._bound_mask()
-        if self._svd_cache is None:
-            self._svd_cache = _MaskSVD(self)
-        return self._svd_cache

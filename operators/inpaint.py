@@ -21,7 +21,7 @@ from .base import SVD, Cap, Operator, OperatorError, seeded_generator
 class _MaskSVD(SVD):
     """U and V are permutations putting each image's observed entries first; singular values are 1."""
 
-    def __init__(self, op: RandomInpainting):
+    def __init__(self, op: MaskOperator):
         c, h, w = op.input_shape
         pixels = h * w
         observed = op.mask.reshape(op.mask.shape[0], pixels)  # (B, H*W) bool
@@ -52,22 +52,17 @@ class _MaskSVD(SVD):
         return flat.scatter(1, self.perm[:, : self.num_observed].to(z.device), z).reshape(-1, *self.shape)
 
 
-class RandomInpainting(Operator):
-    """y = m * x with a random per-image mask m that drops `ratio` of the pixels (all channels alike)."""
+class MaskOperator(Operator):
+    """y = m * x for a per-image 0/1 mask m shared by the channels (True = observed): adjoint, pseudo-inverse
+    and restriction are the same product, and the SVD is the mask's (`_MaskSVD`). Subclasses draw the masks
+    in `for_images` and name what they draw (`what`, `mask_word`) for the messages."""
 
-    task = "inpaint"
     capabilities = frozenset({Cap.FORWARD, Cap.ADJOINT, Cap.PINV, Cap.SVD, Cap.DIFFERENTIABLE})
+    what = "the inpainting operator"
+    mask_word = ("mask", "masks")
 
-    def __init__(self, shape: Sequence[int], ratio: float = 0.92, mask: Tensor | None = None):
+    def __init__(self, shape: Sequence[int], mask: Tensor | None = None):
         super().__init__(shape)
-        ratio = float(ratio)
-        if not 0.0 <= ratio < 1.0:
-            raise OperatorError(f"inpainting ratio (fraction of pixels masked) must be in [0, 1), got {ratio}")
-        self.ratio = ratio
-        _, h, w = self.input_shape
-        self.kept_pixels = round((1.0 - ratio) * h * w)
-        if self.kept_pixels < 1:
-            raise OperatorError(f"ratio {ratio} keeps no pixel of a {h}x{w} image; lower the ratio")
         self.mask = mask  # (B, 1, H, W) bool, or None until bound to images
         self._svd_cache: _MaskSVD | None = None
 
@@ -75,31 +70,19 @@ class RandomInpainting(Operator):
     def measurement_shape(self) -> tuple[int, int, int]:
         return self.input_shape
 
-    def params(self) -> dict[str, Any]:
-        return {"ratio": self.ratio, "mask": "per image, seeded by (seed, image id)"}
-
-    def for_images(self, image_ids: Sequence[str], seed: int) -> RandomInpainting:
-        _, h, w = self.input_shape
-        masks = []
-        for image_id in image_ids:
-            generator = seeded_generator(seed, str(image_id), "inpaint-mask")
-            keep = torch.zeros(h * w, dtype=torch.bool)
-            keep[torch.randperm(h * w, generator=generator)[: self.kept_pixels]] = True
-            masks.append(keep.reshape(1, h, w))
-        return RandomInpainting(self.input_shape, self.ratio, torch.stack(masks))
-
     def _bound_mask(self) -> Tensor:
         if self.mask is None:
+            one, many = self.mask_word
             raise OperatorError(
-                "the inpainting operator has no masks yet: call op.for_images(image_ids, seed) to draw each image's mask"
+                f"{self.what} has no {many} yet: call op.for_images(image_ids, seed) to draw each image's {one}"
             )
         return self.mask
 
     def _weights(self, t: Tensor) -> Tensor:
         if t.shape[0] != self._bound_mask().shape[0]:
             raise OperatorError(
-                f"the inpainting operator holds masks for {self.mask.shape[0]} images but got a batch of {t.shape[0]}; "
-                "call op.for_images(image_ids, seed) with this batch's ids"
+                f"{self.what} holds {self.mask_word[1]} for {self.mask.shape[0]} images but got a batch of "
+                f"{t.shape[0]}; call op.for_images(image_ids, seed) with this batch's ids"
             )
         return self._bound_mask().to(device=t.device, dtype=t.dtype)
 
@@ -115,3 +98,33 @@ class RandomInpainting(Operator):
         if self._svd_cache is None:
             self._svd_cache = _MaskSVD(self)
         return self._svd_cache
+
+
+class RandomInpainting(MaskOperator):
+    """y = m * x with a random per-image mask m that drops `ratio` of the pixels (all channels alike)."""
+
+    task = "inpaint"
+
+    def __init__(self, shape: Sequence[int], ratio: float = 0.92, mask: Tensor | None = None):
+        super().__init__(shape, mask)
+        ratio = float(ratio)
+        if not 0.0 <= ratio < 1.0:
+            raise OperatorError(f"inpainting ratio (fraction of pixels masked) must be in [0, 1), got {ratio}")
+        self.ratio = ratio
+        _, h, w = self.input_shape
+        self.kept_pixels = round((1.0 - ratio) * h * w)
+        if self.kept_pixels < 1:
+            raise OperatorError(f"ratio {ratio} keeps no pixel of a {h}x{w} image; lower the ratio")
+
+    def params(self) -> dict[str, Any]:
+        return {"ratio": self.ratio, "mask": "per image, seeded by (seed, image id)"}
+
+    def for_images(self, image_ids: Sequence[str], seed: int) -> RandomInpainting:
+        _, h, w = self.input_shape
+        masks = []
+        for image_id in image_ids:
+            generator = seeded_generator(seed, str(image_id), "inpaint-mask")
+            keep = torch.zeros(h * w, dtype=torch.bool)
+            keep[torch.randperm(h * w, generator=generator)[: self.kept_pixels]] = True
+            masks.append(keep.reshape(1, h, w))
+        return RandomInpainting(self.input_shape, self.ratio, torch.stack(masks))

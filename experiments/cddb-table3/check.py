@@ -9,12 +9,11 @@ the store. The table itself is `python -m bench report --results results/table3-
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 from pathlib import Path
 
+from bench.checks import run_checks
 from bench.store import ResultStore
 
 TASKS = ("jpeg10", "sr4")
@@ -47,19 +46,5 @@ def checks(results: Path) -> list[dict]:
     return rows
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", type=Path, help="the run folder (default config: results/table3-kodak24)")
-    parser.add_argument("--json", type=Path, help="also write the checks to this JSON file")
-    args = parser.parse_args()
-    rows = checks(args.results)
-    print("| target | result | figure |\n|---|---|---|")
-    for row in rows:
-        print(f"| {row['target']} | {'PASS' if row['pass'] else 'MISS'} | {row['figure']} |")
-    if args.json:
-        args.json.write_text(json.dumps({"checks": rows}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return 0 if all(row["pass"] for row in rows) else 1
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_checks(checks, __doc__, "results/table3-kodak24"))

@@ -15,7 +15,6 @@ Exit status 1 when a target misses. The quality table itself is `python -m bench
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bench.checks import run_checks
 from bench.store import ResultStore, row_image_paths
 
 TASKS = ("sr4", "sr8", "gblur", "inpaint", "jpeg10")  # the DDC paper's five
@@ -102,19 +102,5 @@ def checks(results: Path) -> list[dict]:
     return found
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", type=Path, help="the run folder (default config: results/default-kodak24)")
-    parser.add_argument("--json", type=Path, help="also write the checks to this JSON file")
-    args = parser.parse_args()
-    rows = checks(args.results)
-    print("| target | result | figure |\n|---|---|---|")
-    for row in rows:
-        print(f"| {row['target']} | {'PASS' if row['pass'] else 'MISS'} | {row['figure']} |")
-    if args.json:
-        args.json.write_text(json.dumps({"checks": rows}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return 0 if all(row["pass"] for row in rows) else 1
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_checks(checks, __doc__, "results/default-kodak24"))

@@ -1,0 +1,32 @@
+"""The command line of an experiment's check script: read a run folder, test its targets, print them as a
+Markdown table (PASS/MISS with the figure), optionally write them as JSON, exit 1 when one is missed.
+
+A check function takes the run folder and returns rows {"target": str, "pass": bool, "figure": str}; it reads
+the store through `bench.store.ResultStore` (experiments/*/check.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.files import atomic_write_json
+
+Check = Callable[[Path], list[dict[str, Any]]]
+
+
+def run_checks(checks: Check, description: str, default_folder: str, argv: list[str] | None = None) -> int:
+    """Parse `results [--json FILE]`, run `checks` on the folder, print the table; the exit code says it all."""
+    parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
+    parser.add_argument("results", type=Path, help=f"the run folder (default config: {default_folder})")
+    parser.add_argument("--json", type=Path, help="also write the checks to this JSON file")
+    args = parser.parse_args(argv)
+    rows = checks(args.results)
+    print("| target | result | figure |\n|---|---|---|")
+    for row in rows:
+        print(f"| {row['target']} | {'PASS' if row['pass'] else 'MISS'} | {row['figure']} |")
+    if args.json:
+        atomic_write_json(args.json, {"checks": rows})
+    return 0 if all(row["pass"] for row in rows) else 1
