@@ -8,11 +8,12 @@ neither torch nor the metric code: the store and the report read it on machines 
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from bench.registry import unknown_name
 
 __all__ = [
     "ALWAYS_METRICS",
@@ -112,9 +113,7 @@ def specs(scope: Literal["image", "set"] | None = None) -> list[MetricSpec]:
 def spec(name: str) -> MetricSpec:
     """The registered metric called `name`; an unknown name gets a suggestion."""
     if name not in _BY_NAME:
-        close = difflib.get_close_matches(name, list(_BY_NAME), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise MetricError(f"unknown metric '{name}'{hint} (available: {', '.join(_BY_NAME)})")
+        raise MetricError(unknown_name("metric", name, list(_BY_NAME)))
     return _BY_NAME[name]
 
 

@@ -27,7 +27,6 @@ so it could not guarantee the same features on every machine.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import importlib.util
 import io
@@ -46,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.files import atomic_write_bytes, file_sha256
+from bench.registry import unknown_name
 
 if TYPE_CHECKING:
     import torch
@@ -321,9 +321,7 @@ def describe(name: str) -> str:
 
 def _spec(name: str) -> WeightSpec:
     if name not in SPECS:
-        close = difflib.get_close_matches(name, list(SPECS), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise WeightsError(f"unknown weights '{name}'{hint} (available: {', '.join(SPECS)})")
+        raise WeightsError(unknown_name("weights", name, list(SPECS)))
     return SPECS[name]
 
 

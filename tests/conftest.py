@@ -60,3 +60,11 @@ def pytest_runtest_makereport(item, call):
     if "shared/data" in reason or str(SHARED_DATA) in reason:
         report.outcome = "failed"
         report.longrepr = f"BENCH_REQUIRE_SHARED_DATA=1 but the shared data is missing: {reason}"
+
+
+@pytest.fixture(scope="module")
+def four_photos(tmp_path_factory) -> Path:
+    """Four 48x48 crops of scikit-image's bundled photos (tests/run_cases.py)."""
+    from run_cases import write_photo_crops
+
+    return write_photo_crops(tmp_path_factory.mktemp("photos"), count=4)

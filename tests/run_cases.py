@@ -31,3 +31,9 @@ def cli(capsys, *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def pinv_run(out: Path, photos: Path, *extra: str) -> list[str]:
+    """`bench run` arguments for A⁺y on sr4 over `photos` into `out`: a run of a second; `extra` override."""
+    return ["run", "--prior", PRIOR, "--dataset", f"folder:{photos}", "--out", str(out), "--no-progress",
+            "--solvers", "pinv", "--tasks", "sr4", *extra]  # fmt: skip

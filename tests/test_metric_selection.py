@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from run_cases import cli, write_photo_crops
+from run_cases import cli, pinv_run
 from skimage.metrics import structural_similarity
 
 from bench import metrics, weights
@@ -23,16 +23,15 @@ PRIOR = "gaussian:32"
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> Path:
-    return write_photo_crops(tmp_path_factory.mktemp("photos"), count=4)
+def photos(four_photos) -> Path:
+    return four_photos
 
 
 bench = cli
 
 
 def run_args(out: Path, photos: Path, *extra: str) -> list[str]:
-    return ["run", "--prior", PRIOR, "--dataset", f"folder:{photos}", "--out", str(out), "--no-progress",
-            "--solvers", "pinv", "--tasks", "sr4", *extra]  # fmt: skip
+    return pinv_run(out, photos, *extra)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from run_cases import cli, write_photo_crops
+from run_cases import cli, pinv_run
 
 from bench import store as store_module
 from bench.store import ResultStore
@@ -23,16 +23,15 @@ HOUR_NS = 3600 * 10**9
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> Path:
-    return write_photo_crops(tmp_path_factory.mktemp("photos"), count=4)
+def photos(four_photos) -> Path:
+    return four_photos
 
 
 bench = cli
 
 
 def run_args(out: Path, photos: Path, *extra: str) -> list[str]:
-    return ["run", "--prior", PRIOR, "--dataset", f"folder:{photos}", "--out", str(out), "--no-progress",
-            "--solvers", "pinv", "--tasks", "sr4", "--metrics", "psnr,ssim", *extra]  # fmt: skip
+    return pinv_run(out, photos, "--metrics", "psnr,ssim", *extra)
 
 
 def skewed(monkeypatch, offset_ns: int) -> None:
