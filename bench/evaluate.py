@@ -167,15 +167,16 @@ def best_of(n: int, solve: Any, op: Any, y: Any) -> tuple[Any, list[int]]:
     return best, kept.tolist()
 
 
-def _unreadable_images(context: RunContext, batch: list[Any]) -> dict[str, str]:
-    """image id -> why it cannot be read, for the batch's images that cannot."""
-    bad = {}
+def _read_images(context: RunContext, batch: list[Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The batch's clean images, each read once: ({image id: (C, H, W) in [-1, 1]}, {image id: why it cannot be
+    read}), so that an unreadable image fails its own units only."""
+    images, bad = {}, {}
     for unit in batch:
         try:
-            context.dataset[context.index_of[unit.image_id]]
+            images[unit.image_id] = context.dataset[context.index_of[unit.image_id]][1]
         except Exception as error:  # noqa: BLE001 - any unreadable image fails its own units, named
             bad[unit.image_id] = f"{type(error).__name__}: {error}"
-    return bad
+    return images, bad
 
 
 def _is_per_image(name: str) -> bool:
@@ -228,21 +229,22 @@ def evaluate_batch(context: RunContext, batch: list[Any]) -> tuple[list[dict[str
             row.update(status="unsupported", error=reason)
         return rows, []
 
-    unreadable = _unreadable_images(context, batch)
+    images, unreadable = _read_images(context, batch)
+    all_rows = rows
     if unreadable:  # a bad image fails its own units only: the rest of the batch is computed without it
-        rest = [unit for unit in batch if unit.image_id not in unreadable]
-        done_rows, done_traces = evaluate_batch(context, rest) if rest else ([], [])
-        by_key = {row["key"]: row for row in done_rows}
         for row in rows:
             if row["image_id"] in unreadable:
                 row.update(status="failed", error=unreadable[row["image_id"]])
-        return [by_key.get(row["key"], row) for row in rows], done_traces
+        kept = [b for b, unit in enumerate(batch) if unit.image_id not in unreadable]
+        batch, rows = [batch[b] for b in kept], [rows[b] for b in kept]
+        if not batch:
+            return all_rows, []
 
     settings, device, prior = context.settings, context.device, context.prior
     ids = [unit.image_id for unit in batch]
     traces: list[dict[str, Any]] = []
     try:
-        clean = torch.stack([context.dataset[context.index_of[i]][1] for i in ids]).to(device)
+        clean = torch.stack([images[i] for i in ids]).to(device)
         bound = op.for_images(ids, settings.seed)
         noise = operators.noise_model(settings.noise)
         y = bound.measure(clean, first.sigma, operators.image_generators(settings.seed, ids, "noise"), noise=noise)
@@ -333,8 +335,8 @@ def evaluate_batch(context: RunContext, batch: list[Any]) -> tuple[list[dict[str
         text = f"{type(error).__name__}: {error}"
         for row in rows:
             row.update(status="failed", error=text)
-        return rows, []
-    return rows, traces
+        return all_rows, []
+    return all_rows, traces  # `rows` are the readable images' dicts within `all_rows`, updated in place
 
 
 def _save_images(
@@ -409,7 +411,7 @@ def set_metrics(context: RunContext, units: list[Any]) -> None:
 
     if not {"fid", "kid"} & set(context.metrics):
         return
-    from bench.store import latest, next_attempts
+    from bench.store import failed_rows, latest, next_attempts
 
     statuses = context.store.statuses()
     written = context.store.read("sets")
@@ -417,8 +419,7 @@ def set_metrics(context: RunContext, units: list[Any]) -> None:
     known = set()
     if not context.settings.force and not written.empty:
         sets = latest(written, "set_key")  # a set whose scoring failed (no Inception weights, say) is tried again
-        retry = sets["fid"].isna() & sets["note"].fillna("").str.contains("failed:")
-        known = set(sets.loc[~retry, "set_key"])
+        known = set(sets.loc[~failed_rows(sets), "set_key"])
     groups: dict[tuple[str, str, float], list[Any]] = {}
     for unit in units:
         groups.setdefault(unit.group, []).append(unit)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.store import ResultStore, latest, next_attempts, row_image_paths
+from bench.store import ResultStore, failed_rows, latest, next_attempts, row_image_paths
 
 __all__ = ["RescoreResult", "rescore"]
 
@@ -87,7 +87,6 @@ def rescore(out: str | Path, selection: Sequence[str] = (), device: str = "cpu")
     raw = store.raw_units()
     units = latest(raw, "key")
     attempts = next_attempts(raw, "key")
-    images = Path(out) / "images"
     updated, left, filled = [], [], 0
     if not units.empty:
         for row in units[units["status"] == "ok"].to_dict(orient="records"):
@@ -120,15 +119,15 @@ def rescore(out: str | Path, selection: Sequence[str] = (), device: str = "cpu")
             row["metrics_missing"] = "; ".join(still_missing)
             updated.append(row)
     if updated:
-        _write(store, pd.DataFrame(updated))
-    sets = _rescore_sets(store, images, device)
+        _write(store, pd.DataFrame(updated), units, superseded=len(raw) > len(units))
+    sets = _rescore_sets(store, device)
     return RescoreResult(units=len(updated), scores=filled, sets=sets, left=left)
 
 
-def _write(store: ResultStore, rows: Any) -> None:
+def _write(store: ResultStore, rows: Any, units: Any, superseded: bool) -> None:
     """Commit the changed rows as a new part, after their traces re-written under the same part name
-    (`bench.store` joins a unit row to its traces by key and part)."""
-    traces = store.traces()
+    (`bench.store` joins a unit row to its traces by key and part); `units`: the latest rows, already read."""
+    traces = store.traces(units, superseded=superseded)
     stem = store.new_stem()
     if not traces.empty:
         part_of = dict(zip(rows["key"], rows["part"].astype(str), strict=True))
@@ -149,13 +148,15 @@ def _set_members(units: Any, row: dict[str, Any]) -> Any:
         & (units["sigma"] == row["sigma"])
         & (units["seed"] == row["seed"])
     ]
-    for _, group in candidates.groupby(["solver_version", "solver_config", "prior", "dataset"], sort=False):
+    # every field a unit key holds besides (solver, task, σ, seed, image): a set is one value of each
+    identity = [f for f in ("solver_version", "solver_config", "prior", "dataset", "noise", "best_of") if f in units]
+    for _, group in candidates.groupby(identity, sort=False, dropna=False):
         if hashlib.sha256("".join(sorted(group["key"])).encode()).hexdigest() == row["set_key"]:
             return group
     return None
 
 
-def _rescore_sets(store: ResultStore, images: Path, device: str) -> int:
+def _rescore_sets(store: ResultStore, device: str) -> int:
     """FID/KID of the sets whose scoring failed (e.g. no Inception weights), from the saved PNGs."""
     import torch
 
@@ -165,7 +166,7 @@ def _rescore_sets(store: ResultStore, images: Path, device: str) -> int:
     if written.empty:
         return 0
     sets, attempts = latest(written, "set_key"), next_attempts(written, "set_key")
-    failed = sets[sets["note"].fillna("").str.contains("failed:") & sets["fid"].isna()]
+    failed = sets[failed_rows(sets)]
     if failed.empty:
         return 0
     units = store.units()

@@ -64,6 +64,7 @@ __all__ = [
     "Column",
     "ResultStore",
     "atomic_write_bytes",
+    "failed_rows",
     "latest",
     "measurement_path",
     "next_attempts",
@@ -264,13 +265,14 @@ def unit_image_paths(
     }
 
 
-def row_image_paths(root: Path, row: Mapping[str, Any]) -> tuple[Path, Path, Path]:
-    """(reconstruction, reference, measurement) PNG paths of a unit row of the store at `root`.
+def row_image_paths(root: Path, row: Mapping[str, Any]) -> tuple[Path, Path, Path | None]:
+    """(reconstruction, reference, measurement) PNG paths of a unit row of the store at `root`; the measurement
+    is None where the operator has no A⁺ to show it with (nothing was saved).
 
     The row's own columns where it has them; the earlier layout for rows written before them."""
     own = [row.get(name) for name in ("image_path", "reference_path", "measurement_path")]
     if isinstance(own[0], str) and isinstance(own[1], str):
-        return root / own[0], root / own[1], root / (own[2] if isinstance(own[2], str) else own[0])
+        return root / own[0], root / own[1], root / own[2] if isinstance(own[2], str) else None
     from bench.units import image_tag
 
     images = root / "images"
@@ -444,7 +446,7 @@ def latest(table: pd.DataFrame, key: str) -> pd.DataFrame:
         return table
     import numpy as np
 
-    failed = _failed(table)
+    failed = failed_rows(table)
     attempt = table["attempt"].fillna(1).to_numpy() if "attempt" in table else np.ones(len(table))
     position = np.arange(len(table))
     # lexsort sorts by the last key first: done-ness, then attempt, then position in part order
@@ -453,8 +455,9 @@ def latest(table: pd.DataFrame, key: str) -> pd.DataFrame:
     return winners.sort_index(kind="stable").reset_index(drop=True)
 
 
-def _failed(table: pd.DataFrame) -> Any:
-    """Per row: True where it records a failure (a failed unit, a set whose scoring failed)."""
+def failed_rows(table: pd.DataFrame) -> Any:
+    """Per row, a numpy bool array: True where it records a failure (a failed unit, a set whose scoring failed:
+    no FID and a note starting "failed:"). Such rows never shadow a result and are tried again."""
     import numpy as np
 
     if "status" in table:

@@ -293,3 +293,11 @@ def test_a_run_names_its_report_command_and_other_settings_in_its_folder(tmp_pat
     assert code == 0 and f"report: python -m bench report --results {out}" in err and "other settings" not in err
     code, _, err = bench(capsys, *run_args(out, photos, "--tasks", "sr8"))
     assert code == 0 and f"note: {out} also holds 4 unit(s) of other settings" in err
+
+
+def test_a_row_without_a_measurement_png_has_no_measurement_path(tmp_path):
+    """Tasks without A⁺ (phase retrieval) save no measurement: the grid must say so, not show another image."""
+    row = {"image_path": "images/x/a.png", "reference_path": "images/reference/s/a.png", "measurement_path": None}
+    estimate, reference, measurement = store_module.row_image_paths(tmp_path, row)
+    assert estimate == tmp_path / "images/x/a.png" and reference == tmp_path / "images/reference/s/a.png"
+    assert measurement is None

@@ -146,8 +146,8 @@ def _solver_columns(
     return columns
 
 
-def _existing(path: Path) -> Path | str:
-    return path if path.is_file() else "no PNG"
+def _existing(path: Path | None) -> Path | str:
+    return path if path is not None and path.is_file() else "no PNG"
 
 
 def _open(path: Path):
