@@ -318,10 +318,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         value = getattr(args, name)
         return value if value is not None else config.get(name, default)
 
-    config_sets = config.get("set", [])
-    if isinstance(config_sets, str) or not all(isinstance(item, str) for item in config_sets):
-        raise RunError(f"config key 'set' must be a list of 'solver.option=value' strings, got {config_sets!r}")
-    sets = list(config_sets) + list(args.set or [])
+    sets = list(config.get("set", [])) + list(args.set or [])  # config values are type-checked by _read_config
     overrides = solvers.parse_overrides(sets)
     solver_names = _resolve_solvers(pick("solvers", DEFAULT_SOLVERS))
     for name in overrides:
@@ -333,11 +330,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
     batch_size = _integer(pick("batch_size", DEFAULT_BATCH_SIZE), "batch-size", minimum=1)
     seed = _integer(pick("seed", 0), "seed", minimum=0, maximum=SEED_MAX)
     force = config.get("force", False) if not args.force else True
-    if not isinstance(force, bool):
-        raise RunError(f"config key 'force' must be true or false, got {force!r}")
     compile_network = config.get("compile", False) if not args.compile else True
-    if not isinstance(compile_network, bool):
-        raise RunError(f"config key 'compile' must be true or false, got {compile_network!r}")
     out = pick("out", None)
     if out is None:
         name = pick("name", None)
@@ -378,8 +371,6 @@ def _check_noise(value: Any) -> str:
 def _select_metrics(value: Any) -> tuple[str, ...]:
     from bench import metric_specs as metrics
 
-    if value is not None and not isinstance(value, str | list | tuple):
-        raise RunError(f"config key 'metrics' must be a list of metric names or a string, got {value!r}")
     try:
         return metrics.select(value)
     except metrics.MetricError as error:
