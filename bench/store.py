@@ -30,21 +30,23 @@ attempt 1. Sets follow the same rule, a set whose scoring failed counting as fai
 `consolidate()`, run at the end of every run, merges the parts into one per table without the superseded rows
 (reading thousands of small parts is slow), so the files themselves never hold a unit twice once a run has
 finished. It writes the merged part first and deletes what it replaces after, so a kill during it loses
-nothing. A reader that runs during a merge sees a consistent snapshot (`ResultStore.snapshot`): when a part
-it listed vanishes while it reads, it lists the folders again and reads anew, so it sees either the parts or
-the merged part that replaced them, never neither.
+nothing. A reader that runs during a merge sees a consistent snapshot (`ResultStore.snapshot`): readers share
+a file lock (`.merge.lock`) while they list and read, and a merge deletes the parts it replaced only under
+that lock alone, so a reader sees the parts, or the parts and the merged part (the same rows), never neither.
+Where no lock can be taken, a reader whose listed part vanished lists the folders again and reads anew.
 
 Only pandas and pyarrow are imported, never torch: the report reads results on machines without PyTorch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import secrets
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -592,6 +594,31 @@ class ResultStore:
             fcntl.flock(handle, fcntl.LOCK_UN)
         return True
 
+    @contextlib.contextmanager
+    def _merge_lock(self, *, shared: bool) -> Iterator[None]:
+        """Readers hold this lock shared while they list and read parts; a merge holds it alone only while it
+        deletes the parts it replaced. So no part vanishes under a reader, however often merges run: the reader
+        sees the old parts, or the old and the merged ones (which resolve to the same rows), never neither.
+
+        Where the lock cannot be taken (no flock, a read-only folder) readers fall back on re-reading when a
+        part vanishes (`snapshot`)."""
+        try:
+            import fcntl
+        except ImportError:
+            yield
+            return
+        path = self.root / ".merge.lock"
+        try:
+            handle = open(path, "a")  # noqa: SIM115 - closed below
+        except OSError:  # a read-only store: nothing in it can be merged meanwhile by this user
+            yield
+            return
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            yield
+        finally:
+            handle.close()  # closing releases the flock
+
     def orphan_traces(self) -> list[Path]:
         """Trace parts without a unit part, of ranks no one is writing now: a batch or a merge that was killed
         after its traces were written. Readers already ignore them; `consolidate` deletes them."""
@@ -643,15 +670,17 @@ class ResultStore:
         A part deleted while it is read (a merge replaced it with its merged part) makes the reader list the
         folders again and read them all anew: the result holds either the parts or the merged part that
         replaced them, never neither, and units and traces come from the same listing."""
-        for _ in range(SNAPSHOT_TRIES):
-            listed = [self.parts(kind) for kind in kinds]
-            try:
-                return tuple(
-                    _backfill(_read_parts(paths, _IDENTITY.get(kind), vanished_ok=False), kind)
-                    for kind, paths in zip(kinds, listed, strict=True)
-                )
-            except _PartVanished:
-                continue
+        for attempt in range(SNAPSHOT_TRIES):
+            with self._merge_lock(shared=True):
+                listed = [self.parts(kind) for kind in kinds]
+                try:
+                    return tuple(
+                        _backfill(_read_parts(paths, _IDENTITY.get(kind), vanished_ok=False), kind)
+                        for kind, paths in zip(kinds, listed, strict=True)
+                    )
+                except _PartVanished:
+                    pass
+            time.sleep(0.01 * (attempt + 1))  # only without the lock (read-only folder, no flock): let a merge end
         raise StoreError(
             f"the parts under '{self.root}' kept being replaced while they were read ({SNAPSHOT_TRIES} tries); "
             "read again once the run writing there has finished"
@@ -712,8 +741,10 @@ class ResultStore:
         committed = {path.stem for path in unit_parts}
         all_traces = self.parts(TRACES)
         orphans = self._orphans(all_traces, committed)
-        for path in orphans:
-            path.unlink(missing_ok=True)
+        if orphans:
+            with self._merge_lock(shared=False):
+                for path in orphans:
+                    path.unlink(missing_ok=True)
         trace_parts = [path for path in all_traces if path.stem in committed]
         set_parts = self.parts(SETS)
         if len(unit_parts) <= 1 and len(set_parts) <= 1:
@@ -727,6 +758,7 @@ class ResultStore:
         for kind, table in ((TRACES, traces), (UNITS, units), (SETS, sets)):
             if not table.empty:
                 self.write_part(kind, table.drop(columns="part").to_dict(orient="records"), stem=stem)
-        for path in [*unit_parts, *trace_parts, *set_parts]:
-            path.unlink(missing_ok=True)
+        with self._merge_lock(shared=False):  # waits for readers that may have listed these parts
+            for path in [*unit_parts, *trace_parts, *set_parts]:
+                path.unlink(missing_ok=True)
         return len(orphans) + len(unit_parts) + len(trace_parts) + len(set_parts)

@@ -133,6 +133,32 @@ def test_a_reader_during_merges_sees_every_unit_with_its_traces(tmp_path):
     assert all(n == 60 and traced for n, traced in seen), seen
 
 
+def test_without_the_lock_a_reader_whose_part_vanished_reads_again(tmp_path, monkeypatch):
+    import contextlib
+
+    import bench.store as store_module
+
+    writer = ResultStore(tmp_path)
+    for i in range(3):
+        stem = writer.new_stem()
+        writer.write_part("traces", [{"key": f"k{i}", "step": 0, "kurtosis": 0.0}], stem=stem)
+        writer.write_part("units", [row(f"k{i}", "ok")], stem=stem)
+    monkeypatch.setattr(ResultStore, "_merge_lock", lambda self, shared: contextlib.nullcontext())
+    real_read = store_module._read_parts
+    merged = []
+
+    def read_with_a_merge_in_between(paths, *args, **kwargs):
+        if not merged:  # the first read: a merge replaces the listed parts before they are opened
+            merged.append(None)
+            merged[0] = writer.consolidate()
+        return real_read(paths, *args, **kwargs)
+
+    monkeypatch.setattr(store_module, "_read_parts", read_with_a_merge_in_between)
+    tables = ResultStore(tmp_path).tables()
+    assert merged == [6] and len(tables.units) == 3 and set(tables.traces["key"]) == {"k0", "k1", "k2"}
+    assert len(writer.parts("units")) == 1
+
+
 # ----- images keyed by everything that made them ------------------------------------------------------------
 
 
