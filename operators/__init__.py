@@ -21,7 +21,10 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
+
+from bench.registry import Registry
 
 from .base import (
     SVD,
@@ -46,6 +49,7 @@ __all__ = [
     "PAPER_TASKS",
     "PoissonNoise",
     "SUITES",
+    "TaskSpec",
     "add_noise",
     "available",
     "closest",
@@ -77,27 +81,31 @@ SUITES: dict[str, tuple[str, ...]] = {
     "daps": ("sr4", "box-inpaint", "gblur", "motion-blur", "phase-retrieval", "hdr"),
 }
 
-_REGISTRY: dict[str, tuple[Callable[..., Operator], dict[str, Any], str]] = {}
-_PLUGINS: set[str] = set()
-_plugins_loaded = False
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A registered task: the operator's factory `factory(shape, **params)` and the task's default parameters."""
+
+    factory: Callable[..., Operator]
+    defaults: dict[str, Any] = field(default_factory=dict)
 
 
-def _registry() -> dict[str, tuple[Callable[..., Operator], dict[str, Any], str]]:
-    """The registry with the installed plug-ins added (imported on first use: a plug-in imports `operators`)."""
-    global _plugins_loaded
-    if not _plugins_loaded:
-        _plugins_loaded = True
-        from bench import plugins
-
-        for task, cls in plugins.load("operators", check_plugin, taken=list(_REGISTRY)).items():
-            register(task, cls, _plugin_summary(cls))
-            _PLUGINS.add(task)
-    return _REGISTRY
+# Built-in tasks register in the module that defines their operator (the last lines of each); these modules are
+# listed first, in this order (the DDC paper's tasks, then I²SB's, then the other papers'), any other after.
+_TASKS: Registry[TaskSpec] = Registry(
+    "task",
+    package=__name__,
+    first=("separable", "inpaint", "jpeg", "denoise", "box", "motion", "colour", "phase", "hdr"),
+    skip=("base", "noise", "circulant", "motion_kernels"),
+    group="operators",
+    check=lambda task, obj: TaskSpec(check_plugin(task, obj)),  # a plug-in's entry point names its class
+    summarize=lambda task, spec: _plugin_summary(spec.factory),
+    error=OperatorError,
+)
 
 
 def is_plugin(task: str) -> bool:
-    _registry()
-    return task in _PLUGINS
+    return _TASKS.is_plugin(task)
 
 
 _CAPABILITY_METHODS = {Cap.ADJOINT: "_adjoint", Cap.PINV: "_pinv", Cap.SVD: "_svd"}
@@ -141,15 +149,16 @@ def _plugin_summary(cls: type[Operator]) -> str:
 
 
 def register(task: str, factory: Callable[..., Operator], summary: str, **defaults: Any) -> None:
-    """Register `factory(shape, **params)` under a task name, with its default parameters."""
-    if task in _REGISTRY:
+    """Register `factory(shape, **params)` under a task name, with its default parameters (a built-in calls
+    this in its own module)."""
+    if task in _TASKS._entries:
         raise ValueError(f"task '{task}' is already registered")
-    _REGISTRY[task] = (factory, defaults, summary)
+    _TASKS.register(task, TaskSpec(factory, defaults), summary=summary, module=factory.__module__)
 
 
 def available() -> list[str]:
-    """Registered task names: the built-ins in registration order, then plug-ins sorted by name."""
-    return list(_registry())
+    """Registered task names: the built-ins in module order (`_TASKS`), then plug-ins sorted by name."""
+    return _TASKS.names()
 
 
 def closest(name: str, valid: Sequence[str], cutoff: float = 0.6) -> str | None:
@@ -167,9 +176,9 @@ def _unknown(kind: str, name: str, valid: Sequence[str]) -> OperatorError:
 
 def build(task: str, shape: Sequence[int] = (3, 64, 64), **params: Any) -> Operator:
     """Build the operator of a task for images of `shape` (C, H, W); params override the task's defaults."""
-    if task not in _registry():
+    if task not in _TASKS:
         raise _unknown("task", task, available())
-    factory, defaults, _ = _REGISTRY[task]
+    factory, defaults = _TASKS.get(task).factory, _TASKS.get(task).defaults
     accepted = set(inspect.signature(factory).parameters) - {"shape"}
     for key in params:
         if key not in accepted:
@@ -181,9 +190,9 @@ def build(task: str, shape: Sequence[int] = (3, 64, 64), **params: Any) -> Opera
 
 def describe(task: str) -> str:
     """A one-line summary of a task."""
-    if task not in _registry():
+    if task not in _TASKS:
         raise _unknown("task", task, available())
-    return _REGISTRY[task][2]
+    return _TASKS.summary(task)
 
 
 def suite(name: str) -> list[str]:
@@ -204,66 +213,10 @@ def resolve_tasks(text: str) -> list[str]:
             continue
         expanded = suite(part) if part in SUITES or part == "every" else [part]
         for name in expanded:
-            if name not in _registry():
+            if name not in _TASKS:
                 raise _unknown("task", name, [*available(), *SUITES, "every"])
             if name not in names:
                 names.append(name)
     if not names:
         raise OperatorError(f"no task given in {text!r} (available: {', '.join([*available(), *SUITES, 'every'])})")
     return names
-
-
-def _register_builtin() -> None:
-    from . import box, colour, denoise, hdr, inpaint, jpeg, motion, phase, separable
-
-    register("sr4", separable.SuperResolution, "bicubic x4 downsampling (antialiased Keys a=-0.5, reflect)", factor=4)
-    register("sr8", separable.SuperResolution, "bicubic x8 downsampling (antialiased Keys a=-0.5, reflect)", factor=8)
-    register("gblur", separable.GaussianBlur, "Gaussian blur, 61x61 kernel, std 3.0, reflect padding", size=61, std=3.0)
-    register("inpaint", inpaint.RandomInpainting, "random inpainting: 92% of pixels masked, per-image mask", ratio=0.92)
-    register(
-        "jpeg10",
-        jpeg.JPEG,
-        "JPEG quality 10 (YCbCr, 4:2:0, 8x8 DCT, IJG tables), straight-through rounding",
-        quality=10,
-    )
-    register("denoise", denoise.Identity, "denoising: A is the identity")
-    # The degradations of I²SB's and CDDB's released x4 bridges (`sr4x-pool`, `sr4x-bicubic`), so that their
-    # imported bridges run on the operator they were trained with (docs/cddb/official-weights.md).
-    register(
-        "sr4-pool",
-        separable.SuperResolution,
-        "x4 downsampling by 4x4 averaging (I²SB's sr4x-pool)",
-        factor=4,
-        kernel="pool",
-    )
-    register(
-        "sr4-ddrm",
-        separable.SuperResolution,
-        "bicubic x4 downsampling with edge-repeat padding (DDRM's SRConv, I²SB's sr4x-bicubic)",
-        factor=4,
-        kernel="ddrm-bicubic",
-    )
-
-    # The tasks other papers compare on (docs/tasks.md).
-    register("box-inpaint", box.BoxInpainting, "box inpainting: a half-side hole per image within DPS's margins")
-    register(
-        "box-inpaint-centre",
-        box.BoxInpainting,
-        "box inpainting: a half-side hole in the image centre",
-        position="centre",
-    )
-    register(
-        "motion-blur",
-        motion.MotionBlur,
-        "motion blur: DPS's random trajectory kernel per image (61x61 at 256², scaled), circular boundary",
-    )
-    register("colorize", colour.Colorize, "colourisation: y is the mean of the channels (DDRM / DDNM)")
-    register(
-        "phase-retrieval",
-        phase.PhaseRetrieval,
-        "phase retrieval: |FFT| of the zero-padded image, oversampling 2.0 (DPS)",
-    )
-    register("hdr", hdr.HighDynamicRange, "high dynamic range: clip(2x, -1, 1) (DAPS)")
-
-
-_register_builtin()

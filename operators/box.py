@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from operators import register
+
 from .base import OperatorError, seeded_generator
 from .inpaint import MaskOperator
 
@@ -114,3 +116,7 @@ class BoxInpainting(MaskOperator):
         for b, (top, left) in enumerate(corners):
             masks[b, :, top : top + bh, left : left + bw] = False
         return masks
+
+
+register("box-inpaint", BoxInpainting, "box inpainting: a half-side hole per image within DPS's margins")
+register("box-inpaint-centre", BoxInpainting, "box inpainting: a half-side hole in the image centre", position="centre")

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from operators import register
+
 from .base import SVD, Cap, Operator
 
 
@@ -80,3 +82,6 @@ class Colorize(Operator):
 
     def _svd(self) -> _ColourSVD:
         return _ColourSVD(self)
+
+
+register("colorize", Colorize, "colourisation: y is the mean of the channels (DDRM / DDNM)")

@@ -18,6 +18,8 @@ from typing import Any
 
 from torch import Tensor
 
+from operators import register
+
 from .base import Cap, Operator, OperatorError
 
 DAPS_SCALE = 2.0  # DAPS configs/task/hdr.yaml: scale 2
@@ -49,3 +51,6 @@ class HighDynamicRange(Operator):
 
     def _pinv(self, y: Tensor) -> Tensor:
         return y.clamp(-1.0, 1.0) / self.scale
+
+
+register("hdr", HighDynamicRange, "high dynamic range: clip(2x, -1, 1) (DAPS)")

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from operators import register
+
 from .base import SVD, Cap, Operator, OperatorError, seeded_generator
 
 
@@ -128,3 +130,6 @@ class RandomInpainting(MaskOperator):
             keep[torch.randperm(h * w, generator=generator)[: self.kept_pixels]] = True
             masks.append(keep.reshape(1, h, w))
         return RandomInpainting(self.input_shape, self.ratio, torch.stack(masks))
+
+
+register("inpaint", RandomInpainting, "random inpainting: 92% of pixels masked, per-image mask", ratio=0.92)

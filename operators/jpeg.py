@@ -47,6 +47,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from operators import register
+
 from .base import Cap, Operator, OperatorError
 
 __all__ = ["IJG_CHROMINANCE_TABLE", "IJG_LUMINANCE_TABLE", "JPEG", "quantisation_table"]
@@ -336,3 +338,6 @@ class JPEG(Operator):
 
     def _pinv(self, y: Tensor) -> Tensor:
         return y.clone()
+
+
+register("jpeg10", JPEG, "JPEG quality 10 (YCbCr, 4:2:0, 8x8 DCT, IJG tables), straight-through rounding", quality=10)

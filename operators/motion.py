@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from operators import register
+
 from .base import OperatorError, seeded_generator
 from .circulant import CircularConvolution
 from .motion_kernels import DPS_INTENSITY, kernel_size_for, motion_kernel
@@ -69,3 +71,10 @@ class MotionBlur(CircularConvolution):
     def for_images(self, image_ids: Sequence[str], seed: int) -> MotionBlur:
         kernels = torch.stack([self.kernel_for(i, seed) for i in image_ids])
         return MotionBlur(self.input_shape, self.intensity, self.size, self.rcond, kernels)
+
+
+register(
+    "motion-blur",
+    MotionBlur,
+    "motion blur: DPS's random trajectory kernel per image (61x61 at 256², scaled), circular boundary",
+)

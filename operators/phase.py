@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from operators import register
+
 from .base import Cap, Operator, OperatorError
 
 DPS_OVERSAMPLE = 2.0  # DPS configs/phase_retrieval_config.yaml (and DAPS configs/task/phase_retrieval.yaml)
@@ -76,3 +78,6 @@ class PhaseRetrieval(Operator):
         padded = torch.nn.functional.pad(x, (pw, pw, ph, ph))
         spectrum = torch.fft.fftshift(torch.fft.fft2(padded, norm="ortho"), dim=(-2, -1))
         return spectrum.abs()
+
+
+register("phase-retrieval", PhaseRetrieval, "phase retrieval: |FFT| of the zero-padded image, oversampling 2.0 (DPS)")

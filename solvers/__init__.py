@@ -10,13 +10,13 @@ contract below when they load and listed after the built-ins, sorted by name.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib
 import inspect
 import typing
 from collections.abc import Iterable
 from typing import Any
 
+from bench.registry import Registry
 from operators import Cap, closest
 
 from .base import Solver, SolverConfig, SolverError, StepCallback
@@ -39,76 +39,29 @@ __all__ = [
 
 # Every module of this package is imported on first use of the registry (a new solver module needs no list
 # entry); these come first, in the DDC paper's order, and any other after them by name.
-_LISTED_FIRST = ("uncond", "pinv", "dps", "ddnm", "ddrm", "pigdm", "reddiff", "pnp_admm", "ddc", "cddb")
-
-
-@functools.cache
-def _modules() -> list[str]:
-    """The package's solver modules: every module but the shared ones (base) and private ones (_name)."""
-    import pkgutil
-
-    found = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_") and m.name != "base"]
-    rank = {name: i for i, name in enumerate(_LISTED_FIRST)}
-    return sorted(found, key=lambda name: (rank.get(name, len(rank)), name))
-
-_REGISTRY: dict[str, type[Solver]] = {}
-_PLUGINS: set[str] = set()
-_loaded = False
+_SOLVERS: Registry[type[Solver]] = Registry(
+    "solver",
+    package=__name__,
+    first=("uncond", "pinv", "dps", "ddnm", "ddrm", "pigdm", "reddiff", "pnp_admm", "ddc", "cddb"),
+    group="solvers",
+    check=lambda name, obj: check_plugin(name, obj),
+    error=SolverError,
+)
 
 
 def register(cls: type[Solver]) -> type[Solver]:
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        other = _REGISTRY[cls.name]
-        raise ValueError(
-            f"solver '{cls.name}' is defined twice: by {other.__module__}.{other.__qualname__} and by "
-            f"{cls.__module__}.{cls.__qualname__}; give one of them another name"
-        )
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def _load() -> None:
-    global _loaded
-    if _loaded:
-        return
-    for module in _modules():
-        try:
-            importlib.import_module(f"{__name__}.{module}")
-        except ModuleNotFoundError as error:
-            if error.name != f"{__name__}.{module}":
-                raise
-    _loaded = True  # before the plug-ins: a plug-in module that imports `solvers` must not load them again
-    from bench import plugins
-
-    builtins = [name for name in _REGISTRY if _is_builtin(_REGISTRY[name])]
-    for name, cls in plugins.load("solvers", check_plugin, taken=builtins).items():
-        register(cls)
-        _PLUGINS.add(name)
-
-
-def _is_builtin(cls: type[Solver]) -> bool:
-    return cls.__module__.startswith(f"{__name__}.") and cls.__module__.rpartition(".")[2] in _modules()
-
-
-def _order(name: str) -> tuple[int, str]:
-    """Built-ins in module order (`_modules`; registration order within a module), then the rest by name."""
-    cls = _REGISTRY[name]
-    modules = _modules()
-    if _is_builtin(cls):
-        return modules.index(cls.__module__.rpartition(".")[2]), ""
-    return len(modules), name
+    """Class decorator: register a Solver subclass under its `name` (built-ins do this in their own module)."""
+    return _SOLVERS.register(cls.name, cls, summary=cls.__doc__ or cls.name)
 
 
 def available() -> list[str]:
     """Built-in solver names in module order, whatever order their modules were imported in, then plug-ins
     sorted by name."""
-    _load()
-    return sorted(_REGISTRY, key=_order)
+    return _SOLVERS.names()
 
 
 def is_plugin(name: str) -> bool:
-    _load()
-    return name in _PLUGINS
+    return _SOLVERS.is_plugin(name)
 
 
 _SOLVE_KEYWORDS = ("sigma", "generators", "callback")
@@ -158,12 +111,7 @@ def check_plugin(name: str, obj: Any) -> type[Solver]:
 
 
 def get(name: str) -> type[Solver]:
-    _load()
-    if name not in _REGISTRY:
-        close = closest(name, list(_REGISTRY))
-        hint = f"; did you mean '{close}'?" if close else ""
-        raise SolverError(f"unknown solver '{name}'{hint} (available: {', '.join(available())})")
-    return _REGISTRY[name]
+    return _SOLVERS.get(name)
 
 
 def _convert(value: str, annotation: Any, where: str) -> Any:

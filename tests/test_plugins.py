@@ -180,9 +180,7 @@ def entry_points(group: str, **targets: str) -> list[metadata.EntryPoint]:
 
 def test_plugins_are_listed_after_the_builtins_sorted_by_name(monkeypatch):
     builtins = solvers.available()
-    monkeypatch.setattr(solvers, "_REGISTRY", dict(solvers._REGISTRY))
-    monkeypatch.setattr(solvers, "_PLUGINS", set())
-    monkeypatch.setattr(solvers, "_loaded", False)
+    monkeypatch.setattr(solvers, "_SOLVERS", solvers._SOLVERS.copy())
     found = entry_points(plugins.GROUPS["solvers"], zeta=f"{__name__}:ZETA", alpha=f"{__name__}:ALPHA")
     monkeypatch.setattr(plugins, "_entry_points", lambda kind: sorted(found, key=lambda p: p.name))
     assert solvers.available() == [*builtins, "alpha", "zeta"]
@@ -272,9 +270,7 @@ def test_an_operator_plugin_is_checked_built_and_listed(monkeypatch):
         operators.check_plugin("flip", type("Flip2", (Flip,), {"capabilities": frozenset({Cap.FORWARD, Cap.SVD})}))
     with pytest.raises(TypeError, match="task is 'flip'; it must be the entry point's name 'mirror'"):
         operators.check_plugin("mirror", Flip)
-    monkeypatch.setattr(operators, "_REGISTRY", dict(operators._REGISTRY))
-    monkeypatch.setattr(operators, "_PLUGINS", set())
-    monkeypatch.setattr(operators, "_plugins_loaded", False)
+    monkeypatch.setattr(operators, "_TASKS", operators._TASKS.copy())
     found = entry_points(plugins.GROUPS["operators"], flip=f"{__name__}:Flip")
     monkeypatch.setattr(plugins, "_entry_points", lambda kind: found)
     assert operators.available()[-1] == "flip" and operators.is_plugin("flip")
@@ -296,14 +292,14 @@ gaussian8.options = ("channels",)
 
 def test_a_prior_plugin_is_checked_loaded_and_listed(monkeypatch):
     entry = bench_priors.check_plugin("gaussian8", gaussian8)
-    assert entry[1:] == (
+    assert (entry.options, entry.pattern, entry.summary) == (
         frozenset({"channels"}),
         "gaussian8[:<argument>]",
         "The analytic Gaussian prior at 8x8, as a plug-in kind.",
     )
     with pytest.raises(TypeError, match="must take \\(argument, options, device, dtype\\)"):
         bench_priors.check_plugin("bad", lambda argument: None)
-    monkeypatch.setattr(bench_priors, "_PLUGIN_KINDS", None)
+    monkeypatch.setattr(bench_priors, "_KINDS", bench_priors._KINDS.copy())
     monkeypatch.setattr(plugins, "_entry_points", lambda kind: entry_points(kind, gaussian8=f"{__name__}:gaussian8"))
     assert bench_priors.available()[-1][0] == "gaussian8[:<argument>]"
     prior = bench_priors.load_prior("gaussian8?channels=1")

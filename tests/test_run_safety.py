@@ -166,9 +166,9 @@ def test_the_support_matrix_marks_an_operator_it_cannot_build(monkeypatch):
     def only_16(shape, **params):
         raise ValueError(f"needs 16x16 images, got {tuple(shape)}")
 
-    registry = dict(operators._registry())
-    registry["tiny-op"] = (only_16, {}, "an operator for 16x16 images only")
-    monkeypatch.setattr(operators, "_REGISTRY", registry)
+    registry = operators._TASKS.copy()
+    registry.register("tiny-op", operators.TaskSpec(only_16), summary="an operator for 16x16 images only")
+    monkeypatch.setattr(operators, "_TASKS", registry)
     table = support_matrix()
     assert "| tiny-op |" in table.splitlines()[0]
     assert table.splitlines()[2].endswith("| n/a |")

@@ -28,11 +28,13 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from bench.files import asset
+from bench.registry import Registry
 
 from .base import (
     PosteriorCoefficients,
@@ -53,6 +55,7 @@ __all__ = [
     "PosteriorCoefficients",
     "Prediction",
     "Prior",
+    "PriorKind",
     "PriorError",
     "PriorStats",
     "available",
@@ -83,6 +86,37 @@ def parse_spec(spec: str) -> tuple[str, str | None, dict[str, str]]:
     return kind.strip(), (argument.strip() if colon else None), options
 
 
+@dataclass(frozen=True)
+class PriorKind:
+    """A registered prior kind: `load(argument, options, device, dtype) -> Prior`, the option names its specs
+    accept, how a spec of it is written, and one line for `bench list priors`."""
+
+    load: Callable[..., Prior]
+    options: frozenset[str]
+    pattern: str
+    summary: str
+
+
+_KINDS: Registry[PriorKind] = Registry(
+    "prior", group="priors", check=lambda kind, loader: check_plugin(kind, loader), error=PriorError
+)
+
+
+def _kind(name: str, pattern: str, summary: str, options: tuple[str, ...] = ()) -> Callable[..., Any]:
+    """Decorator: register a built-in kind's loader under `name`."""
+
+    def register(load: Callable[..., Prior]) -> Callable[..., Prior]:
+        _KINDS.register(name, PriorKind(load, frozenset(options), pattern, summary), summary=summary, module=__name__)
+        return load
+
+    return register
+
+
+@_kind(
+    "natural64",
+    "natural64",
+    "embedded default: diffusers UNet2DModel trained on natural photos, 3x64x64 (bench/assets/natural64)",
+)
 def _natural64(argument: str | None, options: dict[str, str], device: Any, dtype: Any) -> Prior:
     if argument:
         raise PriorError(f"'natural64' takes no argument, got 'natural64:{argument}'")
@@ -101,6 +135,12 @@ def _natural64(argument: str | None, options: dict[str, str], device: Any, dtype
     )
 
 
+@_kind(
+    "gaussian",
+    "gaussian[:<size>][?channels=<1|3>&variant=<photo|lowvar>]",
+    "analytic Gaussian prior (default 3x16x16): exact denoiser and exact posteriors of linear operators",
+    options=("channels", "variant"),
+)
 def _gaussian(argument: str | None, options: dict[str, str], device: Any, dtype: Any) -> Prior:
     from .gaussian import GaussianPrior
 
@@ -117,6 +157,11 @@ def _gaussian(argument: str | None, options: dict[str, str], device: Any, dtype:
     return GaussianPrior(**kwargs, variant=variant, device=device, dtype=dtype)
 
 
+@_kind(
+    "diffusers",
+    "diffusers:<folder or hub id>",
+    "diffusers UNet2DModel + DDPMScheduler config (ε-prediction; learned_range variance supported)",
+)
 def _diffusers(argument: str | None, options: dict[str, str], device: Any, dtype: Any) -> Prior:
     if not argument:
         raise PriorError(
@@ -127,6 +172,12 @@ def _diffusers(argument: str | None, options: dict[str, str], device: Any, dtype
     return load_diffusers_prior(argument, device=device, dtype=dtype)
 
 
+@_kind(
+    "adm",
+    "adm:<checkpoint.pt>[?preset=<name>]",
+    "guided-diffusion ADM UNet, linear β, learned variance; presets imagenet256-uncond (default), ffhq256",
+    options=("preset", "attention"),
+)
 def _adm(argument: str | None, options: dict[str, str], device: Any, dtype: Any) -> Prior:
     from .adm_prior import ADM_DEFAULT_PRESET, load_adm_prior
 
@@ -141,6 +192,12 @@ def _adm(argument: str | None, options: dict[str, str], device: Any, dtype: Any)
     )
 
 
+@_kind(
+    "adm-random",
+    "adm-random:<imagenet256|ffhq256|tiny>[?seed=<n>]",
+    "ADM architecture with random weights, for timing and 256x256 tests (tiny: narrowest widths)",
+    options=("seed", "attention"),
+)
 def _adm_random(argument: str | None, options: dict[str, str], device: Any, dtype: Any) -> Prior:
     from .adm_prior import load_random_adm_prior
 
@@ -154,56 +211,7 @@ def _adm_random(argument: str | None, options: dict[str, str], device: Any, dtyp
     )
 
 
-# kind -> (loader, accepted options, spec pattern, description)
-_KINDS: dict[str, tuple[Callable[..., Prior], frozenset[str], str, str]] = {
-    "natural64": (
-        _natural64,
-        frozenset(),
-        "natural64",
-        "embedded default: diffusers UNet2DModel trained on natural photos, 3x64x64 (bench/assets/natural64)",
-    ),
-    "gaussian": (
-        _gaussian,
-        frozenset({"channels", "variant"}),
-        "gaussian[:<size>][?channels=<1|3>&variant=<photo|lowvar>]",
-        "analytic Gaussian prior (default 3x16x16): exact denoiser and exact posteriors of linear operators",
-    ),
-    "diffusers": (
-        _diffusers,
-        frozenset(),
-        "diffusers:<folder or hub id>",
-        "diffusers UNet2DModel + DDPMScheduler config (ε-prediction; learned_range variance supported)",
-    ),
-    "adm": (
-        _adm,
-        frozenset({"preset", "attention"}),
-        "adm:<checkpoint.pt>[?preset=<name>]",
-        "guided-diffusion ADM UNet, linear β, learned variance; presets imagenet256-uncond (default), ffhq256",
-    ),
-    "adm-random": (
-        _adm_random,
-        frozenset({"seed", "attention"}),
-        "adm-random:<imagenet256|ffhq256|tiny>[?seed=<n>]",
-        "ADM architecture with random weights, for timing and 256x256 tests (tiny: narrowest widths)",
-    ),
-}
-
-
-_PLUGIN_KINDS: dict[str, tuple[Callable[..., Prior], frozenset[str], str, str]] | None = None
-
-
-def _kinds() -> dict[str, tuple[Callable[..., Prior], frozenset[str], str, str]]:
-    """The built-in kinds, then the installed plug-ins' sorted by name (imported on first use)."""
-    global _PLUGIN_KINDS
-    if _PLUGIN_KINDS is None:
-        from bench import plugins
-
-        _PLUGIN_KINDS = {}  # set first: a plug-in that imports bench.priors must not load the plug-ins again
-        _PLUGIN_KINDS.update(plugins.load("priors", check_plugin, taken=list(_KINDS)))
-    return {**_KINDS, **_PLUGIN_KINDS}
-
-
-def check_plugin(kind: str, loader: Any) -> tuple[Callable[..., Prior], frozenset[str], str, str]:
+def check_plugin(kind: str, loader: Any) -> PriorKind:
     """A prior plug-in: a loader `load(argument, options, device, dtype) -> Prior` (as `_gaussian` here), with
     optional attributes `options` (the option names its specs accept), `pattern` (how a spec of it is written)
     and `summary` (else its docstring's first line, which is then required). Returns its registry entry."""
@@ -221,7 +229,7 @@ def check_plugin(kind: str, loader: Any) -> tuple[Callable[..., Prior], frozense
     if not summary:
         raise TypeError(f"{where} needs a one-line description: a `summary` attribute or a docstring")
     pattern = getattr(loader, "pattern", None) or f"{kind}[:<argument>]"
-    return _checked_loader(kind, loader), frozenset(accepted), str(pattern), summary.splitlines()[0].strip()
+    return PriorKind(_checked_loader(kind, loader), frozenset(accepted), str(pattern), summary.splitlines()[0].strip())
 
 
 def _checked_loader(kind: str, loader: Callable[..., Any]) -> Callable[..., Prior]:
@@ -235,13 +243,12 @@ def _checked_loader(kind: str, loader: Callable[..., Any]) -> Callable[..., Prio
 
 
 def is_plugin(kind: str) -> bool:
-    _kinds()
-    return kind in (_PLUGIN_KINDS or {})
+    return _KINDS.is_plugin(kind)
 
 
 def available() -> list[tuple[str, str]]:
-    """(spec pattern, description) of every prior kind."""
-    return [(pattern, description) for _, _, pattern, description in _kinds().values()]
+    """(spec pattern, description) of every prior kind: the built-ins, then plug-ins sorted by name."""
+    return [(entry.value.pattern, entry.value.summary) for entry in _KINDS.entries()]
 
 
 def load_prior(
@@ -253,13 +260,13 @@ def load_prior(
     the runtime options take booleans: load_prior('adm-random:tiny', dtype='bf16', compile=True).
     """
     kind, argument, spec_options = parse_spec(spec)
-    kinds = _kinds()
-    if kind not in kinds:
-        close = difflib.get_close_matches(kind, list(kinds), n=1)
+    if kind not in _KINDS:
+        close = difflib.get_close_matches(kind, _KINDS.names(), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         patterns = ", ".join(pattern for pattern, _ in available())
         raise PriorError(f"unknown prior '{kind}'{hint} (available: {patterns})")
-    loader, accepted, pattern, _ = kinds[kind]
+    chosen = _KINDS.get(kind)
+    loader, accepted, pattern = chosen.load, chosen.options, chosen.pattern
     runtime = pop_runtime_options(spec_options, options)
     for key, value in options.items():
         if value is None:
