@@ -40,7 +40,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print("  noise: y = A(x) + n, n ~ N(0, (2 sigma)^2 I) on [-1, 1] images; sigma on the [0, 1] pixel scale")
     if "solvers" in sections:
         _list_solvers()
-    for section, module in (("priors", "bench.priors"), ("datasets", "bench.data"), ("metrics", "bench.metric_specs")):
+    for section, module in (("priors", "bench.priors"), ("datasets", "bench.data"), ("metrics", "bench.metrics")):
         if section not in sections:
             continue
         print(f"\n{section}:")
@@ -143,7 +143,7 @@ def _cmd_fetch_weights(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from bench.metric_specs import spec
+    from bench.metrics import spec
     from bench.report import latest_results
     from bench.rescore import rescore
 

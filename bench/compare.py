@@ -4,7 +4,8 @@ Units are matched by their key (`bench.units.unit_key`, which changes with any c
 so two folders of the same command on the same code compare row for row. The report lists keys found in one
 folder only, columns added or removed, status changes, and per score column how many rows are bit-identical,
 within `--atol`, or differ (with the largest difference and where it is). Traces and FID/KID set rows are
-compared the same way, by (key, step) and by set key. Columns that differ by nature (timings, memory, the
+compared the same way, by (key, step) and by set key, and each matched unit's PNGs (reconstruction,
+reference, measurement) byte by byte. Columns that differ by nature (timings, memory, the
 commit, the part file) are not compared. Exit status 0 when every compared value agrees within the tolerance,
 1 otherwise; 2 for a folder without results.
 """
@@ -101,6 +102,51 @@ def compare_tables(
     return agree
 
 
+def _pixels(path: Path) -> Any:
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image, dtype=np.int16)
+
+
+def compare_images(before: Path, after: Path, units_before: pd.DataFrame, units_after: pd.DataFrame) -> bool:
+    """Print how many of the matched units' PNGs (reconstruction, reference, measurement) are byte-identical;
+    for the others, the largest pixel difference (of 255). True when every PNG one folder has, the other has
+    too, byte for byte."""
+    from bench.store import row_image_paths
+
+    a, b = units_before.set_index("key"), units_after.set_index("key")
+    shared = a.index.intersection(b.index)
+    counts = {"identical": 0, "differ": 0, "missing": 0}
+    worst: tuple[int, str] = (0, "")
+    for key in shared:
+        if a.loc[key].get("status") != "ok" or b.loc[key].get("status") != "ok":
+            continue  # only a finished unit wrote images
+        try:
+            pairs = list(zip(row_image_paths(before, a.loc[key]), row_image_paths(after, b.loc[key]), strict=True))
+        except (TypeError, ValueError):
+            continue  # a row that names no image and lacks the fields of the earlier layout (seed, version)
+        for one, other in pairs:
+            present = [path is not None and path.is_file() for path in (one, other)]
+            if not any(present):
+                continue  # a unit that wrote no image (failed, unsupported), or no A⁺ to show y with
+            if not all(present):
+                counts["missing"] += 1
+            elif one.read_bytes() == other.read_bytes():
+                counts["identical"] += 1
+            else:
+                counts["differ"] += 1
+                x, y = _pixels(one), _pixels(other)
+                gap = int(abs(x - y).max()) if x.shape == y.shape else 255
+                worst = max(worst, (gap, str(other.relative_to(after))))
+    detail = f", largest pixel difference {worst[0]}/255 at {worst[1]}" if counts["differ"] else ""
+    print(
+        f"== images: {counts['identical']} PNGs identical, {counts['differ']} differ, {counts['missing']} missing{detail}"
+    )
+    return counts["differ"] == 0 and counts["missing"] == 0
+
+
 def compare_runs(before: Path, after: Path, atol: float = 1e-6, columns: list[str] | None = None) -> int:
     """Print the comparison of two run folders; 0 when they agree within `atol`, 1 when not, 2 for an empty one."""
     from bench.store import ResultStore
@@ -116,6 +162,7 @@ def compare_runs(before: Path, after: Path, atol: float = 1e-6, columns: list[st
     ok &= compare_tables("traces", *traces, ["key", "step"], atol, None)
     sets = [store.sets() for store in stores]
     ok &= compare_tables("sets", *sets, ["set_key"], atol, None)
+    ok &= compare_images(before, after, *units)
     print("agree" if ok else "DIFFER")
     return 0 if ok else 1
 

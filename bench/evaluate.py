@@ -57,20 +57,20 @@ class RunContext:
     device: Any
     store: Any
     versions: dict[str, str]
-    metrics: tuple[str, ...] = ()  # the selected metrics (`bench.metric_specs.select`); empty = the defaults
+    metrics: tuple[str, ...] = ()  # the selected metrics (`bench.metrics.select`); empty = the defaults
     attempts: dict[str, int] = field(default_factory=dict)  # key -> its next row's `attempt` (bench.store)
     warm: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if not self.metrics:
-            from bench.metric_specs import select
+            from bench.metrics import select
 
             self.metrics = select(None)
 
 
 def _accumulation_dtype(device: Any) -> Any:
-    """float64 where the device computes it (CPU, CUDA), else float32 (`bench.priors.base.widest_float`)."""
-    from bench.priors.base import widest_float
+    """float64 where the device computes it (CPU, CUDA), else float32 (`bench.priors.schedule.widest_float`)."""
+    from bench.priors.schedule import widest_float
 
     return widest_float(device)
 
@@ -180,7 +180,7 @@ def _read_images(context: RunContext, batch: list[Any]) -> tuple[dict[str, Any],
 
 
 def _is_per_image(name: str) -> bool:
-    from bench.metric_specs import spec
+    from bench.metrics import spec
 
     return spec(name).scope == "image"
 
@@ -217,8 +217,8 @@ def evaluate_batch(context: RunContext, batch: list[Any]) -> tuple[list[dict[str
     import torch
 
     import operators
-    from bench import metrics
     from bench.memory import PeakMemory, synchronize
+    from bench.metrics.images import score_images
 
     first = batch[0]
     solver, op = context.solvers[first.solver], context.ops[first.task]
@@ -282,7 +282,7 @@ def evaluate_batch(context: RunContext, batch: list[Any]) -> tuple[list[dict[str
         finite = [reason is None for reason in diverged]
         estimate = raw.clamp(-1, 1)
         safe = torch.nan_to_num(estimate, nan=0.0, posinf=1.0, neginf=-1.0)
-        scores, missing = metrics.score_images(context.metrics, safe, clean, op=bound, y=y)
+        scores, missing = score_images(context.metrics, safe, clean, op=bound, y=y)
         missed = "; ".join(f"{name}: {why}" for name, why in missing.items())
         warmup = first.solver not in context.warm
         context.warm.add(first.solver)
@@ -392,7 +392,7 @@ def _save_png(image: Any, path: Path) -> None:
     from PIL import Image
 
     from bench.files import atomic_write_bytes
-    from bench.metrics import to_unit
+    from bench.metrics.images import to_unit
 
     pixels = (to_unit(image.detach().float().cpu()) * 255.0).round().to(torch.uint8)
     array = pixels.permute(1, 2, 0).numpy()
@@ -406,8 +406,8 @@ def set_metrics(context: RunContext, units: list[Any]) -> None:
     """FID/KID of every complete (solver, task, σ) group whose set of keys has no row yet (or all, if forced)."""
     import torch
 
-    from bench import metrics
     from bench.data import pil_to_signed, read_image
+    from bench.metrics import inception
 
     if not {"fid", "kid"} & set(context.metrics):
         return
@@ -465,9 +465,9 @@ def set_metrics(context: RunContext, units: list[Any]) -> None:
                 estimates = torch.stack([load(root / p["image_path"]) for p in paths])
                 if ids not in reference_features:  # the same clean set serves every group: one Inception pass
                     references = torch.stack([load(root / p["reference_path"]) for p in paths])
-                    reference_features[ids] = metrics.inception_features(references, context.device)
-                features = metrics.inception_features(estimates, context.device)
-                scores = metrics.fid_kid(features, reference_features[ids], seed=context.settings.seed)
+                    reference_features[ids] = inception.inception_features(references, context.device)
+                features = inception.inception_features(estimates, context.device)
+                scores = inception.fid_kid(features, reference_features[ids], seed=context.settings.seed)
                 row.update(fid=scores.fid, kid=scores.kid, kid_std=scores.kid_std)
             except Exception as error:  # noqa: BLE001 - a set metric failure must not lose the run's results
                 row["note"] = f"failed: {type(error).__name__}: {error}"

@@ -160,7 +160,7 @@ def _rescore_sets(store: ResultStore, device: str) -> int:
     """FID/KID of the sets whose scoring failed (e.g. no Inception weights), from the saved PNGs."""
     import torch
 
-    from bench import metrics
+    from bench.metrics import inception
 
     written = store.read("sets")
     if written.empty:
@@ -184,7 +184,7 @@ def _rescore_sets(store: ResultStore, device: str) -> int:
             continue
         estimates = torch.cat([_load(p) for p in paths])
         clean = torch.cat([_load(p) for p in references])
-        scores = metrics.fid_kid(estimates, clean, device=device, seed=int(row["seed"]))
+        scores = inception.fid_kid(estimates, clean, device=device, seed=int(row["seed"]))
         note = "; ".join(part for part in str(row["note"]).split("; ") if not part.startswith("failed:"))
         row.update(fid=scores.fid, kid=scores.kid, kid_std=scores.kid_std, note=note or None)
         row["attempt"] = attempts.get(row["set_key"], 2)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from bench.priors.base import widest_float
+from bench.priors.schedule import widest_float
 from operators import randn_per_image
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]

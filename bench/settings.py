@@ -85,7 +85,7 @@ class RunSettings:
     force: bool = False
     progress: bool = True
     budget: str = "auto"
-    metrics: tuple[str, ...] = ()  # the per-image and per-set metrics to score (`bench.metric_specs.select`)
+    metrics: tuple[str, ...] = ()  # the per-image and per-set metrics to score (`bench.metrics.select`)
     noise: str = "gaussian"  # the measurement noise model (`operators.noise.NOISE_MODELS`)
     best_of: int = 1  # solver runs per unit, of which the one of least ‖A(x̂) − y‖ is kept (`bench.evaluate`)
 
@@ -369,7 +369,7 @@ def _check_noise(value: Any) -> str:
 
 
 def _select_metrics(value: Any) -> tuple[str, ...]:
-    from bench import metric_specs as metrics
+    from bench import metrics
 
     try:
         return metrics.select(value)

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench import metric_specs
+from bench import metrics
 from bench.files import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -133,8 +133,8 @@ UNIT_COLUMNS = (
     Column("status", "str", "ok, unsupported, failed or diverged (`STATUSES`)", "ok"),
     Column("attempt", "int64", "the how-many-th computation of this key in this folder; decides which row wins", 1),
     Column("error", "str", "why the unit is not ok (the reason or the exception text); None when ok"),
-    # one column per per-image metric, as bench.metric_specs declares them (NaN where not scored)
-    *(Column(m.column, "float64", f"{m.description}; NaN where not scored", _NAN) for m in metric_specs.specs("image")),
+    # one column per per-image metric, as bench.metrics declares them (NaN where not scored)
+    *(Column(m.column, "float64", f"{m.description}; NaN where not scored", _NAN) for m in metrics.specs("image")),
     Column("metrics", "str", "the per-image metrics the run asked for, comma-separated (`--metrics`)", ""),
     Column("metrics_missing", "str", "metrics not scored for lack of weights, with why; `bench score` fills them", ""),
     Column("metrics_from_png", "str", "metrics `bench score` filled in later from the saved 8-bit PNGs", ""),

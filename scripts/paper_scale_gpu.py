@@ -309,21 +309,22 @@ def check_inception_devices(settings: Settings, device: torch.device) -> dict[st
     convolutions as the process has them (torch's default: on) and off."""
     if device.type != "cuda":
         return {"status": SKIPPED, "reason": CUDA_ONLY + " (it compares CUDA features with CPU ones)"}
-    from bench import metrics, weights
+    from bench import weights
+    from bench.metrics import inception
 
     try:
         weights.resolve("inception-fid")
     except weights.WeightsError as error:
         return {"status": SKIPPED, "reason": f"no Inception weights on this machine: {_first_line(error)}"}
     images = photos(128)
-    cpu = metrics.inception_features(images, "cpu")
+    cpu = inception.inception_features(images, "cpu")
     scale = float(abs(cpu).max())
     result: dict[str, Any] = {"images": len(images), "max_abs_feature": scale}
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     try:
         for label, tf32 in (("default", saved), ("tf32_off", (False, False))):
             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
-            gpu = metrics.inception_features(images, device)
+            gpu = inception.inception_features(images, device)
             result[label] = {"tf32_cudnn": tf32[0], "tf32_matmul": tf32[1], "max_abs_diff": float(abs(gpu - cpu).max())}
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

@@ -51,3 +51,25 @@ def test_compare_runs_lists_new_columns_and_missing_keys(tmp_path, capsys):
     assert "columns added: new_metric" in out and "rows only before: 1, only after: 0" in out
     assert compare([str(before), str(tmp_path / "empty")]) == 2
     assert "holds no unit rows" in capsys.readouterr().err
+
+
+def test_compare_runs_compares_the_pngs_of_matched_units(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    runs = []
+    for name, value in (("before", 10), ("after", 10), ("changed", 13)):
+        folder = tmp_path / name
+        write_run(folder, extra={"image_path": "images/a.png", "reference_path": "images/ref/a.png"})
+        for relative, pixel in (("images/a.png", value), ("images/ref/a.png", 0)):
+            (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((4, 4, 3), pixel, dtype=np.uint8)).save(folder / relative)
+        runs.append(folder)
+    before, after, changed = runs
+    assert compare([str(before), str(after)]) == 0
+    assert "== images: 2 PNGs identical, 0 differ, 0 missing" in capsys.readouterr().out
+    assert compare([str(before), str(changed)]) == 1
+    assert "1 PNGs identical, 1 differ, 0 missing, largest pixel difference 3/255 at images/a.png" in capsys.readouterr().out
+    (after / "images" / "ref" / "a.png").unlink()
+    assert compare([str(before), str(after)]) == 1
+    assert "1 PNGs identical, 0 differ, 1 missing" in capsys.readouterr().out

@@ -21,7 +21,8 @@ from torchmetrics.functional.image import structural_similarity_index_measure as
 
 import operators
 from bench import metrics
-from bench.metrics import MetricError
+from bench.metrics import MetricError, inception
+from bench.metrics import images as images_module
 
 
 def center_crops(photos: list[np.ndarray], size: int, count: int, shift: int = 0) -> list[np.ndarray]:
@@ -214,7 +215,7 @@ def fid_sets(kodak_photos: list[np.ndarray]) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def fid_features(fid_sets: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    return {name: metrics.inception_features(images) for name, images in fid_sets.items()}
+    return {name: inception.inception_features(images) for name, images in fid_sets.items()}
 
 
 def test_inception_features_are_pool3_activations(fid_features: dict[str, np.ndarray]) -> None:
@@ -227,8 +228,8 @@ def test_inception_features_are_pool3_activations(fid_features: dict[str, np.nda
 
 def test_fid_kid_of_a_set_with_itself_is_near_zero_and_noise_is_far(fid_features: dict[str, np.ndarray]) -> None:
     kodak, noise = fid_features["kodak"], fid_features["noise"]
-    same = metrics.fid_kid(kodak, kodak)
-    far = metrics.fid_kid(noise, kodak)
+    same = inception.fid_kid(kodak, kodak)
+    far = inception.fid_kid(noise, kodak)
     assert abs(same.fid) < 1e-6
     assert far.fid > 100.0
     # a set against itself scores a little below 0: shared images enter KID's cross term (see fid_kid)
@@ -236,17 +237,17 @@ def test_fid_kid_of_a_set_with_itself_is_near_zero_and_noise_is_far(fid_features
     assert far.kid > 3 * far.kid_std > 0
     assert same.kid_subset_size == far.kid_subset_size == FID_SET // 2
     assert (far.n_estimate, far.n_reference) == (FID_SET, FID_SET)
-    assert metrics.fid_kid(noise, kodak) == far  # seeded subsets: reproducible
+    assert inception.fid_kid(noise, kodak) == far  # seeded subsets: reproducible
 
 
 def test_fid_of_tensors_equals_fid_of_their_saved_pngs(
     fid_sets: dict[str, torch.Tensor], fid_features, tmp_path
 ) -> None:
     images = fid_sets["kodak"][:2]
-    pixels = metrics._to_uint8(images).permute(0, 2, 3, 1).numpy()
+    pixels = images_module.to_uint8(images).permute(0, 2, 3, 1).numpy()
     for i, p in enumerate(pixels):
         Image.fromarray(p).save(tmp_path / f"{i:02d}.png")
-    from_folder = metrics.inception_features(tmp_path)
+    from_folder = inception.inception_features(tmp_path)
     np.testing.assert_allclose(from_folder, fid_features["kodak"][:2], rtol=1e-4, atol=1e-5)
 
 
@@ -257,17 +258,17 @@ def test_fid_in_the_common_span_equals_clean_fid_in_full_dimension() -> None:
     rng = np.random.default_rng(0)
     a = np.abs(rng.normal(size=(12, 100)))
     b = np.abs(rng.normal(0.2, 1.0, size=(9, 100)))
-    assert metrics.frechet_distance(a, b) == pytest.approx(fid_from_feats(a, b), rel=1e-6)
-    assert metrics.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+    assert inception.frechet_distance(a, b) == pytest.approx(fid_from_feats(a, b), rel=1e-6)
+    assert inception.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_set_metrics_reject_bad_input_clearly(tmp_path) -> None:
     with pytest.raises(MetricError, match="at least 4 images in each set, got 3 and 8"):
-        metrics.fid_kid(np.ones((3, 2048)), np.ones((8, 2048)))
+        inception.fid_kid(np.ones((3, 2048)), np.ones((8, 2048)))
     with pytest.raises(MetricError, match="holds no images"):
-        metrics.inception_features(tmp_path)
+        inception.inception_features(tmp_path)
     with pytest.raises(MetricError, match="does not exist"):
-        metrics.inception_features(tmp_path / "missing")
+        inception.inception_features(tmp_path / "missing")
 
 
 # ----- registry --------------------------------------------------------------------------------------

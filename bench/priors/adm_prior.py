@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .base import DDPM_BETA_END, DDPM_BETA_START, DDPM_NUM_TIMESTEPS, Prior, PriorError, linear_betas
+from .base import Prior
+from .schedule import DDPM_BETA_END, DDPM_BETA_START, DDPM_NUM_TIMESTEPS, PriorError, linear_betas
 
 if TYPE_CHECKING:
     from .adm import ADMConfig

@@ -6,8 +6,8 @@ A prior is a frozen ε-prediction network together with its discrete DDPM noise 
 
 Images are (B, C, H, W) tensors on the diffusion's [-1, 1] scale. Timesteps are integers of the training
 schedule; t = -1 stands for the clean image (ᾱ_{-1} = 1), so that the last step of a sampler, "t -> clean",
-uses the same formulas as every other step. The schedule is kept once, in float64 on the CPU, and every
-coefficient is derived from `alphas_cumprod` when asked for.
+uses the same formulas as every other step. The schedule and every coefficient derived from it, which call no
+network, are `bench.priors.schedule.NoiseSchedule`, which `Prior` extends.
 
 Solvers call `predict` (one network evaluation giving ε, the Tweedie estimate of x0 and, for priors with a
 learned variance, the log-variance) and the schedule helpers `alpha_bar`, `q_posterior`, `timesteps`.
@@ -23,18 +23,26 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import operator
 import time
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from bench.files import file_sha256
 from bench.memory import synchronize
+
+# The schedule's names are part of the prior's API (bench.priors re-exports them).
+from .schedule import (
+    NoiseSchedule,
+    PosteriorCoefficients,
+    PriorError,
+    _integer_steps,
+    linear_betas,
+)
 
 __all__ = [
     "PosteriorCoefficients",
@@ -48,23 +56,6 @@ __all__ = [
     "pop_runtime_options",
     "resolve_dtype",
 ]
-
-
-class PriorError(ValueError):
-    """Bad input to a prior or a prior that cannot be loaded: the message names the problem and the fix."""
-
-
-# DDPM (Ho et al. 2020, Sec. 4): T = 1000, β linear from 1e-4 to 0.02; ADM and most pixel-space priors use it.
-DDPM_NUM_TIMESTEPS = 1000
-DDPM_BETA_START = 1e-4
-DDPM_BETA_END = 0.02
-
-
-def linear_betas(
-    num_timesteps: int = DDPM_NUM_TIMESTEPS, beta_start: float = DDPM_BETA_START, beta_end: float = DDPM_BETA_END
-) -> Tensor:
-    """DDPM's linear β schedule, (T,) float64 (with the defaults, ᾱ_999 ≈ 4.04e-5)."""
-    return torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
 
 
 _DTYPES: dict[str, torch.dtype] = {
@@ -162,33 +153,8 @@ class PriorStats:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class PosteriorCoefficients:
-    """q(x_s | x_t, x0) = N(coef_x0 x0 + coef_xt x_t, variance I) between timesteps t > s >= -1.
-
-    With ᾱ_{-1} = 1 and β' = 1 - ᾱ_t / ᾱ_s (the β of the respaced step; β_t itself when s = t - 1):
-        coef_x0 = sqrt(ᾱ_s) β' / (1 - ᾱ_t)
-        coef_xt = sqrt(1 - β') (1 - ᾱ_s) / (1 - ᾱ_t)
-        variance = β' (1 - ᾱ_s) / (1 - ᾱ_t)          (β̃', zero when s = -1)
-    log_variance is log(variance), clipped as Improved DDPM does: where the variance is zero (s = -1) it is
-    replaced by β̃_1, the variance of the step 1 -> 0. Each tensor is (B, 1, 1, 1), broadcastable to images.
-    """
-
-    coef_x0: Tensor
-    coef_xt: Tensor
-    variance: Tensor
-    log_variance: Tensor
-    beta: Tensor
-
-    def mean(self, x_t: Tensor, x0: Tensor) -> Tensor:
-        """The posterior mean coef_x0 x0 + coef_xt x_t for images (B, C, H, W)."""
-        return self.coef_x0 * x0 + self.coef_xt * x_t
-
-
 # The clock is a module attribute so that tests can replace it with a deterministic one.
 _clock = time.perf_counter
-
-
 
 
 class _BackwardWindow:
@@ -238,7 +204,7 @@ def _freeze(network: nn.Module) -> nn.Module:
     return network.eval()
 
 
-class Prior:
+class Prior(NoiseSchedule):
     """A frozen ε-prediction diffusion model with its DDPM schedule (see the module docstring).
 
     Attributes:
@@ -271,20 +237,13 @@ class Prior:
         device: str | torch.device = "cpu",
         dtype: torch.dtype | str = torch.float32,
     ) -> None:
-        betas = torch.as_tensor(betas, dtype=torch.float64).detach().cpu()
-        if betas.ndim != 1 or len(betas) < 2 or not bool(((betas > 0) & (betas < 1)).all()):
-            raise PriorError(
-                f"betas must be a 1-D schedule of at least 2 values in (0, 1), got shape {tuple(betas.shape)}"
-            )
+        NoiseSchedule.__init__(self, betas)
         image_shape = tuple(int(s) for s in image_shape)
         if len(image_shape) != 3 or min(image_shape) < 1:
             raise PriorError(f"image_shape must be (C, H, W), got {image_shape}")
         self.kind = kind
         self.config: dict[str, Any] = dict(config)
         self.image_shape: tuple[int, int, int] = image_shape  # type: ignore[assignment]
-        self.betas = betas
-        self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
-        self.num_timesteps = len(betas)
         self.learned_variance = bool(learned_variance)
         self.checkpoint_files = tuple(Path(p) for p in checkpoint_files)
         self._checkpoint_sha256: str | None = None
@@ -456,100 +415,6 @@ class Prior:
         """Tweedie estimate of x0, (B, C, H, W), not clipped; one network call (see `predict`)."""
         return self.predict(x_t, t).x0
 
-    # ----- schedule helpers (no network call) ----------------------------------------------------
-    def alpha_bar(self, t: int | Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-        """ᾱ_t for t in -1..T-1 (ᾱ_{-1} = 1): (B, 1, 1, 1) for a tensor t of shape (B,), (1, 1, 1, 1) for an int."""
-        return self._schedule_value(self._alpha_bar64(t), dtype)
-
-    def x0_from_eps(self, x_t: Tensor, t: int | Tensor, eps: Tensor) -> Tensor:
-        """(x_t - sqrt(1 - ᾱ_t) eps) / sqrt(ᾱ_t), in x_t's dtype."""
-        ab = self._alpha_bar64(t)
-        return (x_t - self._schedule_value((1.0 - ab).sqrt(), x_t.dtype) * eps) / self._schedule_value(
-            ab.sqrt(), x_t.dtype
-        )
-
-    def eps_from_x0(self, x_t: Tensor, t: int | Tensor, x0: Tensor) -> Tensor:
-        """(x_t - sqrt(ᾱ_t) x0) / sqrt(1 - ᾱ_t), the ε consistent with an estimate of x0; t in 0..T-1."""
-        ab = self._alpha_bar64(t)
-        if bool((ab >= 1.0).any()):
-            raise PriorError("eps_from_x0 needs t >= 0: at t = -1 the image holds no noise")
-        return (x_t - self._schedule_value(ab.sqrt(), x_t.dtype) * x0) / self._schedule_value(
-            (1.0 - ab).sqrt(), x_t.dtype
-        )
-
-    def q_posterior(
-        self, t: int | Tensor, s: int | Tensor | None = None, dtype: torch.dtype = torch.float32
-    ) -> PosteriorCoefficients:
-        """Coefficients of q(x_s | x_t, x0) for t > s >= -1 (s defaults to t - 1); see PosteriorCoefficients.
-
-        t and s are ints or (B,) integer tensors; s = -1 is the clean image, where the variance is 0.
-        """
-        ab_t = self._alpha_bar64(t)
-        ab_s = self._alpha_bar64(t - 1 if s is None else s)
-        if bool((ab_s <= ab_t).any()):
-            raise PriorError(f"q_posterior needs t > s (earlier step s), got t={_show(t)}, s={_show(s)}")
-        beta = 1.0 - ab_t / ab_s
-        variance = beta * (1.0 - ab_s) / (1.0 - ab_t)
-        # Improved DDPM clips log β̃ at the last step, where β̃ = 0, to the value of the step 1 -> 0.
-        ab0, ab1 = self.alphas_cumprod[0], self.alphas_cumprod[1]
-        variance_1 = (1.0 - ab1 / ab0) * (1.0 - ab0) / (1.0 - ab1)
-        log_variance = torch.where(variance > 0, variance, variance_1).log()
-        return PosteriorCoefficients(
-            coef_x0=self._schedule_value(ab_s.sqrt() * beta / (1.0 - ab_t), dtype),
-            coef_xt=self._schedule_value((1.0 - beta).sqrt() * (1.0 - ab_s) / (1.0 - ab_t), dtype),
-            variance=self._schedule_value(variance, dtype),
-            log_variance=self._schedule_value(log_variance, dtype),
-            beta=self._schedule_value(beta, dtype),
-        )
-
-    def learned_log_variance(self, frac: Tensor, t: int | Tensor, s: int | Tensor | None = None) -> Tensor:
-        """frac log β' + (1 - frac) log β̃' (clipped) for the step t -> s (default s = t - 1: Improved DDPM Eq. 15).
-
-        frac: (B, C, H, W), `Prediction.variance_frac`. frac = 1 gives log β', frac = 0 the clipped log β̃'.
-        """
-        coefficients = self.q_posterior(t, s, dtype=torch.float64)
-        log_beta = coefficients.beta.log().to(device=frac.device, dtype=frac.dtype)
-        log_tilde = coefficients.log_variance.to(device=frac.device, dtype=frac.dtype)
-        return frac * log_beta + (1.0 - frac) * log_tilde
-
-    def timesteps(self, n: int, spacing: Literal["uniform", "linspace", "respace"] = "uniform") -> list[int]:
-        """n distinct training timesteps in descending order, for an n-step sampler.
-
-        "uniform" (default): t_i = i * (T // n), i = 0..n-1, the "uniform" skip of DDIM's code that DDNM,
-            DDRM and DDC inherit (range(0, T, T // n) has exactly these n values when n divides T). For
-            T = 1000, n = 5: [800, 600, 400, 200, 0]; the highest step is T - T // n, not T - 1.
-        "linspace": round(i (T - 1) / (n - 1)), Improved DDPM's even spacing, which includes T - 1 and 0.
-        "respace": the set of guided-diffusion's `space_timesteps(T, str(n))` (respace.py, one section), which
-            ADM and the official DPS code sample on: an index that starts at 0.0 and grows by the float
-            stride (T - 1) / (n - 1) once per step, each value rounded by Python's `round` (halves to even);
-            {0} for n = 1. For T = 1000, n = 100: 999, 989, ..., 20, 10, 0. It is "linspace" except where the
-            summed stride lands within rounding error of a half: T = 1000, n = 21 has 499 here and 500 there.
-        A sampler's last step goes from timesteps[-1] to -1, the clean image.
-        """
-        n = int(n)
-        if not 1 <= n <= self.num_timesteps:
-            raise PriorError(f"number of steps must be in 1..{self.num_timesteps}, got {n}")
-        if spacing == "uniform":
-            stride = self.num_timesteps // n
-            steps = [i * stride for i in range(n)]
-        elif spacing == "linspace":
-            if n == 1:
-                steps = [self.num_timesteps - 1]
-            else:
-                stride = (self.num_timesteps - 1) / (n - 1)
-                steps = [int(round(i * stride)) for i in range(n)]
-        elif spacing == "respace":
-            # Accumulated, not multiplied: i * stride and the running sum differ in the last bit, which
-            # decides the rounding of values that are halves in exact arithmetic.
-            increment = 1.0 if n == 1 else (self.num_timesteps - 1) / (n - 1)
-            index, steps = 0.0, []
-            for _ in range(n):
-                steps.append(round(index))
-                index += increment
-        else:
-            raise PriorError(f"unknown timestep spacing {spacing!r} (available: uniform, linspace, respace)")
-        return steps[::-1]
-
     # ----- internals --------------------------------------------------------------------------
     def _check_image(self, x_t: Tensor) -> None:
         if not isinstance(x_t, Tensor) or not x_t.is_floating_point():
@@ -579,40 +444,3 @@ class Prior:
         if low < 0 or high >= self.num_timesteps:
             raise PriorError(f"timesteps must lie in 0..{self.num_timesteps - 1} for the network, got {low}..{high}")
         return steps.to(self.device)
-
-    def _alpha_bar64(self, t: int | Tensor) -> Tensor:
-        """ᾱ_t as float64 on the CPU, shape () for an int and (B,) for a tensor; t = -1 gives 1."""
-        steps = _integer_steps(t).cpu()
-        if bool(((steps < -1) | (steps >= self.num_timesteps)).any()):
-            raise PriorError(f"timesteps must lie in -1..{self.num_timesteps - 1}, got {_show(t)}")
-        padded = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod])
-        return padded[steps + 1]
-
-    def _schedule_value(self, values: Tensor, dtype: torch.dtype) -> Tensor:
-        """float64 values of shape () or (B,) -> (B or 1, 1, 1, 1) in `dtype` on the network's device (float64
-        asked for on a device without it, Apple's MPS, gives float32 there)."""
-        if dtype == torch.float64:
-            dtype = widest_float(self.device)
-        return values.reshape(-1, 1, 1, 1).to(device=self.device, dtype=dtype)
-
-
-def widest_float(device: str | torch.device) -> torch.dtype:
-    """float64 where the device computes it (CPU, CUDA), else float32: Apple's MPS has no float64 at all."""
-    return torch.float64 if torch.device(device).type in ("cpu", "cuda") else torch.float32
-
-
-def _integer_steps(t: int | Tensor) -> Tensor:
-    if isinstance(t, bool) or (isinstance(t, Tensor) and t.dtype == torch.bool):
-        raise PriorError(f"timesteps must be integers, got a boolean {t!r}")
-    if isinstance(t, Tensor):
-        if t.is_floating_point() or t.is_complex():
-            raise PriorError(f"timesteps must be an integer tensor, got {t.dtype}; use t.long() on integer values")
-        return t.long()
-    try:
-        return torch.tensor(operator.index(t), dtype=torch.long)
-    except TypeError as exc:
-        raise PriorError(f"timesteps must be an int or an integer tensor, got {type(t).__name__} {t!r}") from exc
-
-
-def _show(t: int | Tensor | None) -> str:
-    return str(t.tolist()) if isinstance(t, Tensor) else str(t)

@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from operators.base import noise_std
 
-from .base import DDPM_BETA_END, DDPM_BETA_START, DDPM_NUM_TIMESTEPS, Prior, PriorError, linear_betas
+from .base import Prior
+from .schedule import DDPM_BETA_END, DDPM_BETA_START, DDPM_NUM_TIMESTEPS, PriorError, linear_betas
 
 __all__ = ["GaussianPosterior", "GaussianPrior", "dct_matrix", "opponent_colour_matrix"]
 

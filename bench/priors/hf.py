@@ -27,7 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import DDPM_BETA_END, DDPM_BETA_START, DDPM_NUM_TIMESTEPS, Prior, PriorError
+from .base import Prior
+from .schedule import DDPM_BETA_END, DDPM_BETA_START, DDPM_NUM_TIMESTEPS, PriorError
 
 __all__ = [
     "SCHEDULER_DEFAULTS",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from bench import metric_specs
+from bench import metrics
 from bench.report.load import GROUP, finite, sigma_label, sort_tasks
 
 __all__ = [
@@ -54,11 +54,11 @@ class Metric:
         return f"{self.name}{'↑' if self.higher_is_better else '↓'}"
 
 
-# The quality table's columns, from the metric declarations (bench.metric_specs): a metric that is not scored
+# The quality table's columns, from the metric declarations (bench.metrics): a metric that is not scored
 # by default gets a column only where the run scored it.
 METRICS = tuple(
     Metric(m.column, m.label, m.higher_is_better, m.decimals, m.scope == "image", optional=not m.default)
-    for m in metric_specs.specs()
+    for m in metrics.specs()
     if m.in_quality_table
 )
 

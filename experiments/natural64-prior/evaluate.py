@@ -24,7 +24,8 @@ import torch
 from PIL import Image
 
 from bench.data import RandomCrops, load_dataset
-from bench.metrics import fid_kid, psnr
+from bench.metrics import psnr
+from bench.metrics.inception import fid_kid
 from bench.priors import load_prior
 
 
