@@ -215,7 +215,7 @@ def _cmd_train_prior(args: argparse.Namespace) -> int:
 def _cmd_train_denoiser(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from bench.train_denoiser import train_denoiser
+    from solvers.pnp_admm.train import train_denoiser
 
     config = dataclasses.replace(
         _train_config(args),
@@ -240,7 +240,7 @@ def _cmd_train_denoiser(args: argparse.Namespace) -> int:
 
 def _cmd_train_ddc(args: argparse.Namespace) -> int:
     import operators
-    from bench.train_ddc import ddc_train_config, train_ddc
+    from solvers.ddc.train import ddc_train_config, train_ddc
 
     base = _train_config(args)
     config = ddc_train_config(
@@ -280,7 +280,7 @@ def _cmd_train_ddc(args: argparse.Namespace) -> int:
 
 
 def _cmd_import_ddc(args: argparse.Namespace) -> int:
-    from solvers.ddc_official import import_official
+    from solvers.ddc.official import import_official
 
     dest, provenance = import_official(
         args.src, args.dest, variant=args.variant, prior_checkpoint=args.prior_checkpoint, force=args.force
@@ -301,7 +301,7 @@ def _cmd_import_ddc(args: argparse.Namespace) -> int:
 def _cmd_train_bridge(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from bench.train_bridge import BRIDGE_OPTIMIZER, train_bridge
+    from solvers.cddb.train import BRIDGE_OPTIMIZER, train_bridge
 
     optimizer = {k: v for k, v in BRIDGE_OPTIMIZER.items() if k != "lr"}  # --lr has its own default
     if args.warmup_steps is not None:
@@ -329,7 +329,7 @@ def _cmd_train_bridge(args: argparse.Namespace) -> int:
 
 
 def _cmd_import_bridge(args: argparse.Namespace) -> int:
-    from solvers.cddb_official import import_bridge
+    from solvers.cddb.official import import_bridge
 
     dest = import_bridge(args.src, args.dest, task=args.task, adm_options=args.adm_options)
     print(f"imported bridge written to {dest} (use it with --set cddb.bridge={dest})")

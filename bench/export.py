@@ -33,7 +33,7 @@ def template_folder(run: Path, template: str | None) -> Path | None:
 
 def detect_kind(kind: str, template: Path | None, task: str | None) -> str:
     """phi or bridge: as given, else from the template (bridge.json or not), else from --task."""
-    from solvers.bridge_network import BRIDGE_FILE
+    from solvers.cddb.network import BRIDGE_FILE
 
     if kind != "auto":
         return kind
@@ -58,53 +58,29 @@ def load_checkpoint(run: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+# What each kind of network needs lives with its method (`export_ema` in solvers/ddc/train.py and
+# solvers/cddb/train.py); this module is the command.
 def export_phi(checkpoint: dict[str, Any], template: Path, out: Path, note: str) -> int:
-    from bench.train_ddc import save_phi
-    from solvers.ddc import DeltaNetwork, load_phi
+    """A train-ddc run's EMA as a φ folder (`solvers.ddc.train.export_ema`); returns the step."""
+    from solvers.ddc.train import export_ema
 
-    network, provenance = load_phi(template)
-    ema = {k.removeprefix("unet."): v for k, v in checkpoint["ema"].items() if k.startswith("unet.")}
-    network.unet.load_state_dict(ema, strict=True)
-    if "dc_gain" in checkpoint["ema"]:
-        network = DeltaNetwork(network.unet, output_dc=True)
-        network.load_state_dict(checkpoint["ema"], strict=True)
-    step = checkpoint["state"]["step"]
-    save_phi(network, out, {**provenance, "steps": step, "note": note})
-    return step
+    return export_ema(checkpoint, template, out, note)
 
 
 def export_bridge(checkpoint: dict[str, Any], template: Path | None, out: Path, note: str, args: Any) -> int:
-    from bench.train_bridge import save_bridge
+    """A train-bridge run's EMA as a bridge folder (`solvers.cddb.train.export_ema`); returns the step."""
+    from solvers.cddb.train import export_ema
 
-    if template is not None:
-        import json
-
-        from solvers.bridge_network import load_bridge
-
-        network, bridge = load_bridge(template)
-        provenance_file = template / "provenance.json"
-        provenance = json.loads(provenance_file.read_text()) if provenance_file.is_file() else {}
-    else:
-        network, bridge = _bridge_from_flags(args)
-        provenance = {}
-    network.load_state_dict(checkpoint["ema"], strict=True)
-    step = checkpoint["state"]["step"]
-    save_bridge(network, out, {**provenance, "bridge": bridge, "steps": step, "note": note})
-    return step
-
-
-def _bridge_from_flags(args: Any) -> tuple[Any, dict[str, Any]]:
-    import operators
-    from bench.train_bridge import bridge_record, build_bridge_network
-    from solvers.bridge_schedule import DEFAULT_BETA_MAX, BridgeSchedule
-
-    if args.task is None:
-        raise ValueError("a bridge without a template needs the run's --task (and its other train-bridge flags)")
-    widths = tuple(int(c) for c in args.bridge_channels.split(","))
-    network = build_bridge_network(args.size, args.channels, widths, cond_x1=args.cond_x1)
-    op = operators.build(args.task, shape=(args.channels, args.size, args.size))
-    beta_max = DEFAULT_BETA_MAX if args.beta_max is None else args.beta_max
-    return network, bridge_record(op, args.sigma, BridgeSchedule(beta_max=beta_max), args.cond_x1)
+    flags = {
+        "task": args.task,
+        "size": args.size,
+        "channels": args.channels,
+        "sigma": args.sigma,
+        "beta_max": args.beta_max,
+        "block_out_channels": tuple(int(c) for c in args.bridge_channels.split(",")),
+        "cond_x1": args.cond_x1,
+    }
+    return export_ema(checkpoint, template, out, note, **flags)
 
 
 def add_export_parser(commands: Any) -> None:

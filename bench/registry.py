@@ -17,15 +17,25 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-__all__ = ["Entry", "Registry", "unknown_name"]
+__all__ = ["Entry", "Registry", "closest", "unknown_name"]
 
 T = TypeVar("T")
 
 
+def closest(name: str, valid: Sequence[str], cutoff: float = 0.6) -> str | None:
+    """The most similar valid name, or None if nothing is close. Ties go to a name with the same letters (a
+    transposition: 'ddmn' is 'ddnm', not 'ddrm'), then to the earlier one."""
+    scored = [
+        (difflib.SequenceMatcher(None, name, v).ratio(), sorted(name) == sorted(v), -i, v) for i, v in enumerate(valid)
+    ]
+    best = max(scored, default=None)
+    return best[-1] if best and best[0] >= cutoff else None
+
+
 def unknown_name(kind: str, name: str, valid: Sequence[str]) -> str:
     """"unknown metric 'lpip'; did you mean 'lpips'? (available: psnr, ssim, ...)"."""
-    close = difflib.get_close_matches(name, list(valid), n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
+    close = closest(name, list(valid))
+    hint = f"; did you mean '{close}'?" if close else ""
     return f"unknown {kind} '{name}'{hint} (available: {', '.join(valid)})"
 
 

@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # `bench report` builds the whole CLI and must not import tor
 # The config field that sets a solver's length, in the order looked for (pinv has none).
 STEP_FIELDS = ("steps", "iterations", "nfe")
 # The DDC paper's φ widths, for the --phi-channels default without importing torch to build the CLI: the
-# same tuple as solvers.ddc.PAPER_PHI_CHANNELS (tests/test_speed.py checks).
+# same tuple as solvers.ddc.network.PAPER_PHI_CHANNELS (tests/test_speed.py checks).
 PAPER_PHI_CHANNELS = (128, 128, 256, 256, 512, 512)
 DEFAULT_TASK = "sr4"
 DEFAULT_SIGMA = 0.05
@@ -102,8 +102,8 @@ def step_field(solver_class: type) -> str | None:
 
 
 def paper_phi(size: int, channels: int = 3, block_out_channels: Sequence[int] = PAPER_PHI_CHANNELS):
-    """DDC's φ at the paper's size with random weights (`solvers.ddc.paper_phi`)."""
-    from solvers.ddc import paper_phi as build
+    """DDC's φ at the paper's size with random weights (`solvers.ddc.network.paper_phi`)."""
+    from solvers.ddc.network import paper_phi as build
 
     return build(size, channels, block_out_channels)
 

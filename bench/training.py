@@ -1,4 +1,4 @@
-"""The training loop shared by the prior and denoiser trainers.
+"""The training loop shared by every trainer: bench/train_prior.py and those of the methods (solvers/*/train.py).
 
 What it owns: AdamW, an EMA of the weights, gradient clipping, a progress bar (loss, images/s), periodic
 checkpoints written atomically and `resume` from them, EMA snapshots at chosen steps, and a provenance
@@ -376,3 +376,14 @@ def crop_batches(data: str | Path, size: int, channels: int, seed: int, workers:
         return next(loader[batch_size])
 
     return next_batch, crops.generator
+
+
+def training_measurement(op, x0: Tensor, noise_std: Tensor | float, noise: Tensor) -> Tensor:
+    """y = A(x₀) + noise_std·noise brought into the measurement space exactly as `Operator.measure` does.
+
+    noise_std is on the [-1, 1] scale (2σ), a number or one value per image broadcastable to y. Going through
+    `op.restrict` is what makes training's y match the runner's: inpainting's y is 0 on the pixels it does not
+    observe, noise included. Shared by the trainers of networks that see measurements (DDC's φ, CDDB's bridges).
+    """
+    clean = op(x0)
+    return op.restrict(clean + noise_std * noise)

@@ -18,13 +18,14 @@ Conventions, followed everywhere in this project:
 
 from __future__ import annotations
 
-import difflib
 import inspect
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.registry import Registry
+from bench.registry import Registry, unknown_name
+from bench.registry import closest as closest  # re-exported: settings and solvers suggest names with it
 
 from .base import (
     SVD,
@@ -91,11 +92,12 @@ class TaskSpec:
 
 
 # Built-in tasks register in the module that defines their operator (the last lines of each); these modules are
-# listed first, in this order (the DDC paper's tasks, then I²SB's, then the other papers'), any other after.
+# listed first, in this order (the DDC paper's tasks, then I²SB's bridges', then the other papers'), any other
+# after.
 _TASKS: Registry[TaskSpec] = Registry(
     "task",
     package=__name__,
-    first=("separable", "inpaint", "jpeg", "denoise", "box", "motion", "colour", "phase", "hdr"),
+    first=("separable", "inpaint", "jpeg", "denoise", "bridge_degradations", "box", "motion", "colour", "phase", "hdr"),
     skip=("base", "noise", "circulant", "motion_kernels"),
     group="operators",
     check=lambda task, obj: TaskSpec(check_plugin(task, obj)),  # a plug-in's entry point names its class
@@ -153,7 +155,8 @@ def register(task: str, factory: Callable[..., Operator], summary: str, **defaul
     this in its own module)."""
     if task in _TASKS._entries:
         raise ValueError(f"task '{task}' is already registered")
-    _TASKS.register(task, TaskSpec(factory, defaults), summary=summary, module=factory.__module__)
+    caller = sys._getframe(1).f_globals.get("__name__", factory.__module__)  # lists the task with its module
+    _TASKS.register(task, TaskSpec(factory, defaults), summary=summary, module=caller)
 
 
 def available() -> list[str]:
@@ -161,17 +164,8 @@ def available() -> list[str]:
     return _TASKS.names()
 
 
-def closest(name: str, valid: Sequence[str], cutoff: float = 0.6) -> str | None:
-    """The most similar valid name (ties go to the earlier one), or None if nothing is close."""
-    scored = [(difflib.SequenceMatcher(None, name, v).ratio(), -i, v) for i, v in enumerate(valid)]
-    best = max(scored, default=None)
-    return best[2] if best and best[0] >= cutoff else None
-
-
 def _unknown(kind: str, name: str, valid: Sequence[str]) -> OperatorError:
-    close = closest(name, valid)
-    hint = f"; did you mean '{close}'?" if close else ""
-    return OperatorError(f"unknown {kind} '{name}'{hint} (available: {', '.join(valid)})")
+    return OperatorError(unknown_name(kind, name, valid))
 
 
 def build(task: str, shape: Sequence[int] = (3, 64, 64), **params: Any) -> Operator:

@@ -16,12 +16,13 @@ noise is drawn from generators[b] alone, so an image's measurement does not depe
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
+
+from bench.registry import closest
 
 from .base import OperatorError, add_noise
 
@@ -142,7 +143,7 @@ def noise_model(name: str | NoiseModel | None = None) -> NoiseModel:
         return name
     name = DEFAULT_NOISE if name is None else str(name).strip().lower()
     if name not in NOISE_MODELS:
-        close = difflib.get_close_matches(name, list(NOISE_MODELS), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
+        close = closest(name, list(NOISE_MODELS))
+        hint = f"; did you mean '{close}'?" if close else ""
         raise OperatorError(f"unknown noise model '{name}'{hint} (available: {', '.join(NOISE_MODELS)})")
     return NOISE_MODELS[name]()

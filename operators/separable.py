@@ -279,17 +279,7 @@ class GaussianBlur(SeparableOperator):
         return {"size": self.size, "std": self.std, "padding": "reflect", "rcond": self.rcond}
 
 
-# The DDC paper's super-resolution and deblurring tasks, then the degradations of I²SB's and CDDB's released x4
-# bridges (`sr4x-pool`, `sr4x-bicubic`), so that imported bridges run on the operator they were trained with
-# (docs/cddb/official-weights.md).
+# The DDC paper's super-resolution and deblurring tasks (I²SB's x4 degradations: operators/bridge_degradations.py).
 register("sr4", SuperResolution, "bicubic x4 downsampling (antialiased Keys a=-0.5, reflect)", factor=4)
 register("sr8", SuperResolution, "bicubic x8 downsampling (antialiased Keys a=-0.5, reflect)", factor=8)
 register("gblur", GaussianBlur, "Gaussian blur, 61x61 kernel, std 3.0, reflect padding", size=61, std=3.0)
-register("sr4-pool", SuperResolution, "x4 downsampling by 4x4 averaging (I²SB's sr4x-pool)", factor=4, kernel="pool")
-register(
-    "sr4-ddrm",
-    SuperResolution,
-    "bicubic x4 downsampling with edge-repeat padding (DDRM's SRConv, I²SB's sr4x-bicubic)",
-    factor=4,
-    kernel="ddrm-bicubic",
-)

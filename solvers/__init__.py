@@ -1,10 +1,12 @@
-"""Inverse-problem solvers: one module per method, registered under its command-line name.
+"""Inverse-problem solvers: one module per method (one package for a method with its own networks: sampler,
+network, loader and trainer together, e.g. `solvers/ddc/`), registered under its command-line name.
 
 `solvers.available()` lists them, `solvers.build(name, **overrides)` makes one, and
 `solvers.parse_overrides(["dps.zeta=0.5"])` turns command-line `--set` options into per-solver overrides.
-Each module defines a `Solver` subclass and registers it with `@register`. Installed packages add solvers by
-entry point (group `diffusion_inverse_bench.solvers`, see `bench.plugins`); they are checked against the
-contract below when they load and listed after the built-ins, sorted by name.
+Each module (in a package, the module its `__init__.py` imports) defines a `Solver` subclass and registers it
+with `@register`. Installed packages add solvers by entry point (group `diffusion_inverse_bench.solvers`, see
+`bench.plugins`); they are checked against the contract below when they load and listed after the built-ins,
+sorted by name.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ __all__ = [
     "register",
 ]
 
-# Every module of this package is imported on first use of the registry (a new solver module needs no list
-# entry); these come first, in the DDC paper's order, and any other after them by name.
+# Every module and subpackage of this package is imported on first use of the registry (a new solver module
+# needs no list entry); these come first, in the DDC paper's order, and any other after them by name.
 _SOLVERS: Registry[type[Solver]] = Registry(
     "solver",
     package=__name__,

@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image
 
 from bench.cli import main
-from bench.data import SKIMAGE_NATURAL_COLOUR, _skimage_data_dir
+from bench.data.skimage_natural import SKIMAGE_NATURAL_COLOUR, _skimage_data_dir
 
 PRIOR = "gaussian:32"
 

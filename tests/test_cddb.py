@@ -13,10 +13,11 @@ import torch
 
 import operators
 import solvers
-from bench.train_bridge import degraded_image, load_bridge, train_bridge
 from bench.training import TrainConfig
-from solvers.bridge_schedule import BridgeSchedule
 from solvers.cddb import ASSETS, CDDB
+from solvers.cddb.network import load_bridge
+from solvers.cddb.schedule import BridgeSchedule
+from solvers.cddb.train import degraded_image, train_bridge
 
 CPU = types.SimpleNamespace(device=torch.device("cpu"))
 

@@ -20,9 +20,9 @@ from torch import nn
 import operators
 import solvers
 from bench.priors.adm import random_adm
-from solvers.bridge_network import load_bridge
-from solvers.bridge_schedule import BridgeSchedule
-from solvers.cddb_official import UnsafePickleError, adm_config, import_bridge, read_plain_pickle
+from solvers.cddb.network import load_bridge
+from solvers.cddb.official import UnsafePickleError, adm_config, import_bridge, read_plain_pickle
+from solvers.cddb.schedule import BridgeSchedule
 
 SIZE = 32
 # guided-diffusion create_model arguments of a small ADM, as I²SB's *_fixedsigma.pkl holds them

@@ -30,7 +30,7 @@ NUMERICS = ("tf32_matmul", "tf32_cudnn", "float32_matmul_precision", "determinis
 @pytest.fixture(scope="module")
 def two_photos(tmp_path_factory) -> Path:
     """Two 32x32 photos (scikit-image's bundled ones): the smallest dataset a run takes."""
-    from bench.data import SKIMAGE_NATURAL_COLOUR, _skimage_data_dir
+    from bench.data.skimage_natural import SKIMAGE_NATURAL_COLOUR, _skimage_data_dir
 
     folder = tmp_path_factory.mktemp("photos")
     for image_id, file_name in SKIMAGE_NATURAL_COLOUR[:2]:

@@ -14,7 +14,10 @@ from torch import nn
 import operators
 import solvers
 from bench.priors import load_prior
-from bench.train_ddc import (
+from bench.training import Trainer, training_measurement
+from solvers.base import SolverError
+from solvers.ddc import DC_WEIGHTS, DDC, DeltaNetwork, load_phi, measurement_to_image
+from solvers.ddc.train import (
     build_phi,
     ddc_loss,
     ddc_train_config,
@@ -22,11 +25,7 @@ from bench.train_ddc import (
     kl_term,
     save_phi,
     train_ddc,
-    training_measurement,
 )
-from bench.training import Trainer
-from solvers.base import SolverError
-from solvers.ddc import DC_WEIGHTS, DDC, DeltaNetwork, load_phi, measurement_to_image
 
 SHAPE = (3, 16, 16)
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

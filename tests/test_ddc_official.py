@@ -18,11 +18,10 @@ import operators
 from bench.cli import main
 from bench.files import file_sha256
 from bench.priors import load_prior
-from bench.train_ddc import build_phi, save_phi
 from operators.base import noise_std
 from solvers.base import SolverError
 from solvers.ddc import DDC, fill_unobserved, load_phi, measurement_to_image, unobserved_mask
-from solvers.ddc_official import (
+from solvers.ddc.official import (
     EMA_FIELDS,
     OFFICIAL_ARCHITECTURE,
     OFFICIAL_PARAMETERS,
@@ -30,6 +29,7 @@ from solvers.ddc_official import (
     import_official,
     official_architecture,
 )
+from solvers.ddc.train import build_phi, save_phi
 
 # The released config's EMA and private fields (diffusers' EMAModel.save_pretrained), values as released.
 EMA_RECORD = {

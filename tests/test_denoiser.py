@@ -17,8 +17,9 @@ from safetensors.torch import load_file
 from bench.cli import main
 from bench.data import RandomCrops
 from bench.files import asset
-from bench.train_denoiser import DnCNN, denoising_loss, load_denoiser
 from bench.training import TrainConfig, Trainer, recalibrate_batch_norm
+from solvers.pnp_admm.dncnn import DnCNN, load_denoiser
+from solvers.pnp_admm.train import denoising_loss
 
 ASSET = asset("dncnn")
 
@@ -166,7 +167,7 @@ def test_init_fine_tunes_a_saved_denoiser_and_records_it(photo_folder, tmp_path)
 def test_shipped_dncnn_denoises_held_out_photos(kodak_photos):
     """At σ = 25/255 on Kodak crops (never trained on) the shipped DnCNN removes most of the noise: the first
     shipped one predicted a residual a third of the noise's size and gained 2.9 dB; this one about 10 dB."""
-    from bench.train_denoiser import KODAK_HELDOUT, denoising_table, heldout_crops
+    from solvers.pnp_admm.train import KODAK_HELDOUT, denoising_table, heldout_crops
 
     del kodak_photos  # only the skip when the photos are absent
     clean = heldout_crops(KODAK_HELDOUT, n=16)

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.train_bridge import build_bridge_network
-from bench.train_ddc import build_phi, save_phi
-from solvers.bridge_network import load_bridge
-from solvers.ddc import load_phi
+from solvers.cddb.network import load_bridge
+from solvers.cddb.train import build_bridge_network
+from solvers.ddc.network import load_phi
+from solvers.ddc.train import build_phi, save_phi
 
 WIDTHS = (8, 16)
 

@@ -1,5 +1,7 @@
 """Adding a built-in solver is one new module: a copy of solvers/pinv.py under a new file and name, and no
-other edit, is listed, placed in the support matrix and run (in a copy of the package, so the tree is untouched)."""
+other edit, is listed, placed in the support matrix and run (in a copy of the package, so the tree is untouched).
+Adding a built-in dataset is one new module too: a copy of bench/data/skimage_natural.py under a new file and
+name is listed and loaded by a run (in a copy of the `bench` package)."""
 
 from __future__ import annotations
 
@@ -38,3 +40,33 @@ def test_a_copied_solver_module_is_listed_placed_and_runs(tmp_path):
     bench("run", "--prior", "gaussian:32", "--dataset", f"folder:{photos}", "--solvers", "pinv-copy", "--tasks",
           "sr4", "--metrics", "psnr", "--out", str(out), "--no-progress")  # fmt: skip
     assert len(list((out / "images" / "pinv-copy").rglob("*.png"))) == 2
+
+
+@pytest.mark.slow
+def test_a_copied_dataset_module_is_listed_and_loaded_by_a_run(tmp_path):
+    site = tmp_path / "site"
+    # The whole `bench` package is copied, as `bench.data` is a sub-package of it; its large shipped assets are
+    # linked (where the copy looks for them), not copied.
+    shutil.copytree(REPO / "bench", site / "bench", ignore=shutil.ignore_patterns("__pycache__", "assets"))
+    (site / "bench" / "assets").symlink_to(REPO / "bench" / "assets", target_is_directory=True)
+    data = site / "bench" / "data"
+    source = (data / "skimage_natural.py").read_text()
+    assert '_NAME = "skimage-natural"' in source  # the module names its dataset once
+    (data / "skimage_copy.py").write_text(source.replace('_NAME = "skimage-natural"', '_NAME = "skimage-copy"'))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)]), "OMP_NUM_THREADS": "1"}
+
+    def bench(*argv: str) -> subprocess.CompletedProcess:
+        done = subprocess.run([sys.executable, "-m", "bench", *argv], capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    listed = [line.split()[0] for line in bench("list", "datasets").stdout.splitlines() if line.startswith("  ")]
+    assert listed == ["skimage-natural", "folder:<path>", "kodak24", "skimage-copy"]  # built-ins first, then by name
+    out = tmp_path / "run"
+    bench("run", "--prior", "gaussian:32", "--dataset", "skimage-copy", "--n-images", "2", "--solvers", "pinv",
+          "--tasks", "sr4", "--metrics", "psnr", "--out", str(out), "--no-progress")  # fmt: skip
+    from bench.store import ResultStore
+
+    units = ResultStore(out).units()
+    assert set(units["dataset"]) == {"skimage-copy"}
+    assert sorted(units["image_id"]) == ["astronaut", "chelsea"]

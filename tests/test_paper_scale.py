@@ -16,9 +16,9 @@ import torch
 import operators
 import solvers
 from bench.priors import load_prior
-from bench.train_ddc import build_phi, ddc_train_config, train_ddc
 from solvers.base import SolverError
 from solvers.ddc import DDC, load_phi
+from solvers.ddc.train import build_phi, ddc_train_config, train_ddc
 
 ROOT = Path(__file__).resolve().parents[1]
 SIGMA = 0.05

@@ -10,10 +10,10 @@ from torch import Tensor
 import operators
 import solvers
 from bench.priors import load_prior
-from bench.train_denoiser import DnCNN, save_denoiser
 from operators import Cap, Operator
 from solvers.base import SolverError
-from solvers.pnp_admm import PnPADMM, data_step
+from solvers.pnp_admm import DnCNN, PnPADMM, data_step
+from solvers.pnp_admm.train import save_denoiser
 
 SHAPE = (3, 16, 16)
 IDS = ["a", "b", "c", "d"]

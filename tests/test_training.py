@@ -10,8 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from bench.cli import main
-from bench.train_denoiser import DnCNN, denoising_loss, load_denoiser
 from bench.train_prior import diffusion_loss, linear_alphas_cumprod
+from solvers.pnp_admm.dncnn import DnCNN, load_denoiser
+from solvers.pnp_admm.train import denoising_loss
 
 
 def _train(argv: list[str]) -> int:
@@ -91,8 +92,8 @@ def test_prior_training_reduces_the_noise_prediction_loss(photo_folder):
 
 def test_denoiser_training_reduces_the_loss_and_denoises(photo_folder, tmp_path):
     from bench.data import RandomCrops
-    from bench.train_denoiser import save_denoiser
     from bench.training import TrainConfig, Trainer
+    from solvers.pnp_admm.train import save_denoiser
 
     torch.manual_seed(0)
     network = DnCNN(depth=5, features=16)
@@ -119,7 +120,7 @@ def test_denoiser_training_reduces_the_loss_and_denoises(photo_folder, tmp_path)
 def test_denoiser_loading_rejects_a_missing_key(tmp_path):
     from safetensors.torch import save_file
 
-    from bench.train_denoiser import save_denoiser
+    from solvers.pnp_admm.train import save_denoiser
 
     network = DnCNN(depth=3, features=8)
     save_denoiser(network, tmp_path, {})

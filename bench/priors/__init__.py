@@ -25,7 +25,6 @@ point (group `diffusion_inverse_bench.priors`, see `bench.plugins` and `check_pl
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from typing import Any
 import torch
 
 from bench.files import asset
-from bench.registry import Registry
+from bench.registry import Registry, closest
 
 from .base import (
     PosteriorCoefficients,
@@ -261,8 +260,8 @@ def load_prior(
     """
     kind, argument, spec_options = parse_spec(spec)
     if kind not in _KINDS:
-        close = difflib.get_close_matches(kind, _KINDS.names(), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
+        close = closest(kind, _KINDS.names())
+        hint = f"; did you mean '{close}'?" if close else ""
         patterns = ", ".join(pattern for pattern, _ in available())
         raise PriorError(f"unknown prior '{kind}'{hint} (available: {patterns})")
     chosen = _KINDS.get(kind)
@@ -278,8 +277,8 @@ def load_prior(
         spec_options[key] = str(value)
     for key in spec_options:
         if key not in accepted:
-            close = difflib.get_close_matches(key, sorted(accepted), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
+            close = closest(key, sorted(accepted))
+            hint = f"; did you mean '{close}'?" if close else ""
             known = ", ".join(sorted(accepted)) or "none"
             raise PriorError(f"unknown option '{key}' for prior '{kind}'{hint} (accepted: {known}; spec: {pattern})")
     return loader(argument, spec_options, device, resolve_dtype(dtype)).configure(**runtime)

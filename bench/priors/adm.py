@@ -14,7 +14,6 @@ This module is self-contained (torch only; safetensors when such a file is given
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +23,8 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
+
+from bench.registry import closest
 
 # ADM normalises with 32 groups everywhere, so every feature width must be a multiple of 32.
 _NORM_GROUPS = 32
@@ -499,8 +500,8 @@ def _resolve_config(preset: str | ADMConfig) -> ADMConfig:
         return preset
     if preset in PRESETS:
         return PRESETS[preset]
-    close = difflib.get_close_matches(str(preset), PRESETS, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
+    close = closest(str(preset), PRESETS)
+    hint = f"did you mean {close!r}? " if close else ""
     raise ValueError(f"unknown ADM preset {preset!r}; {hint}(available: {', '.join(sorted(PRESETS))})")
 
 

@@ -1,16 +1,20 @@
 """`python -m bench train-bridge`: an I²SB bridge network for one task, the network CDDB samples with.
 
 I²SB's objective (Liu et al. 2023, Alg. 1): for a clean crop x₀ and its degraded image x₁ = A⁺(A(x₀) + n),
-draw a step n ~ U{0..N−1} and x_n ~ q(x_n | x₀, x₁) (solvers.bridge_schedule), and regress the network's
+draw a step n ~ U{0..N−1} and x_n ~ q(x_n | x₀, x₁) (solvers.cddb.schedule), and regress the network's
 output on (x_n − x₀)/σ_n with the MSE. Unlike a diffusion prior, a bridge is trained for one task, one image
 size and one measurement noise, and the solver refuses any other: `bridge.json` records all three with the
 operator's full spec and the schedule.
 
 The network is a diffusers UNet2DModel on x_n (and, with `cond_x1`, x₁ concatenated on channels, I²SB's
-`--cond-x1`), conditioned on the integer step, wrapped in solvers.bridge_network.BridgeNetwork: the loader
-(`load_bridge`) lives beside the solver that uses it and is re-exported here. I²SB's networks are ADM-256 started from the unconditional
-ImageNet prior; the 64² default here is a few million parameters trained from scratch, with its output
-convolution zero-initialised so that training starts from x̂₀ = x_n.
+`--cond-x1`), conditioned on the integer step, wrapped in solvers.cddb.network.BridgeNetwork, beside the loader
+(`load_bridge`) that the solver uses. I²SB's networks are ADM-256 started from the unconditional ImageNet prior;
+the 64² default here is a few million parameters trained from scratch, with its output convolution
+zero-initialised so that training starts from x̂₀ = x_n. `export_ema` writes a bridge folder from a run in
+progress (`python -m bench export-ema`).
+
+The trainer imports the network (solvers/cddb/network.py) and the schedule (solvers/cddb/schedule.py); the
+solver never imports the trainer.
 """
 
 from __future__ import annotations
@@ -24,12 +28,11 @@ import torch
 from torch import Tensor, nn
 
 from bench.files import atomic_write_text, replace_folder
-from bench.training import TrainConfig, Trainer, crop_batches, data_record
+from bench.training import TrainConfig, Trainer, crop_batches, data_record, training_measurement
 from operators.base import noise_std
-from solvers.bridge_network import BRIDGE_FILE, BridgeNetwork, load_bridge
-from solvers.bridge_schedule import DEFAULT_BETA_MAX, BridgeSchedule
 
-__all__ = ["BRIDGE_FILE", "BridgeNetwork", "load_bridge", "save_bridge", "train_bridge"]  # the first three re-exported
+from .network import BRIDGE_FILE, BridgeNetwork, load_bridge
+from .schedule import DEFAULT_BETA_MAX, BridgeSchedule
 
 LAYERS_PER_BLOCK = 1
 DEFAULT_CHANNELS = (32, 64, 128, 128)
@@ -82,8 +85,6 @@ def bridge_record(op, sigma: float, schedule: BridgeSchedule, cond_x1: bool) -> 
 
 def degraded_image(op, x0: Tensor, sigma: float, noise: Tensor) -> Tensor:
     """x₁ = A⁺(y) with y = A(x₀) + 2σ·noise built as the runner builds it (`Operator.restrict`)."""
-    from bench.train_ddc import training_measurement
-
     return op.pinv(training_measurement(op, x0, noise_std(sigma), noise))
 
 
@@ -173,3 +174,41 @@ def train_bridge(
     if resume:
         trainer.load_checkpoint()
     return trainer.run_and_save(save_bridge, out, data_record(data, size), progress=progress)
+
+
+def bridge_from_flags(
+    task: str,
+    *,
+    size: int = 64,
+    channels: int = 3,
+    sigma: float = 0.0,
+    beta_max: float | None = None,
+    block_out_channels: Sequence[int] = DEFAULT_CHANNELS,
+    cond_x1: bool = False,
+) -> tuple[BridgeNetwork, dict[str, Any]]:
+    """(a fresh network, its bridge.json record) as `train_bridge` builds them from its arguments."""
+    import operators
+
+    network = build_bridge_network(size, channels, block_out_channels, cond_x1=cond_x1)
+    op = operators.build(task, shape=(channels, size, size))
+    schedule = BridgeSchedule(beta_max=DEFAULT_BETA_MAX if beta_max is None else beta_max)
+    return network, bridge_record(op, sigma, schedule, cond_x1)
+
+
+def export_ema(checkpoint: dict[str, Any], template: Path | None, out: Path, note: str, **flags: Any) -> int:
+    """The EMA weights of a train-bridge checkpoint (`train/checkpoint.pt`, loaded) as a bridge folder at `out`;
+    returns the checkpoint's step. The architecture and record come from the bridge folder `template`, else from
+    the run's train-bridge arguments (`flags`: task, size, ... as `bridge_from_flags` takes them)."""
+    if template is not None:
+        network, bridge = load_bridge(template)
+        provenance_file = Path(template) / "provenance.json"
+        provenance = json.loads(provenance_file.read_text()) if provenance_file.is_file() else {}
+    else:
+        if flags.get("task") is None:
+            raise ValueError("a bridge without a template needs the run's --task (and its other train-bridge flags)")
+        network, bridge = bridge_from_flags(**flags)
+        provenance = {}
+    network.load_state_dict(checkpoint["ema"], strict=True)
+    step = checkpoint["state"]["step"]
+    save_bridge(network, out, {**provenance, "bridge": bridge, "steps": step, "note": note})
+    return step

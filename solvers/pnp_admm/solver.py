@@ -27,30 +27,30 @@ Choices, and why:
   c_i = (s_i ⟨u_i, y⟩ + ρ s_y² ⟨v_i, v⟩)/(s_i² + ρ s_y²)), else conjugate gradients on
   (AᵀA + ρ s_y² I) x = Aᵀy + ρ s_y² v, per image (each image stops at its own tolerance).
 * Start: z = A⁺y where the operator has a pseudo-inverse, else Aᵀy (SCICO); u = 0.
-* The denoiser: the DnCNN of `bench.train_denoiser` (`denoiser="dncnn"` means `bench/assets/dncnn/`, any
-  other value a folder holding `config.json` and `model.safetensors`), or any callable
-  D(x (B, C, H, W) on [-1, 1], σ_D on [0, 1]) -> (B, C, H, W) passed as `PnPADMM(denoiser_fn=...)`. The DnCNN
-  is blind and ignores σ_D.
+* The denoiser: the DnCNN of solvers/pnp_admm/dncnn.py, trained by solvers/pnp_admm/train.py
+  (`denoiser="dncnn"` means the shipped `bench/assets/dncnn/`, any other value a folder holding `config.json`
+  and `model.safetensors`), or any callable D(x (B, C, H, W) on [-1, 1], σ_D on [0, 1]) -> (B, C, H, W) passed
+  as `PnPADMM(denoiser_fn=...)`. The DnCNN is blind and ignores σ_D.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from bench.files import asset
 from operators import Cap, Operator
 from operators.base import noise_std
 
-from . import register
-from .base import Solver, SolverConfig, SolverError, StepCallback
+from .. import register
+from ..base import Solver, SolverConfig, SolverError, StepCallback
+from .dncnn import load_denoiser
 
 Denoiser = Callable[[Tensor, float], Tensor]
 
@@ -62,7 +62,7 @@ MEASUREMENT_NOISE_FLOOR = 1.0 / (255.0 * math.sqrt(12.0))  # 8-bit storage of y:
 class PnPADMMConfig(SolverConfig):
     iterations: int = 10  # SCICO deconv_ppp_dncnn_admm example: maxiter = 10 (the DDC paper gives none)
     rho: float = 8.0  # SCICO's ρ = 0.2 at σ = 20/255, in this module's weighting (see the module docstring)
-    denoiser: str = "dncnn"  # "dncnn": bench/assets/dncnn/; else a folder saved by bench.train_denoiser
+    denoiser: str = "dncnn"  # "dncnn": bench/assets/dncnn/; else a folder saved by solvers.pnp_admm.train
     cg_iterations: int = 100  # only for operators without an SVD
     cg_tolerance: float = 1e-5  # relative residual at which an image's conjugate gradients stop
 
@@ -137,51 +137,6 @@ def data_step(
     return conjugate_gradients(
         lambda x: op.adjoint(op(x)) + weight * x, rhs, v, iterations=cg_iterations, tolerance=cg_tolerance
     )
-
-
-class DnCNN(nn.Module):
-    """x_noisy (B, C, H, W) in [-1, 1] -> denoised image; `residual(x)` is the predicted noise."""
-
-    def __init__(self, channels: int = 3, depth: int = 17, features: int = 64):
-        super().__init__()
-        self.config = {"channels": channels, "depth": depth, "features": features}
-        layers: list[nn.Module] = [nn.Conv2d(channels, features, 3, padding=1), nn.ReLU(inplace=True)]
-        for _ in range(depth - 2):
-            layers += [nn.Conv2d(features, features, 3, padding=1, bias=False), nn.BatchNorm2d(features)]
-            layers.append(nn.ReLU(inplace=True))
-        layers.append(nn.Conv2d(features, channels, 3, padding=1))
-        self.body = nn.Sequential(*layers)
-
-    def residual(self, x: Tensor) -> Tensor:
-        return self.body(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x - self.body(x)
-
-
-def load_denoiser(folder: str | Path, device: str | torch.device = "cpu") -> DnCNN:
-    """A DnCNN saved by `bench.train_denoiser.save_denoiser`, in eval mode on `device`.
-
-    The weights load strictly (`bench.weights.load_exact`): a missing or unexpected key is a ValueError naming
-    the file and the keys."""
-    from safetensors.torch import load_file
-
-    from bench.weights import WeightsError, load_exact
-
-    folder = Path(folder)
-    config_path, weights_path = folder / "config.json", folder / "model.safetensors"
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise FileNotFoundError(f"denoiser file {path} is missing; train one with `python -m bench train-denoiser`")
-    config = json.loads(config_path.read_text())
-    if config.pop("architecture", None) != "dncnn":
-        raise ValueError(f"{config_path} does not describe a DnCNN")
-    network = DnCNN(**config)
-    try:
-        load_exact(network, load_file(weights_path))
-    except WeightsError as error:
-        raise ValueError(f"{weights_path}: {error}") from None
-    return network.to(device).eval()
 
 
 class _DnCNNDenoiser:

@@ -6,14 +6,15 @@ and predicts a residual Δ that moves x̂₀ toward data consistency (paper Eq. 
     x̂₀,y = x̂₀ − Δφ(x̂₀, y, t).
 
 The reverse step is the DDPM posterior q(x_s | x_t, x̂₀,y) with the corrected estimate (paper Eq. 22), with the
-prior's learned variance where it has one. φ is trained by `python -m bench train-ddc` (bench/train_ddc.py).
+prior's learned variance where it has one. φ (solvers/ddc/network.py) is trained by
+`python -m bench train-ddc` (solvers/ddc/train.py).
 
 Each φ folder's provenance.json states the conventions its network was trained with, and the sampler follows
 them (`DDCConfig` options left at None); an explicit option that contradicts them is an error naming the fix, and
 a folder without provenance.json is refused (the DDC authors' released φ gets one from `python -m bench
-import-ddc`, solvers/ddc_official.py). The conventions:
+import-ddc`, solvers/ddc/official.py). The conventions:
 
-- clip_x0: φ sees x̂₀ clipped to [-1, 1] (our trained networks, see bench.train_ddc.CLIP_X0) or unclipped (the
+- clip_x0: φ sees x̂₀ clipped to [-1, 1] (our trained networks, see solvers.ddc.train.CLIP_X0) or unclipped (the
   official code and its released φ).
 - y_to_image: how y reaches image size (see `measurement_to_image`).
 - inpaint_unobserved: what φ sees where the measurement observes nothing. `Operator.measure` zeroes those
@@ -28,32 +29,27 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from bench.files import asset
 from bench.sampling import posterior_step
 from operators import Cap, Operator, randn_per_image
 from operators.base import noise_std
 
-from . import register
-from .base import Solver, SolverConfig, SolverError, StepCallback
+from .. import register
+from ..base import Solver, SolverConfig, SolverError, StepCallback
+from .network import PROVENANCE, Phi, load_phi, network_folder, read_provenance
 
 Y_TO_IMAGE = ("replicate", "pinv")
 INPAINT_UNOBSERVED = ("zero", "noise")
-PROVENANCE = "provenance.json"
 # What a φ without a recorded convention gets: our trainer's choices (a φ injected as a function has no folder).
 # clip_x0 False for a provenance.json that predates the key: those networks were trained unclipped.
 DEFAULT_CONVENTIONS = {"y_to_image": "replicate", "clip_x0": True, "inpaint_unobserved": "zero"}
 LEGACY_PROVENANCE = {"y_to_image": "replicate", "clip_x0": False, "inpaint_unobserved": "zero"}
-
-# φ as a plain function: (x̂₀ (B, C, H, W), y brought to image size (B, C, H, W), t (B,) int64) -> Δ (B, C, H, W)
-Phi = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,81 +63,6 @@ class DDCConfig(SolverConfig):
     # A φ trained at the sampler's timesteps only refuses other step counts; true runs it anyway (steps ablation).
     off_schedule: bool = False
     inpaint_unobserved: str | None = None  # "zero" (Operator.measure, ours) or "noise" (official): see fill_unobserved
-
-
-DC_WEIGHTS = "output_dc.safetensors"  # the mean-passing gain of a φ built with output_dc=True
-DC_GAIN_SCALE = 10.0
-
-
-def phi_unet_config(size: int = 64, channels: int = 3, block_out_channels: Sequence[int] = (32, 64, 128, 128)):
-    """φ's UNet2DModel: input [x̂₀, y_img] (2C channels), output Δ (C channels).
-
-    The paper's 256² network has blocks (128, 128, 256, 256, 512, 512) with attention in the fifth; this one is
-    scaled down for 64² on a CPU (~4M parameters with the defaults) with attention at the second-lowest level.
-    """
-    blocks = list(block_out_channels)
-    down = ["DownBlock2D"] * len(blocks)
-    if len(blocks) >= 3:
-        down[-2] = "AttnDownBlock2D"
-    up = [name.replace("Down", "Up") for name in reversed(down)]
-    return {
-        "sample_size": size,
-        "in_channels": 2 * channels,
-        "out_channels": channels,
-        "layers_per_block": 1,
-        "block_out_channels": blocks,
-        "down_block_types": down,
-        "up_block_types": up,
-        "attention_head_dim": min(32, min(blocks)),
-        "norm_num_groups": min(32, min(blocks)),
-        "dropout": 0.0,
-    }
-
-
-# The paper's φ (DDC's exp/logs/ddc_network/config.json): 113,676,675 parameters at 256².
-PAPER_PHI_CHANNELS = (128, 128, 256, 256, 512, 512)
-PAPER_PHI_LAYERS = 2
-
-
-def paper_phi(size: int, channels: int = 3, block_out_channels: Sequence[int] = PAPER_PHI_CHANNELS) -> nn.Module:
-    """A φ with random weights for `size`x`size` images; at the default widths the paper's 113.7M network
-    (the architecture, not the weights, sets the speed: `bench speed` times with it)."""
-    from diffusers import UNet2DModel
-
-    config = phi_unet_config(size, channels, block_out_channels)
-    if tuple(block_out_channels) == PAPER_PHI_CHANNELS:
-        config["layers_per_block"] = PAPER_PHI_LAYERS
-    # Random, not zero, output weights: the sampler then subtracts a Δ of ordinary magnitude.
-    return DeltaNetwork(UNet2DModel(**config)).eval().requires_grad_(False)
-
-
-class DeltaNetwork(nn.Module):
-    """φ as a diffusers UNet2DModel on [x̂₀, y_img] concatenated on channels, conditioned on the integer t.
-
-    output_dc=True lets each image's per-channel mean reach the output. A UNet2DModel ends with GroupNorm →
-    SiLU → conv; at φ's 64² size (16 channels in 16 groups) that GroupNorm is an instance norm, which removes
-    every feature channel's mean, so Δ cannot carry a per-image colour shift, and x̂₀,y kept the prior's colours
-    (measured: the features' per-image means have std 0.16 before that norm and 6·10⁻⁸ after). The option adds
-    γ ⊙ mean_hw(h) back after the norm, one gain per channel, zero at the start so that a network trained
-    without it computes the same Δ until training moves γ. γ = DC_GAIN_SCALE · dc_gain: Adam moves a parameter
-    by about the learning rate per step, and γ must reach order 1 within a short fine-tuning run.
-    """
-
-    def __init__(self, unet: nn.Module, *, output_dc: bool = False):
-        super().__init__()
-        self.unet = unet
-        self.output_dc = output_dc
-        if output_dc:
-            channels = unet.conv_norm_out.num_channels
-            self.dc_gain = nn.Parameter(torch.zeros(channels))
-            unet.conv_norm_out.register_forward_hook(self._pass_dc)
-
-    def _pass_dc(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
-        gain = DC_GAIN_SCALE * self.dc_gain.view(1, -1, 1, 1)
-        return output + gain * inputs[0].mean(dim=(2, 3), keepdim=True)
-
-    def forward(self, x0: Tensor, y_image: Tensor, t: Tensor) -> Tensor:
-        return self.unet(torch.cat([x0, y_image], dim=1), t).sample
 
 
 def measurement_to_image(y: Tensor, op: Operator, mode: str = "replicate") -> Tensor:
@@ -196,7 +117,7 @@ def fill_unobserved(y: Tensor, op: Operator, sigma: float, generators: Sequence[
 def corrected_prediction(prior, phi: nn.Module | Phi, x_t: Tensor, t: int, y_image: Tensor, *, clip_x0: bool):
     """One call of the prior and one of φ at x_t: the prior's `Prediction` with x̂₀ replaced by x̂₀,y (Eq. 7).
 
-    Shared by the sampler and by training on the sampler's own trajectory (bench.train_ddc), so both take the
+    Shared by the sampler and by training on the sampler's own trajectory (solvers.ddc.train), so both take the
     same step.
     """
     prediction = prior.predict(x_t, t)
@@ -210,72 +131,10 @@ def corrected_prediction(prior, phi: nn.Module | Phi, x_t: Tensor, t: int, y_ima
     return dataclasses.replace(prediction, x0=x0_y)
 
 
-def network_folder(network: str) -> Path:
-    """The folder of φ weights named by `network`: bench/assets/ddc-<name>/ for a bare name, else a path."""
-    named = asset(f"ddc-{network}")
-    return named if "/" not in network and not Path(network).is_dir() else Path(network)
-
-
-def read_provenance(folder: str | Path) -> dict[str, Any] | None:
-    """The provenance.json of a φ folder as a dict, or None where the folder has none."""
-    path = Path(folder) / PROVENANCE
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise SolverError(f"ddc: cannot read {path}: {error}; re-save or re-import the network") from None
-    if not isinstance(record, dict):
-        raise SolverError(f"ddc: {path} must hold a JSON object; re-save or re-import the network")
-    return record
-
-
 def trained_conventions(provenance: dict[str, Any]) -> dict[str, Any]:
     """The conventions (y_to_image, clip_x0, inpaint_unobserved) a φ was trained with, from its provenance;
     keys the record lacks take `LEGACY_PROVENANCE`'s values (networks saved before the key existed)."""
     return {key: provenance.get(key, default) for key, default in LEGACY_PROVENANCE.items()}
-
-
-def load_phi(folder: str | Path) -> tuple[DeltaNetwork, dict[str, Any]]:
-    """φ from a folder written by `bench.train_ddc.save_phi`: (network in eval mode, provenance dict).
-
-    The weights load strictly (`bench.weights.load_exact`): a missing or unexpected key is an error naming them.
-    """
-    folder = Path(folder)
-    config_path = folder / "unet" / "config.json"
-    weights_path = folder / "unet" / "diffusion_pytorch_model.safetensors"
-    if not config_path.is_file() or not weights_path.is_file():
-        raise SolverError(
-            f"ddc: no trained φ network at {folder} (need unet/config.json and unet/diffusion_pytorch_model"
-            ".safetensors); train one with `python -m bench train-ddc` "
-            "and pass the folder with --set ddc.network=<folder>"
-        )
-    from diffusers import UNet2DModel
-    from safetensors.torch import load_file
-
-    from bench.weights import WeightsError, load_exact
-
-    unet = UNet2DModel.from_config(json.loads(config_path.read_text()))
-    try:
-        load_exact(unet, load_file(str(weights_path), device="cpu"))
-    except WeightsError as error:
-        raise SolverError(f"ddc: {weights_path} does not fit its config: {error}") from None
-    provenance = read_provenance(folder) or {}
-    output_dc = bool(provenance.get("output_dc", False))
-    network = DeltaNetwork(unet, output_dc=output_dc)
-    dc_path = folder / DC_WEIGHTS
-    if output_dc != dc_path.is_file():
-        raise SolverError(
-            f"ddc: {folder} is inconsistent: provenance.json says output_dc={output_dc} but {DC_WEIGHTS} is "
-            f"{'missing' if output_dc else 'present'}; re-save the network with bench.train_ddc.save_phi"
-        )
-    if output_dc:
-        extra = load_file(str(dc_path), device="cpu")
-        if set(extra) != {"dc_gain"} or extra["dc_gain"].shape != network.dc_gain.shape:
-            raise SolverError(f"ddc: {dc_path} must hold one tensor 'dc_gain' of shape {tuple(network.dc_gain.shape)}")
-        with torch.no_grad():
-            network.dc_gain.copy_(extra["dc_gain"])
-    return network.eval().requires_grad_(False), provenance
 
 
 @register

@@ -9,7 +9,11 @@ level up to σ_max, on the [0, 1] pixel scale, hence the factor 2 on [-1, 1]). T
 
 where L_KL compares the spread of one reverse step x_{t−1} (taken with x̂₀,y) around √ᾱ_{t−1} x₀ with the
 forward process's N(0, (1 − ᾱ_{t−1}) I). The result is a diffusers folder (`unet/`) plus `provenance.json`,
-which `--set ddc.network=<folder>` loads.
+which `--set ddc.network=<folder>` loads, and `export_ema` writes such a folder from a run in progress
+(`python -m bench export-ema`).
+
+The trainer imports φ (solvers/ddc/network.py) and the sampler's corrected step (solvers/ddc/sampler.py); the
+solver never imports the trainer.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ import torch
 from torch import Tensor, nn
 
 from bench.files import atomic_write_text, replace_folder
-from bench.training import TrainConfig, Trainer, crop_batches, data_record
+from bench.training import TrainConfig, Trainer, crop_batches, data_record, training_measurement
 from operators.base import noise_std
-from solvers.ddc import phi_unet_config
+
+from .network import DC_WEIGHTS, DeltaNetwork, load_phi, phi_unet_config
+from .sampler import corrected_prediction, measurement_to_image
 
 DEFAULT_TASKS = ("sr4", "sr8", "gblur", "inpaint", "jpeg10", "denoise")  # the paper's six training tasks
 # The official code gives φ the prior's x̂₀ unclipped. For t near T, x̂₀ = (x_t − √(1−ᾱ)ε̂)/√ᾱ multiplies ε̂'s
@@ -64,14 +70,12 @@ def build_phi(
     *,
     output_dc: bool = False,
 ) -> nn.Module:
-    """A fresh φ (solvers.ddc.DeltaNetwork around a UNet2DModel) whose Δ starts at exactly 0.
+    """A fresh φ (`DeltaNetwork` around a UNet2DModel) whose Δ starts at exactly 0.
 
     The output convolution is zero-initialised so training starts from x̂₀,y = x̂₀, the prior's own estimate,
     instead of from a random perturbation of it.
     """
     from diffusers import UNet2DModel
-
-    from solvers.ddc import DeltaNetwork
 
     unet = UNet2DModel(**phi_unet_config(size, channels, block_out_channels))
     nn.init.zeros_(unet.conv_out.weight)
@@ -124,17 +128,6 @@ class LossParts:
     kl: float = 0.0
 
 
-def training_measurement(op, x0: Tensor, noise_std: Tensor | float, noise: Tensor) -> Tensor:
-    """y = A(x₀) + noise_std·noise brought into the measurement space exactly as `Operator.measure` does.
-
-    noise_std is on the [-1, 1] scale (2σ), a number or one value per image broadcastable to y. Going through
-    `op.restrict` is what makes training's y match the runner's: inpainting's y is 0 on the pixels it does not
-    observe, noise included.
-    """
-    clean = op(x0)
-    return op.restrict(clean + noise_std * noise)
-
-
 def draw_sampler_timesteps(
     schedule: Sequence[int], count: int, generator: torch.Generator, *, jitter: int = 0, num_timesteps: int = 1000
 ) -> Tensor:
@@ -184,7 +177,6 @@ def ddc_loss(
     """
     import operators
     from bench.sampling import posterior_step
-    from solvers.ddc import corrected_prediction, measurement_to_image
 
     if timesteps not in TIMESTEPS:
         raise ValueError(f"unknown timesteps '{timesteps}' (available: {', '.join(TIMESTEPS)})")
@@ -277,8 +269,6 @@ def save_phi(network: nn.Module, out_dir: Path, provenance: dict[str, Any]) -> N
     """Write unet/ (diffusers config.json + safetensors) and provenance.json, renamed into place when complete."""
     from safetensors.torch import save_file
 
-    from solvers.ddc import DC_WEIGHTS
-
     unet = network.unet if hasattr(network, "unet") else network
     output_dc = bool(getattr(network, "output_dc", False))
 
@@ -298,8 +288,6 @@ def _initial_phi(folder: str | Path, prior, output_dc: bool) -> tuple[nn.Module,
     output_dc=True on a network saved without it adds the mean-passing gain at zero (same Δ as the init).
     """
     import hashlib
-
-    from solvers.ddc import DeltaNetwork, load_phi
 
     network, provenance = load_phi(folder)
     if output_dc and not network.output_dc:
@@ -423,3 +411,17 @@ def train_ddc(
     if resume:
         trainer.load_checkpoint()
     return trainer.run_and_save(save_phi, out, data_record(data, size, data_note), progress=progress)
+
+
+def export_ema(checkpoint: dict[str, Any], template: Path, out: Path, note: str) -> int:
+    """The EMA weights of a train-ddc checkpoint (`train/checkpoint.pt`, loaded) as a φ folder at `out`, with the
+    architecture and provenance of the φ folder `template`; returns the checkpoint's step."""
+    network, provenance = load_phi(template)
+    ema = {k.removeprefix("unet."): v for k, v in checkpoint["ema"].items() if k.startswith("unet.")}
+    network.unet.load_state_dict(ema, strict=True)
+    if "dc_gain" in checkpoint["ema"]:
+        network = DeltaNetwork(network.unet, output_dc=True)
+        network.load_state_dict(checkpoint["ema"], strict=True)
+    step = checkpoint["state"]["step"]
+    save_phi(network, out, {**provenance, "steps": step, "note": note})
+    return step

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .bridge_network import ADM_CONFIG, ADM_WEIGHTS, BRIDGE_FILE
+from .network import ADM_CONFIG, ADM_WEIGHTS, BRIDGE_FILE
 
 PREFIX = "diffusion_model."
 CHECKPOINT_KEYS = {"net", "ema", "optimizer", "sched"}  # what I²SB's Runner.train saves

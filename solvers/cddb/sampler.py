@@ -1,9 +1,9 @@
 """CDDB: the direct diffusion bridge with data consistency (Chung, Kim, Ye 2023, "Direct Diffusion Bridge using
 Data Consistency for Inverse Problems", Alg. 1), and I²SB (Liu et al. 2023), which is CDDB at step size 0.
 
-A bridge network is trained for one task (`python -m bench train-bridge`, bench/train_bridge.py) between a clean
+A bridge network is trained for one task (`python -m bench train-bridge`, solvers/cddb/train.py) between a clean
 image x₀ and its degraded image x₁ = A⁺y. Sampling starts at x₁ and walks the bridge's steps down to 0
-(solvers.bridge_schedule holds the schedule and its posterior):
+(solvers.cddb.schedule holds the schedule and its posterior):
 
     x̂₀     = x_n − σ_n·net(x_n, n)                                  (I²SB Eq. 12; clipped to [-1, 1])
     x_m     ~ p(x_m | x_n, x̂₀) = N(c₀·x̂₀ + c_n·x_n, v·I)           (I²SB Eq. 4; no noise when m = 0)
@@ -13,9 +13,9 @@ so the correction is the gradient step x̂₀ − λ∇ taken inside the posteri
 the network. `cddb-deep` (CDDB's "CDDB-deep") differentiates through the network instead,
 x_m ← x_m − λ·∇_{x_n}‖y − A(x̂₀(x_n))‖², and `i2sb` is the bridge alone (λ = 0). The output is x at step 0.
 
-Released I²SB / CDDB bridges (`python -m bench import-bridge`, solvers.cddb_official) run here too: their
+Released I²SB / CDDB bridges (`python -m bench import-bridge`, solvers.cddb.official) run here too: their
 bridge.json says how the network sees the step (I²SB's linspace(t0, T, N)[n]·N, applied by the loaded network,
-solvers.bridge_network) and how x₁ is formed (y upsampled by nearest-neighbour for their SR, not A⁺y); the
+solvers.cddb.network) and how x₁ is formed (y upsampled by nearest-neighbour for their SR, not A⁺y); the
 operator must be the one they were trained on (sr4 with kernel="pool" or "ddrm-bicubic"), and a bridge whose
 degradation this project lacks (their JPEG) is refused with the reason.
 
@@ -43,10 +43,10 @@ from torch import Tensor
 from bench.files import asset
 from operators import Cap, Operator, randn_per_image
 
-from . import register
-from .base import Solver, SolverConfig, SolverError, StepCallback
-from .bridge_network import BRIDGE_FILE, load_bridge, weights_file
-from .bridge_schedule import BridgeSchedule
+from .. import register
+from ..base import Solver, SolverConfig, SolverError, StepCallback
+from .network import BRIDGE_FILE, load_bridge, weights_file
+from .schedule import BridgeSchedule
 
 ASSETS = asset("")  # the shipped bridges are the folders cddb-<task>-<size> in it
 DEFAULT_STEP_SIZE = {"sr4": 1.0, "sr8": 1.0, "jpeg10": 0.5}  # DDC paper, Appendix B (CDDB: SR 1.0, JPEG 0.5)
@@ -59,7 +59,7 @@ BridgeFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 class CDDBConfig(SolverConfig):
     nfe: int = 100  # CDDB scripts/sample.sh: --nfe 100
     step_size: float | None = None  # λ; None: DEFAULT_STEP_SIZE for the task (DDC paper's CDDB setting), else 1.0
-    bridge: str = "auto"  # "auto": bench/assets/cddb-<task>-<size>/; else a folder written by bench.train_bridge
+    bridge: str = "auto"  # "auto": bench/assets/cddb-<task>-<size>/; else a folder written by solvers.cddb.train
     clip_x0: bool = True  # CDDB scripts/sample.sh: --clip-denoise
 
     def __post_init__(self) -> None:

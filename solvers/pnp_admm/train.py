@@ -1,5 +1,5 @@
-"""`python -m bench train-denoiser`: a DnCNN Gaussian denoiser for PnP-ADMM (the network and its loader
-sit beside the solver, in solvers.pnp_admm).
+"""`python -m bench train-denoiser`: a DnCNN Gaussian denoiser for PnP-ADMM (the network and its loader sit
+beside the solver, in solvers/pnp_admm/dncnn.py; the solver never imports this trainer).
 
 DnCNN (Zhang et al. 2017, "Beyond a Gaussian Denoiser"): 17 layers of 3×3 convolutions with 64 channels,
 batch normalisation in the middle 15, and residual learning: the network predicts the noise, and the
@@ -26,7 +26,8 @@ from torch import Tensor, nn
 from bench.files import atomic_write_bytes, atomic_write_text
 from bench.training import TrainConfig, Trainer, crop_batches, data_record
 from operators.base import noise_std
-from solvers.pnp_admm import DnCNN, load_denoiser
+
+from .dncnn import DnCNN, load_denoiser
 
 SIGMA_MAX = 55 / 255  # DnCNN-B's blind range
 BN_RECALIBRATION_BATCHES = 32  # batches of training crops over which the saved network's BN statistics are computed
@@ -128,7 +129,8 @@ def train_denoiser(
 
 # ----- held-out evaluation -------------------------------------------------------------------------------
 HELDOUT_SIGMAS = (15 / 255, 25 / 255, 50 / 255)
-KODAK_HELDOUT = Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak24"  # never trained on
+# ../shared/data/kodak24 beside the repository (solvers/pnp_admm/train.py is three folders down); never trained on
+KODAK_HELDOUT = Path(__file__).resolve().parents[3] / "shared" / "data" / "kodak24"
 
 
 def heldout_crops(folder: str | Path, n: int = 64, size: int = 64, seed: int = 4) -> Tensor:
@@ -185,10 +187,10 @@ def denoising_table(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m bench.train_denoiser FOLDER [--heldout DIR] [--prior natural64]`: the held-out table."""
+    """`python -m solvers.pnp_admm.train FOLDER [--heldout DIR] [--prior natural64]`: the held-out table."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m bench.train_denoiser", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m solvers.pnp_admm.train", description=main.__doc__)
     parser.add_argument("folder", help="a saved DnCNN (config.json + model.safetensors), e.g. bench/assets/dncnn")
     parser.add_argument("--heldout", default=str(KODAK_HELDOUT), help="held-out photos (default: %(default)s)")
     parser.add_argument("--n", type=int, default=64)

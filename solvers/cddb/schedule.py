@@ -18,7 +18,7 @@ The network predicts (x_n − x₀)/σ_n (I²SB Eq. 12); x̂₀ = x_n − σ_n·
 with β_min = 1e-4 and N = 1000; β_max = 0.3 for super-resolution and JPEG (I²SB's and CDDB's training scripts).
 
 How the network sees the step is not part of the schedule: our bridges take n itself, I²SB's released ones
-linspace(10⁻⁴, 1, N)[n]·N (0.1..1000); solvers.bridge_network applies either inside the loaded network.
+linspace(10⁻⁴, 1, N)[n]·N (0.1..1000); solvers.cddb.network applies either inside the loaded network.
 """
 
 from __future__ import annotations

@@ -1,111 +1,29 @@
-"""Datasets of clean images for the benchmark runner and the trainers.
+"""What every dataset of `bench.data` shares: reading and converting image files, the ground-truth protocols and
+their geometry, listing image files and file lists, `ImageDataset` and `ImageFolder`, and the small-image warning.
 
-Every image the benchmark sees goes through the same steps:
-
-1. decode with Pillow and apply the EXIF orientation tag, so camera photos stand upright;
-2. convert to ``"RGB"`` (channels=3) or ``"L"`` (channels=1; Pillow's ITU-R 601-2 luma
-   L = 0.299 R + 0.587 G + 0.114 B). An alpha channel is dropped; 16-bit greyscale is reduced to 8 bits;
-3. crop the centred largest square (when the two margins differ by one pixel, the extra pixel is
-   left on the right or bottom);
-4. resize that square to ``size`` x ``size`` with Pillow's bicubic filter (``Image.Resampling.BICUBIC``,
-   ``reducing_gap=None``). Pillow widens the bicubic kernel by the reduction factor when it shrinks, so
-   downscaling is antialiased, and ``reducing_gap=None`` keeps it exact (no box pre-reduction). Bicubic
-   rather than Lanczos because it rings less around sharp edges and is the filter ADM-style diffusion
-   preprocessing uses; squares smaller than ``size`` are upscaled with the same filter. The result is
-   rounded to 8 bits, as a PNG of it would be;
-5. map the 8-bit values v to float32 ``v / 127.5 - 1`` in [-1, 1] (`pil_to_signed`, the one place this
-   module converts pixel values).
-
-Steps 1, 3 and 4 are the ``ours`` protocol. A `folder:` spec may instead name the ground-truth protocol of a
-paper (`PROTOCOLS`; docs/datasets.md): ``ddrm`` (DDRM/DDNM ImageNet-1k), ``adm`` (guided-diffusion's
-``center_crop_arr``), ``ddc`` (resize only) and ``dps`` (images used as they are). The papers' loaders do
-not apply the EXIF orientation, so these protocols skip it too; steps 2 and 5 are shared by all.
-
-Datasets:
-
-* `ImageFolder`: the image files directly inside one folder (no recursion), sorted by file name; an
-  image's id is its file stem. `load_dataset("folder:<path>")` builds one; the spec's options
-  ``?protocol=<name>&recursive=1&list=<file>`` pick the protocol, take sub-folders too (ids are relative
-  paths without extension, "/" written "__") or take the images a file list names, in its order.
-* `load_dataset("skimage-natural")`: the natural photographs bundled inside scikit-image's wheel (no
-  download; see `SKIMAGE_NATURAL_COLOUR` and `SKIMAGE_NATURAL_GREY`).
-* `load_dataset("kodak24")`: the Kodak photos at ../shared/data/kodak24 next to the repository, when present.
-* `RandomCrops`: an endless stream of random-scale crops of a training folder, for the trainers.
-* `manifest_sha256(folder)`: one hash over a folder's image files, for provenance records.
+The preprocessing steps are described in the package docstring (`bench.data`). Not a dataset module: the
+registry's discovery skips it.
 """
 
 from __future__ import annotations
 
-import difflib
-import hashlib
-import importlib.util
-import math
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "SKIMAGE_NATURAL_COLOUR",
-    "SKIMAGE_NATURAL_GREY",
-    "CropParams",
-    "DatasetError",
-    "ImageDataset",
-    "ImageFolder",
-    "ImageReadError",
-    "PROTOCOLS",
-    "RandomCrops",
-    "adm_center_crop",
-    "available",
-    "center_square",
-    "ddrm_square",
-    "list_image_files",
-    "load_dataset",
-    "manifest_sha256",
-    "pil_to_signed",
-    "read_file_list",
-    "read_image",
-]
+from bench.registry import closest
 
 #: File name endings read as images (compared case-insensitively).
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
-#: Colour photographs shipped in scikit-image's wheel (skimage/data/), as (id, file name). Chosen because
-#: they are ordinary photos of scenes; the wheel's other colour files are synthetic patterns (color,
-#: chessboard_RGB, phantom, logo), microscopy or medical images (ihc, retina), a near-duplicate
-#: (motorcycle_right) or a star field (hubble_deep_field).
-SKIMAGE_NATURAL_COLOUR: tuple[tuple[str, str], ...] = (
-    ("astronaut", "astronaut.png"),  # 512 x 512, portrait of Eileen Collins (NASA)
-    ("chelsea", "chelsea.png"),  # 451 x 300, a cat
-    ("coffee", "coffee.png"),  # 600 x 400, a cup of coffee on a table
-    ("motorcycle", "motorcycle_left.png"),  # 741 x 500, left view of the Middlebury stereo pair
-    ("rocket", "rocket.jpg"),  # 640 x 427, a rocket on its launch pad
-)
-
-#: Greyscale photographs shipped in the wheel, used only when channels=1 (a grey photo replicated to
-#: three equal channels would be an unnatural colour image). The textures (brick, grass, gravel), text
-#: scans and microscopy images are left out.
-SKIMAGE_NATURAL_GREY: tuple[tuple[str, str], ...] = (
-    ("camera", "camera.png"),  # 512 x 512, the cameraman
-    ("coins", "coins.png"),  # 384 x 303, Greek coins from Pompeii
-    ("moon", "moon.png"),  # 512 x 512, the lunar surface
-)
-
-_REPO_ROOT = Path(__file__).resolve().parents[1]
-#: Named datasets that are plain folders under ../shared/data next to the repository.
-_SHARED_FOLDERS: dict[str, tuple[Path, str]] = {
-    "kodak24": (_REPO_ROOT.parent / "shared" / "data" / "kodak24", "the 24 Kodak photos, held out for testing"),
-}
-_FOLDER_PREFIX = "folder:"
-_SKIMAGE_NATURAL = "skimage-natural"
+# How a folder spec starts; an `ImageFolder` is named "folder:<path>" after it.
+FOLDER_PREFIX = "folder:"
 
 #: Ground-truth protocols a `folder:` spec can name (``?protocol=<name>``), as name -> what it does (this
 #: text goes into `ImageDataset.describe`). docs/datasets.md says which paper uses which and where it is
@@ -124,10 +42,6 @@ PROTOCOLS: dict[str, str] = {
     "dps": "DPS: no EXIF rotation, images used as they are (must already be size x size), 8-bit, v/127.5-1",
 }
 _DEFAULT_PROTOCOL = "ours"
-# Options a `folder:` spec accepts after its last "?".
-_FOLDER_OPTIONS = ("protocol", "recursive", "list")
-_TRUE_WORDS = ("1", "true", "yes")
-_FALSE_WORDS = ("0", "false", "no")
 # How a sub-folder separator is written inside an image id (ids become file names of results).
 _ID_SEPARATOR = "__"
 
@@ -143,7 +57,7 @@ class ImageReadError(DatasetError):
     """One image file cannot be decoded; the message names the file."""
 
 
-def _check_size_channels(size: int, channels: int) -> None:
+def check_size_channels(size: int, channels: int) -> None:
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise DatasetError(f"image size must be a positive int, got {size!r}")
     if channels not in (1, 3):
@@ -268,10 +182,10 @@ _GEOMETRY = {
 }
 
 
-def _check_protocol(protocol: str) -> None:
+def check_protocol(protocol: str) -> None:
     if protocol not in PROTOCOLS:
-        close = difflib.get_close_matches(str(protocol), list(PROTOCOLS), n=1, cutoff=0.5)
-        hint = f"did you mean '{close[0]}'? " if close else ""
+        close = closest(str(protocol), list(PROTOCOLS), cutoff=0.5)
+        hint = f"did you mean '{close}'? " if close else ""
         raise DatasetError(f"unknown ground-truth protocol {protocol!r}; {hint}(available: {', '.join(PROTOCOLS)})")
 
 
@@ -337,7 +251,7 @@ def list_image_files(folder: str | Path, *, recursive: bool = False) -> list[Pat
     return images
 
 
-def _check_n_images(n_images: int | None, available_count: int, where: str) -> int:
+def check_n_images(n_images: int | None, available_count: int, where: str) -> int:
     if n_images is None:
         return available_count
     if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
@@ -365,8 +279,8 @@ class ImageDataset(Dataset):
         *,
         protocol: str = _DEFAULT_PROTOCOL,
     ) -> None:
-        _check_size_channels(size, channels)
-        _check_protocol(protocol)
+        check_size_channels(size, channels)
+        check_protocol(protocol)
         if not entries:
             raise DatasetError(f"dataset '{name}' has no images")
         seen: dict[str, Path] = {}
@@ -576,7 +490,7 @@ def _folder_name(root: Path, protocol: str, recursive: bool, file_list: Path | N
         options.append("recursive=1")
     if file_list is not None:
         options.append(f"list={file_list}")
-    return f"{_FOLDER_PREFIX}{root}" + (f"?{'&'.join(options)}" if options else "")
+    return f"{FOLDER_PREFIX}{root}" + (f"?{'&'.join(options)}" if options else "")
 
 
 class ImageFolder(ImageDataset):
@@ -605,8 +519,8 @@ class ImageFolder(ImageDataset):
         recursive: bool = False,
         file_list: str | Path | None = None,
     ) -> None:
-        _check_size_channels(size, channels)
-        _check_protocol(protocol)
+        check_size_channels(size, channels)
+        check_protocol(protocol)
         self.root = Path(path).expanduser()
         list_path = None if file_list is None else Path(file_list).expanduser()
         if list_path is None:
@@ -614,7 +528,7 @@ class ImageFolder(ImageDataset):
             entries = [(_relative_id(PurePosixPath(p.relative_to(self.root).as_posix())), p) for p in files]
         else:
             entries = _find_listed(self.root, read_file_list(list_path), list_path)
-        count = _check_n_images(n_images, len(entries), f"folder '{self.root}'")
+        count = check_n_images(n_images, len(entries), f"folder '{self.root}'")
         name = _folder_name(self.root, protocol, recursive, list_path)
         # Duplicate stems are checked over the whole folder, not just the first N, so that the ids of a
         # folder do not depend on how many images are asked for.
@@ -624,107 +538,13 @@ class ImageFolder(ImageDataset):
             _check_native_size(self.paths, size)  # fail before a run starts, not at its first odd image
 
 
-def _skimage_data_dir() -> Path:
-    # find_spec locates the installed package without importing it (skimage's import is slow).
-    spec = importlib.util.find_spec("skimage")
-    if spec is None or not spec.submodule_search_locations:
-        raise DatasetError(
-            f"dataset '{_SKIMAGE_NATURAL}' needs scikit-image; install it with `pip install scikit-image`"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "data"
-
-
-def _skimage_natural(size: int, channels: int, n_images: int | None) -> ImageDataset:
-    data_dir = _skimage_data_dir()
-    chosen = SKIMAGE_NATURAL_COLOUR + (SKIMAGE_NATURAL_GREY if channels == 1 else ())
-    entries = [(image_id, data_dir / file_name) for image_id, file_name in chosen]
-    missing = [str(path) for _, path in entries if not path.is_file()]
-    if missing:
-        raise DatasetError(
-            f"scikit-image's bundled photos are missing: {missing}; reinstall it with "
-            "`pip install --force-reinstall scikit-image`"
-        )
-    count = _check_n_images(n_images, len(entries), f"dataset '{_SKIMAGE_NATURAL}' (channels={channels})")
-    return ImageDataset(entries[:count], size, channels, name=_SKIMAGE_NATURAL)
-
-
-def _parse_flag(key: str, value: str, spec: str) -> bool:
-    word = value.lower()
-    if word in _TRUE_WORDS or word in _FALSE_WORDS:
-        return word in _TRUE_WORDS
-    raise DatasetError(f"option {key}={value!r} in dataset spec '{spec}' must be 1 or 0")
-
-
-def _folder_options(query: str, spec: str) -> dict[str, Any]:
-    """'protocol=ddrm&recursive=1&list=<file>' -> keyword arguments of `ImageFolder`."""
-    options: dict[str, Any] = {}
-    for pair in filter(None, query.split("&")):
-        key, equals, value = (part.strip() for part in pair.partition("="))
-        if not equals or not key or not value:
-            raise DatasetError(
-                f"bad option {pair!r} in dataset spec '{spec}'; write options as "
-                f"'{_FOLDER_PREFIX}<path>?protocol=ddrm&recursive=1&list=<file>'"
-            )
-        if key not in _FOLDER_OPTIONS:
-            close = difflib.get_close_matches(key, _FOLDER_OPTIONS, n=1, cutoff=0.5)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            raise DatasetError(
-                f"unknown option '{key}' in dataset spec '{spec}'; {hint}(options: {', '.join(_FOLDER_OPTIONS)})"
-            )
-        if key == "protocol":
-            _check_protocol(value)
-            options["protocol"] = value
-        elif key == "recursive":
-            options["recursive"] = _parse_flag(key, value, spec)
-        else:
-            options["file_list"] = value
-    return options
-
-
-def _split_folder_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """'folder:<path>[?options]' -> (path, `ImageFolder` keyword arguments).
-
-    The last "?" starts the options, so a path may not hold "?" -- unless the whole text is an existing
-    folder, which keeps any folder spec that worked before options existed working the same.
-    """
-    text = spec[len(_FOLDER_PREFIX) :].strip()
-    head, mark, query = text.rpartition("?")
-    if not mark or Path(text).expanduser().is_dir():
-        head, query = text, ""
-    folder = head.strip()
-    if not folder:
-        raise DatasetError(f"dataset spec '{spec}' names no folder; write it as '{_FOLDER_PREFIX}<path>'")
-    return folder, _folder_options(query, spec)
-
-
-def available() -> list[tuple[str, str]]:
-    """(spec pattern, description) for every dataset `load_dataset` accepts."""
-    colour = ", ".join(image_id for image_id, _ in SKIMAGE_NATURAL_COLOUR)
-    grey = ", ".join(image_id for image_id, _ in SKIMAGE_NATURAL_GREY)
-    rows = [
-        (
-            _SKIMAGE_NATURAL,
-            f"photos bundled with scikit-image, no download: {colour} (channels=1 adds {grey})",
-        ),
-        (
-            f"{_FOLDER_PREFIX}<path>",
-            "every image file directly inside <path>, sorted by name; ids are file stems. Options "
-            f"?protocol=<{'|'.join(PROTOCOLS)}>&recursive=1&list=<file> (docs/datasets.md)",
-        ),
-    ]
-    for name, (folder, description) in _SHARED_FOLDERS.items():
-        state = "present" if folder.is_dir() else "absent"
-        rows.append((name, f"{description}; folder {folder} ({state})"))
-    return rows
-
-
 # An image whose short side is below this share of the prior's size is upscaled more than 2x: its ground truth
 # is a blurred image, which every solver restores easily, so its metrics flatter them.
 SMALL_IMAGE_SHARE = 0.5
 _WARNED_SMALL: set[tuple[str, int]] = set()  # (dataset name, size): warn once per process (a run loads twice)
 
 
-def _warn_small_images(dataset: ImageDataset) -> ImageDataset:
+def warn_small_images(dataset: ImageDataset) -> ImageDataset:
     """Print one warning with the count of `dataset`'s images far smaller than its size; returns `dataset`."""
     limit = SMALL_IMAGE_SHARE * dataset.size
     small = []
@@ -746,154 +566,3 @@ def _warn_small_images(dataset: ImageDataset) -> ImageDataset:
             file=sys.stderr,
         )
     return dataset
-
-
-def load_dataset(spec: str, size: int, channels: int = 3, n_images: int | None = None) -> ImageDataset:
-    """Build the dataset named by `spec` (see `available()`), serving images (C, size, size) in [-1, 1].
-
-    `n_images` keeps the first N images in dataset order; None keeps all.
-    """
-    _check_size_channels(size, channels)
-    spec = spec.strip()
-    if spec.startswith(_FOLDER_PREFIX):
-        folder, options = _split_folder_spec(spec)
-        return _warn_small_images(ImageFolder(folder, size, channels, n_images, **options))
-    if spec == _SKIMAGE_NATURAL:
-        return _skimage_natural(size, channels, n_images)
-    if spec in _SHARED_FOLDERS:
-        folder, _ = _SHARED_FOLDERS[spec]
-        if not folder.is_dir():
-            raise DatasetError(
-                f"dataset '{spec}' looks for its photos in '{folder}', which does not exist; put them there "
-                f"or point at another copy with '{_FOLDER_PREFIX}<path>'"
-            )
-        dataset = ImageFolder(folder, size, channels, n_images)
-        dataset.name = spec
-        return _warn_small_images(dataset)
-    names = [_SKIMAGE_NATURAL, *_SHARED_FOLDERS]
-    listing = f"(available: {', '.join(names)}, {_FOLDER_PREFIX}<path>)"
-    head, mark, query = spec.rpartition("?")
-    if mark and head in _SHARED_FOLDERS:
-        raise DatasetError(
-            f"dataset '{head}' takes no options; options belong to folder specs: "
-            f"'{_FOLDER_PREFIX}{_SHARED_FOLDERS[head][0]}?{query}'"
-        )
-    if spec and Path(spec).expanduser().is_dir():
-        raise DatasetError(
-            f"unknown dataset '{spec}'; it is a folder: did you mean '{_FOLDER_PREFIX}{spec}'? {listing}"
-        )
-    close = difflib.get_close_matches(spec, [*names, _FOLDER_PREFIX], n=1, cutoff=0.5)
-    if close:
-        raise DatasetError(f"unknown dataset '{spec}'; did you mean '{close[0]}'? {listing}")
-    raise DatasetError(f"unknown dataset '{spec}' {listing}")
-
-
-@dataclass(frozen=True)
-class CropParams:
-    """One random crop: the square [left, left + side) x [top, top + side) of image `image_index`, in native pixels."""
-
-    image_index: int
-    left: int
-    top: int
-    side: int
-    flip: bool
-
-
-class RandomCrops:
-    """Endless random-scale square crops of the images in a folder, for training.
-
-    Each draw picks an image uniformly, a crop side s with log(s) uniform between log(min(size, short side))
-    (a size x size window at native resolution) and log(short side) (the whole short side), a uniformly
-    placed s x s square, and a horizontal flip with probability 1/2. The square is resized to size x size
-    with the same bicubic filter as `ImageFolder`. All randomness comes from one torch.Generator (built from
-    `seed` unless `generator` is given), so a seed fixes the whole stream.
-
-    Every image is decoded once, at construction, and kept in memory as 8-bit pixels (313 photos of about
-    500 x 500 take about 250 MB in RGB).
-    """
-
-    def __init__(
-        self,
-        path: str | Path,
-        size: int,
-        channels: int = 3,
-        *,
-        seed: int = 0,
-        generator: torch.Generator | None = None,
-        n_images: int | None = None,
-    ) -> None:
-        _check_size_channels(size, channels)
-        self.root = Path(path).expanduser()
-        files = list_image_files(self.root)
-        files = files[: _check_n_images(n_images, len(files), f"folder '{self.root}'")]
-        self.size = size
-        self.channels = channels
-        self.ids = [p.stem for p in files]
-        self._images = [read_image(p, channels) for p in files]
-        if generator is None:
-            generator = torch.Generator().manual_seed(seed)
-        self.generator = generator
-
-    def __len__(self) -> int:
-        """Number of source images (the stream itself is endless)."""
-        return len(self._images)
-
-    def _uniform(self) -> float:
-        return float(torch.rand((), dtype=torch.float64, generator=self.generator))
-
-    def _integer(self, high: int) -> int:
-        """Uniform integer in [0, high]."""
-        return int(torch.randint(high + 1, (), generator=self.generator))
-
-    def draw_params(self) -> CropParams:
-        """Draw the next crop's parameters from the generator."""
-        image_index = int(torch.randint(len(self._images), (), generator=self.generator))
-        width, height = self._images[image_index].size
-        short = min(width, height)
-        smallest = min(self.size, short)
-        side = round(math.exp(math.log(smallest) + self._uniform() * (math.log(short) - math.log(smallest))))
-        side = min(max(side, smallest), short)
-        left = self._integer(width - side)
-        top = self._integer(height - side)
-        flip = self._uniform() < 0.5
-        return CropParams(image_index, left, top, side, flip)
-
-    def render(self, params: CropParams) -> torch.Tensor:
-        """The crop described by `params` as a tensor (C, size, size) in [-1, 1]."""
-        image = self._images[params.image_index]
-        box = (params.left, params.top, params.left + params.side, params.top + params.side)
-        crop = image.crop(box)
-        if params.side != self.size:
-            crop = crop.resize((self.size, self.size), Image.Resampling.BICUBIC, reducing_gap=None)
-        tensor = pil_to_signed(crop)
-        return torch.flip(tensor, dims=(-1,)) if params.flip else tensor
-
-    def sample(self) -> tuple[torch.Tensor, CropParams]:
-        """The next crop (C, size, size) in [-1, 1] and the parameters that made it."""
-        params = self.draw_params()
-        return self.render(params), params
-
-    def batch(self, batch_size: int) -> torch.Tensor:
-        """The next `batch_size` crops stacked as (B, C, size, size) in [-1, 1]."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise DatasetError(f"batch_size must be a positive int, got {batch_size!r}")
-        return torch.stack([self.render(self.draw_params()) for _ in range(batch_size)])
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        """Endless crops (C, size, size) in [-1, 1]; the stream continues across iterators."""
-        while True:
-            yield self.render(self.draw_params())
-
-
-def manifest_sha256(folder: str | Path) -> str:
-    """SHA-256 (hex) over the image files of `folder`, as `list_image_files` finds them.
-
-    The hashed text is one line per file in name order, "<file sha256>  <relative path>\\n", the format
-    of `sha256sum`, so `LC_ALL=C sha256sum <the image files> | sha256sum` reproduces it. Non-image files
-    (e.g. a MANIFEST.tsv) do not affect it; renaming, adding, removing or editing an image does.
-    """
-    folder = Path(folder).expanduser()
-    from bench.files import file_sha256
-
-    lines = [f"{file_sha256(path)}  {path.relative_to(folder).as_posix()}\n" for path in list_image_files(folder)]
-    return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()

@@ -3,9 +3,9 @@
 The authors release φ as a diffusers folder: `config.json` (a UNet2DModel config that also carries the EMA's
 fields, `decay`, `optimization_step`, ...) and `diffusion_pytorch_model.safetensors`. `import_official` checks
 that config (a 6 → 3 channel UNet2DModel once the EMA and private fields are dropped), loads the weights
-strictly, and writes DEST as `solvers.ddc.load_phi` reads it: `unet/config.json`, `unet/diffusion_pytorch_model
-.safetensors` (a byte copy of theirs) and a provenance.json stating the official conventions, which the sampler
-then follows (solvers/ddc.py):
+strictly, and writes DEST as `solvers.ddc.network.load_phi` reads it: `unet/config.json`,
+`unet/diffusion_pytorch_model.safetensors` (a byte copy of theirs) and a provenance.json stating the official
+conventions, which the sampler then follows (solvers/ddc/sampler.py):
 
 - clip_x0 false: the official code gives φ the prior's x̂₀ unclipped;
 - y_to_image "replicate": the official `AdaptiveAvgPool2d` to 256² equals it on every built-in task;
@@ -29,7 +29,7 @@ from typing import Any
 
 from bench.files import atomic_write_text, file_sha256, git_commit, replace_folder
 
-from .ddc import PROVENANCE
+from .network import PROVENANCE
 
 __all__ = [
     "EMA_FIELDS",
@@ -178,7 +178,7 @@ def official_provenance(
         "sigma_max": 0.05,
         "parameters": parameters,
         "official_architecture": official_layout,
-        # The conventions solvers/ddc.py follows (each one a DDCConfig option).
+        # The conventions solvers/ddc/sampler.py follows (each one a DDCConfig option).
         "clip_x0": False,
         "y_to_image": "replicate",
         "y_to_image_official": "AdaptiveAvgPool2d to image size (equal to 'replicate' on every built-in task)",

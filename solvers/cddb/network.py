@@ -1,5 +1,5 @@
-"""Bridge networks as CDDB samples them, and the loader of a bridge folder (bench.train_bridge writes ours,
-solvers.cddb_official imports the released I²SB / CDDB ones).
+"""Bridge networks as CDDB samples them, and the loader of a bridge folder (solvers.cddb.train writes ours,
+solvers.cddb.official imports the released I²SB / CDDB ones).
 
 Every bridge is called the same way, net(x_n, n, x₁) -> the prediction of (x_n − x₀)/σ_n, with n the integer
 bridge step (B,) int64 and x₁ the degraded image the bridge started from. What differs is behind that call:
@@ -79,7 +79,7 @@ def read_record(folder: Path) -> dict[str, Any]:
     record = json.loads(path.read_text())
     for key in REQUIRED_KEYS:
         if key not in record:
-            raise ValueError(f"{path} has no '{key}'; re-save the bridge with bench.train_bridge.save_bridge")
+            raise ValueError(f"{path} has no '{key}'; re-save the bridge with solvers.cddb.train.save_bridge")
     time_input = record.get("time_input", {"kind": "step"})
     if time_input.get("kind") not in TIME_INPUTS:
         raise ValueError(f"{path}: unknown time_input {time_input!r} (known kinds: {', '.join(TIME_INPUTS)})")
