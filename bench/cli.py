@@ -90,7 +90,7 @@ def _list_solvers() -> None:
 
 
 def _cmd_matrix(args: argparse.Namespace) -> int:
-    from bench.matrix import support_matrix
+    from bench.tools.matrix import support_matrix
 
     print(support_matrix())
     return 0
@@ -98,7 +98,7 @@ def _cmd_matrix(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     import solvers
-    from bench.validate import format_report, parse_sets, validate, write_json
+    from bench.tools.validate import format_report, parse_sets, validate, write_json
 
     cls = solvers.load_class(args.solver) if ":" in args.solver else solvers.get(args.solver)
     options = parse_sets(args.set, cls.name)
@@ -144,8 +144,8 @@ def _cmd_fetch_weights(args: argparse.Namespace) -> int:
 
 def _cmd_score(args: argparse.Namespace) -> int:
     from bench.metrics import spec
+    from bench.pipeline.rescore import rescore
     from bench.report import latest_results
-    from bench.rescore import rescore
 
     results = Path(args.results) if args.results else latest_results("results")
     if not (results / "units").is_dir():
@@ -197,7 +197,7 @@ def _train_config(args: argparse.Namespace):
 
 
 def _cmd_train_prior(args: argparse.Namespace) -> int:
-    from bench.train_prior import train_prior
+    from bench.priors.train import train_prior
 
     final = train_prior(
         args.data,
@@ -337,7 +337,7 @@ def _cmd_import_bridge(args: argparse.Namespace) -> int:
 
 
 def _int_list(text: str, flag: str) -> tuple[int, ...]:
-    from bench.settings import positive_ints
+    from bench.pipeline.settings import positive_ints
 
     try:
         return positive_ints(text, flag)
@@ -409,19 +409,19 @@ def build_parser() -> argparse.ArgumentParser:
     listing.set_defaults(func=_cmd_list)
 
     try:
-        from bench.run import add_run_parser  # the run command defines its own options
+        from bench.pipeline.run import add_run_parser  # the run command defines its own options
     except ModuleNotFoundError as error:
-        if error.name != "bench.run":
+        if error.name != "bench.pipeline.run":
             raise
     else:
         add_run_parser(commands)
 
-    from bench.speed import add_speed_parser
+    from bench.tools.speed import add_speed_parser
 
     add_speed_parser(commands)
 
-    from bench.compare import add_compare_parser
-    from bench.export import add_export_parser
+    from bench.tools.compare import add_compare_parser
+    from bench.tools.export import add_export_parser
 
     add_compare_parser(commands)
     add_export_parser(commands)

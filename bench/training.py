@@ -1,4 +1,4 @@
-"""The training loop shared by every trainer: bench/train_prior.py and those of the methods (solvers/*/train.py).
+"""The training loop shared by every trainer: bench/priors/train.py and those of the methods (solvers/*/train.py).
 
 What it owns: AdamW, an EMA of the weights, gradient clipping, a progress bar (loss, images/s), periodic
 checkpoints written atomically and `resume` from them, EMA snapshots at chosen steps, and a provenance

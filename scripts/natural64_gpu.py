@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.priors.train import linear_alphas_cumprod, train_prior
 from bench.sampling import ddim_sample, ddpm_sample
-from bench.train_prior import linear_alphas_cumprod, train_prior
 from bench.training import TrainConfig
 from operators import image_generators
 

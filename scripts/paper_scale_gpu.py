@@ -17,7 +17,7 @@ Five sections, each written to <out>/<section>.json as soon as it is done, then 
   the embedded natural64 prior and its shipped φ, PSNR of the bf16 result against the fp32 one and of both
   against the photo.
 
-Solves are timed at --steps-measured steps and extrapolated to the paper's count (see bench/speed.py).
+Solves are timed at --steps-measured steps and extrapolated to the paper's count (see bench/tools/speed.py).
 `--dry-run` runs every section at toy sizes on the CPU in a few minutes (the Gaussian prior for the tables, the
 tiny ADM for DPS memory in fp32 only, 2 steps): it checks the script, not the GPU; its numbers mean nothing.
 """
@@ -38,8 +38,8 @@ import torch
 
 import operators
 import solvers
-from bench import speed
 from bench.files import atomic_write_text
+from bench.tools import speed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -411,8 +411,8 @@ def check_torchrun(settings: Settings, device: torch.device) -> dict[str, Any]:
     mapping gives (cuda:<LOCAL_RANK> on a GPU)."""
     import subprocess
 
-    from bench.settings import resolve_device
-    from bench.store import ResultStore
+    from bench.pipeline.settings import resolve_device
+    from bench.pipeline.store import ResultStore
 
     env_of_rank = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}
     expected = resolve_device(settings.device, env_of_rank, torch.cuda.device_count())

@@ -158,7 +158,7 @@ class Solver:
         """x̂ (B, C, H, W) in [-1, 1] from y (B, *op.measurement_shape): the checked, clamped `solve`.
 
         clamp=False returns `solve`'s raw output, so that a caller can tell divergence from a value that
-        the clamp would hide (the runner does: `bench.evaluate.DIVERGENCE_BOUND`).
+        the clamp would hide (the runner does: `bench.pipeline.evaluate.DIVERGENCE_BOUND`).
 
         A SolverError names what does not fit: an operator this solver cannot serve at σ, a measurement of the
         wrong shape, a generator count other than the batch size, a prior whose images or timesteps do not fit,

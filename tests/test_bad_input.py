@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 
 from bench.cli import build_parser, main
+from bench.pipeline.settings import RunError, settings_from_args
+from bench.pipeline.store import ResultStore, StoreError
 from bench.report import ReportError, render_report
-from bench.settings import RunError, settings_from_args
-from bench.store import ResultStore, StoreError
 
 PRIOR = "gaussian:32"
 

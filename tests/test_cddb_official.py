@@ -322,7 +322,7 @@ def test_bench_run_runs_the_released_bridge_on_its_own_operator_only(imported, t
     from PIL import Image
 
     from bench.cli import main
-    from bench.store import ResultStore
+    from bench.pipeline.store import ResultStore
 
     dest, _, _ = imported
     photos = tmp_path / "photos"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.cli import main
-from bench.store import UNIT_COLUMNS, ResultStore, new_row
+from bench.pipeline.store import UNIT_COLUMNS, ResultStore, new_row
 
 
 def compare(argv: list[str]) -> int:

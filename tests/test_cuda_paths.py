@@ -15,11 +15,11 @@ from PIL import Image
 from scipy import stats
 
 import solvers
-from bench import evaluate
 from bench.cli import main
-from bench.evaluate import _accumulation_dtype, fisher_kurtosis
-from bench.settings import RunError, resolve_device
-from bench.store import ResultStore
+from bench.pipeline import evaluate
+from bench.pipeline.evaluate import _accumulation_dtype, fisher_kurtosis
+from bench.pipeline.settings import RunError, resolve_device
+from bench.pipeline.store import ResultStore
 from solvers.base import SolverError
 
 REPO = Path(__file__).resolve().parents[1]

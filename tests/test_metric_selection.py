@@ -17,7 +17,7 @@ from run_cases import cli, pinv_run
 from skimage.metrics import structural_similarity
 
 from bench import metrics, weights
-from bench.store import ResultStore
+from bench.pipeline.store import ResultStore
 
 PRIOR = "gaussian:32"
 

@@ -65,7 +65,7 @@ def test_a_copied_dataset_module_is_listed_and_loaded_by_a_run(tmp_path):
     out = tmp_path / "run"
     bench("run", "--prior", "gaussian:32", "--dataset", "skimage-copy", "--n-images", "2", "--solvers", "pinv",
           "--tasks", "sr4", "--metrics", "psnr", "--out", str(out), "--no-progress")  # fmt: skip
-    from bench.store import ResultStore
+    from bench.pipeline.store import ResultStore
 
     units = ResultStore(out).units()
     assert set(units["dataset"]) == {"skimage-copy"}

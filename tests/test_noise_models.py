@@ -17,9 +17,9 @@ from run_cases import PRIOR, cli, write_photo_crops
 
 import operators
 import solvers
-from bench.evaluate import best_of, selection_residual, solver_generators
-from bench.store import UNIT_COLUMNS, ResultStore, new_row, unit_image_paths
-from bench.units import DEFAULT_NOISE_SPEC, unit_key
+from bench.pipeline.evaluate import best_of, selection_residual, solver_generators
+from bench.pipeline.store import UNIT_COLUMNS, ResultStore, new_row, unit_image_paths
+from bench.pipeline.units import DEFAULT_NOISE_SPEC, unit_key
 from operators.base import noise_std
 from operators.noise import GaussianNoise, PoissonNoise, noise_model
 
@@ -110,7 +110,7 @@ def test_gaussian_best_of_one_unit_keys_are_the_keys_of_before():
         "img0",
         0,
     )
-    # the key as bench.units made it before noise models and best-of existed: the SHA-256 of these seven fields
+    # the key as bench.pipeline.units made it before noise models and best-of existed: the SHA-256 of these seven fields
     record = dict(zip(("solver", "operator", "sigma", "prior", "dataset", "image_id", "seed"), parts, strict=True))
     before = hashlib.sha256(json.dumps(record, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     assert GaussianNoise().spec() == DEFAULT_NOISE_SPEC
@@ -195,7 +195,7 @@ def test_run_under_poisson_noise_records_the_model_and_refuses_gaussian_solvers(
 
 def test_run_config_and_command_line_check_noise_and_best_of(tmp_path, capsys):
     from bench.cli import build_parser
-    from bench.settings import RunError, settings_from_args
+    from bench.pipeline.settings import RunError, settings_from_args
 
     def settings(*argv: str):
         return settings_from_args(build_parser().parse_args(["run", "--out", str(tmp_path / "o"), *argv]))

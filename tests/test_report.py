@@ -17,6 +17,8 @@ import pytest
 from PIL import Image
 
 from bench.cli import main
+from bench.pipeline.store import ResultStore, measurement_path, reconstruction_path
+from bench.pipeline.units import image_tag
 from bench.report import ReportError, latest_results, render_report
 from bench.report.load import load_store, method_labels
 from bench.report.swap import MARKER
@@ -29,8 +31,6 @@ from bench.report.tables import (
     to_latex,
     to_markdown,
 )
-from bench.store import ResultStore, measurement_path, reconstruction_path
-from bench.units import image_tag
 
 REPO = Path(__file__).resolve().parents[1]
 IDS = ["alpha", "beta", "gamma"]

@@ -21,9 +21,9 @@ from run_cases import write_photo_crops
 from scipy import stats
 
 from bench.cli import build_parser, main
-from bench.evaluate import fisher_kurtosis
-from bench.settings import settings_from_args
-from bench.store import SET_COLUMNS, TRACE_COLUMNS, UNIT_COLUMNS, ResultStore, row_image_paths
+from bench.pipeline.evaluate import fisher_kurtosis
+from bench.pipeline.settings import settings_from_args
+from bench.pipeline.store import SET_COLUMNS, TRACE_COLUMNS, UNIT_COLUMNS, ResultStore, row_image_paths
 
 REPO = Path(__file__).resolve().parents[1]
 PRIOR = "gaussian:32"
@@ -307,7 +307,7 @@ def test_run_yaml_config_reads_like_the_toml_one(tmp_path):
 
 
 def test_budget_lowers_only_the_expensive_solvers_and_set_wins():
-    from bench.settings import budget_overrides
+    from bench.pipeline.settings import budget_overrides
 
     settings = parse("--solvers", "dps,ddnm,uncond", "--set", "uncond.steps=7")
     assert budget_overrides(settings, "cpu") == {"dps": {"steps": "100"}, "ddnm": {}, "uncond": {"steps": "7"}}

@@ -14,8 +14,8 @@ import pytest
 from run_cases import write_photo_crops
 
 from bench.cli import main
-from bench.settings import RunError
-from bench.store import ResultStore, StoreError
+from bench.pipeline.settings import RunError
+from bench.pipeline.store import ResultStore, StoreError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -137,7 +137,7 @@ def test_run_error_is_a_value_error():
 
 def test_compile_is_a_run_setting_and_a_checked_config_key(tmp_path):
     from bench.cli import build_parser
-    from bench.settings import settings_from_args
+    from bench.pipeline.settings import settings_from_args
 
     def parse(*argv: str):
         return settings_from_args(build_parser().parse_args(["run", *argv]))
@@ -161,7 +161,7 @@ def test_the_support_matrix_marks_an_operator_it_cannot_build(monkeypatch):
     """An operator (a plug-in's, say) that refuses the matrix's 3×64×64 shape is a column of n/a with its
     reason, not a crash of `bench matrix`."""
     import operators
-    from bench.matrix import support_matrix
+    from bench.tools.matrix import support_matrix
 
     def only_16(shape, **params):
         raise ValueError(f"needs 16x16 images, got {tuple(shape)}")

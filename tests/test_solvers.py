@@ -195,7 +195,7 @@ def test_reconstruct_clamps_what_solve_returns(gaussian):
 def test_readme_support_matrix_is_the_generated_one():
     from pathlib import Path
 
-    from bench.matrix import README_BEGIN, README_END, readme_block
+    from bench.tools.matrix import README_BEGIN, README_END, readme_block
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     start, end = readme.index(README_BEGIN), readme.index(README_END) + len(README_END)

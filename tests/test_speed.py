@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import solvers
-from bench import speed
 from bench.cli import main
 from bench.priors import load_prior
-from bench.speed import SpeedRow, Timing, extrapolate, measure_solver, paper_phi, step_field
+from bench.tools import speed
+from bench.tools.speed import SpeedRow, Timing, extrapolate, measure_solver, paper_phi, step_field
 
 
 def test_extrapolation_recovers_one_off_and_per_step_costs_exactly():
@@ -38,7 +38,7 @@ def test_each_solver_has_its_length_field():
 
 def test_speed_names_the_solvers_paper_phi_widths():
     import solvers.ddc
-    from bench import speed
+    from bench.tools import speed
 
     assert speed.PAPER_PHI_CHANNELS == solvers.ddc.PAPER_PHI_CHANNELS
 

@@ -8,8 +8,8 @@ import json
 import pandas as pd
 import pytest
 
-from bench.store import ResultStore, atomic_write_bytes
-from bench.units import Unit, canonical_json, enumerate_units, shard, unit_key
+from bench.pipeline.store import ResultStore, atomic_write_bytes
+from bench.pipeline.units import Unit, canonical_json, enumerate_units, shard, unit_key
 
 SOLVER = {"solver": "ddnm", "version": 1, "config": {"steps": 100, "eta": 0.85}}
 OPERATOR = {"task": "sr4", "shape": [3, 64, 64], "factor": 4}

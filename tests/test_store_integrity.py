@@ -1,5 +1,5 @@
 """The store's integrity under clocks that disagree, merges that run while others read, and bad input:
-which row wins (bench.store's docstring), snapshots, and the run's own checks.
+which row wins (bench.pipeline.store's docstring), snapshots, and the run's own checks.
 
 Runs use the analytic Gaussian prior at 3x32x32 and 48x48 crops of scikit-image's bundled photos.
 """
@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 from run_cases import cli, pinv_run
 
-from bench import store as store_module
-from bench.store import ResultStore
+from bench.pipeline import store as store_module
+from bench.pipeline.store import ResultStore
 
 PRIOR = "gaussian:32"
 HOUR_NS = 3600 * 10**9
@@ -136,7 +136,7 @@ def test_a_reader_during_merges_sees_every_unit_with_its_traces(tmp_path):
 def test_without_the_lock_a_reader_whose_part_vanished_reads_again(tmp_path, monkeypatch):
     import contextlib
 
-    import bench.store as store_module
+    import bench.pipeline.store as store_module
 
     writer = ResultStore(tmp_path)
     for i in range(3):
@@ -224,7 +224,7 @@ def test_an_unreadable_image_fails_only_its_own_units(tmp_path, photos, capsys):
 
 
 def test_a_run_whose_folder_is_moved_stops_and_writes_nothing_at_the_old_path(tmp_path, photos, capsys, monkeypatch):
-    import bench.run as run_module
+    import bench.pipeline.run as run_module
 
     real = run_module.evaluate_batch
     calls = []
@@ -247,7 +247,7 @@ def test_ctrl_c_and_sigterm_say_in_one_line_what_is_kept(tmp_path, photos, capsy
     import os
     import signal
 
-    import bench.run as run_module
+    import bench.pipeline.run as run_module
 
     real = run_module.evaluate_batch
     calls = []

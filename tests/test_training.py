@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from bench.cli import main
-from bench.train_prior import diffusion_loss, linear_alphas_cumprod
+from bench.priors.train import diffusion_loss, linear_alphas_cumprod
 from solvers.pnp_admm.dncnn import DnCNN, load_denoiser
 from solvers.pnp_admm.train import denoising_loss
 
@@ -64,7 +64,7 @@ def _loss_on(loss_fn, network, batch: torch.Tensor) -> float:
 
 
 def test_prior_training_reduces_the_noise_prediction_loss(photo_folder):
-    from bench.train_prior import build_unet, unet_config
+    from bench.priors.train import build_unet, unet_config
     from bench.training import TrainConfig, Trainer
 
     torch.manual_seed(0)

@@ -17,7 +17,7 @@ import torch
 
 import operators
 import solvers
-from bench.validate import CONVENTION_BAND, format_report, validate
+from bench.tools.validate import CONVENTION_BAND, format_report, validate
 from operators import Cap
 from solvers import Solver, SolverConfig, SolverError
 from solvers.ddnm import DDNM

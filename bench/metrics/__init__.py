@@ -1,8 +1,8 @@
 """The metrics: each is declared once, beside the function that computes it, and found by name.
 
 A metric module of this package decorates its function with `@metric(...)`: name, direction, per image or
-per set, the store's column, the report's header, the weights it loads. The runner (`bench.evaluate`), the
-store's columns (`bench.store.UNIT_COLUMNS`), the report's tables (`bench.report.tables`) and `--metrics`
+per set, the store's column, the report's header, the weights it loads. The runner (`bench.pipeline.evaluate`), the
+store's columns (`bench.pipeline.store.UNIT_COLUMNS`), the report's tables (`bench.report.tables`) and `--metrics`
 (`select`) all read these declarations, so a new metric is one new module here and nothing else.
 
 The package is found and read without torch (the store and the report run on machines without PyTorch), so a

@@ -124,7 +124,7 @@ def _natural64(argument: str | None, options: dict[str, str], device: Any, dtype
     own_format = [NATURAL64_DIR / "model.safetensors", NATURAL64_DIR / "config.json"]
     if all(p.is_file() for p in own_format):
         return load_unet_prior(NATURAL64_DIR, kind="natural64", device=device, dtype=dtype)
-    # The trainer (bench.train_prior) writes a diffusers pipeline folder; shipping that as-is works too.
+    # The trainer (bench.priors.train) writes a diffusers pipeline folder; shipping that as-is works too.
     if (NATURAL64_DIR / "unet").is_dir():
         return load_diffusers_prior(str(NATURAL64_DIR), kind="natural64", device=device, dtype=dtype)
     raise PriorError(

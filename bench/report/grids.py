@@ -84,10 +84,10 @@ def _grid(columns: list[tuple[str, list[Path | str]]], ids: list[str], size: int
 def grid_figures(images: Path, units: pd.DataFrame, methods: list[str], out: Path) -> list[Figure]:
     """One grid per (task, σ) whose reference PNGs exist; `units` are the rows to show (no reference solvers).
 
-    Every cell is read from its row's own PNG (`bench.store.row_image_paths`); the ground truth and the
+    Every cell is read from its row's own PNG (`bench.pipeline.store.row_image_paths`); the ground truth and the
     measurement of an image come from its latest row, so a store holding two datasets or priors shows each
     image beside its own reference."""
-    from bench.store import row_image_paths
+    from bench.pipeline.store import row_image_paths
 
     root = images.parent
     figures = []
@@ -126,7 +126,7 @@ def _solver_columns(
 ) -> list[tuple[str, list[Path | str]]]:
     """One column per method (a solver and its config) that finished an image here, each cell its row's own
     PNG, so two configs of a solver show side by side."""
-    from bench.store import row_image_paths
+    from bench.pipeline.store import row_image_paths
 
     latest = rows.sort_values("part").drop_duplicates(["method", "image_id"], keep="last")
     order = {m: i for i, m in enumerate(methods)}

@@ -1,7 +1,7 @@
 """Read a run folder's parquet store for the report: method labels, completeness and the image folder.
 
 Only pandas and pyarrow are used here, never torch: a report must render on a laptop that holds nothing but
-the results. The rows come from `bench.store.ResultStore`, the one reader of the parquet parts (the latest row
+the results. The rows come from `bench.pipeline.store.ResultStore`, the one reader of the parquet parts (the latest row
 per unit key, the traces of that computation, hidden temporary files skipped).
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.store import ResultStore, sigma_label
+from bench.pipeline.store import ResultStore, sigma_label
 
 __all__ = [
     "REFERENCE_SOLVERS",
@@ -239,7 +239,7 @@ def _label_sets(sets: pd.DataFrame, units: pd.DataFrame) -> pd.DataFrame:
     """Give each set row the method whose units it was computed from.
 
     Set rows carry no solver config, but their `set_key` is the sha256 of the group's sorted unit keys (see
-    bench.run), so recomputing it per (method, task, σ) finds the method even when a solver ran under several
+    bench.pipeline.run), so recomputing it per (method, task, σ) finds the method even when a solver ran under several
     configs. Rows that match no group (a group re-run with fewer images) fall back to the solver name when
     that solver has one method only.
     """

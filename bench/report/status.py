@@ -71,8 +71,8 @@ def missing_tables(store: Store) -> list[Table]:
 
 def _without_png(store: Store) -> pd.DataFrame:
     """The ok units of the shown methods whose reconstruction PNG is not on disk (deleted or moved by hand)."""
+    from bench.pipeline.store import row_image_paths
     from bench.report.load import REFERENCE_SOLVERS
-    from bench.store import row_image_paths
 
     ok = store.units[(store.units["status"] == "ok") & ~store.units["solver"].isin(REFERENCE_SOLVERS)]
     if ok.empty:

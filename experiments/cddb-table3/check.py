@@ -13,8 +13,8 @@ import math
 import sys
 from pathlib import Path
 
-from bench.checks import run_checks
-from bench.store import ResultStore
+from bench.pipeline.store import ResultStore
+from bench.tools.checks import run_checks
 
 TASKS = ("jpeg10", "sr4")
 METRICS = ("psnr", "lpips", "consistency")

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.checks import run_checks
-from bench.store import ResultStore, row_image_paths
+from bench.pipeline.store import ResultStore, row_image_paths
+from bench.tools.checks import run_checks
 
 TASKS = ("sr4", "sr8", "gblur", "inpaint", "jpeg10")  # the DDC paper's five
 SIGMA = 0.05

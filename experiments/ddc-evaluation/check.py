@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench.store import ResultStore
+from bench.pipeline.store import ResultStore
 
 TASKS = ("sr4", "sr8", "gblur", "inpaint", "jpeg10", "denoise")
 ABLATION_STEPS = (1, 2, 3, 5, 10, 20)  # DDC paper Fig. 7

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 import solvers
-from bench.store import ResultStore, row_image_paths
+from bench.pipeline.store import ResultStore, row_image_paths
 
 
 def load(path: Path) -> np.ndarray:

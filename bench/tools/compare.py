@@ -1,6 +1,6 @@
 """`python -m bench compare <before> <after>`: two run folders compared unit by unit.
 
-Units are matched by their key (`bench.units.unit_key`, which changes with any change of a unit's definition),
+Units are matched by their key (`bench.pipeline.units.unit_key`, which changes with any change of a unit's definition),
 so two folders of the same command on the same code compare row for row. The report lists keys found in one
 folder only, columns added or removed, status changes, and per score column how many rows are bit-identical,
 within `--atol`, or differ (with the largest difference and where it is). Traces and FID/KID set rows are
@@ -114,7 +114,7 @@ def compare_images(before: Path, after: Path, units_before: pd.DataFrame, units_
     """Print how many of the matched units' PNGs (reconstruction, reference, measurement) are byte-identical;
     for the others, the largest pixel difference (of 255). True when every PNG one folder has, the other has
     too, byte for byte."""
-    from bench.store import row_image_paths
+    from bench.pipeline.store import row_image_paths
 
     a, b = units_before.set_index("key"), units_after.set_index("key")
     shared = a.index.intersection(b.index)
@@ -149,7 +149,7 @@ def compare_images(before: Path, after: Path, units_before: pd.DataFrame, units_
 
 def compare_runs(before: Path, after: Path, atol: float = 1e-6, columns: list[str] | None = None) -> int:
     """Print the comparison of two run folders; 0 when they agree within `atol`, 1 when not, 2 for an empty one."""
-    from bench.store import ResultStore
+    from bench.pipeline.store import ResultStore
 
     stores = [ResultStore(folder) for folder in (before, after)]
     units = [store.units() for store in stores]

@@ -52,7 +52,7 @@ def unit_key(
     """Hex SHA-256 (64 characters) of the canonical JSON of a unit's definition.
 
     `noise`: the noise model's spec (None: Gaussian); it enters the record only when it is not
-    `DEFAULT_NOISE_SPEC`. `best_of`: repeats of which the run keeps the best (`bench.evaluate`); it enters the
+    `DEFAULT_NOISE_SPEC`. `best_of`: repeats of which the run keeps the best (`bench.pipeline.evaluate`); it enters the
     record only above 1. Gaussian, best-of-1 keys are byte for byte the keys made before these options."""
     record = {
         "solver": dict(solver_spec),

@@ -1,6 +1,6 @@
 """The torchrun process group of a run: rank and world size from the environment, a barrier at the end.
 
-Each rank's device (cuda:<LOCAL_RANK>, or the CPU) is chosen by `bench.settings.resolve_device`, a pure
+Each rank's device (cuda:<LOCAL_RANK>, or the CPU) is chosen by `bench.pipeline.settings.resolve_device`, a pure
 function of the environment, so that the mapping is tested without GPUs.
 """
 

@@ -2,10 +2,10 @@
 
 The data path, one module per step:
 
-    bench.settings   the command line over the --config file over the defaults, checked (`RunSettings`)
-    bench.units      every (solver, task, σ, image) work unit and its key
-    bench.evaluate   one batch of units: measure, `Solver.reconstruct`, metrics, PNGs, traces; FID/KID of sets
-    bench.store      the parquet tables of the run folder and their row schema (`UNIT_COLUMNS`, ...)
+    bench.pipeline.settings   the command line over the --config file over the defaults, checked (`RunSettings`)
+    bench.pipeline.units      every (solver, task, σ, image) work unit and its key
+    bench.pipeline.evaluate   one batch of units: measure, `Solver.reconstruct`, metrics, PNGs, traces; FID/KID of sets
+    bench.pipeline.store      the parquet tables of the run folder and their row schema (`UNIT_COLUMNS`, ...)
     bench.report     tables and figures from a finished store
 
 This module builds what the batches share (solvers, prior, operators, dataset), runs the pending units in
@@ -30,10 +30,10 @@ import os
 import sys
 from typing import Any
 
-from bench.distributed import Distributed
-from bench.evaluate import RunContext, evaluate_batch, set_metrics
 from bench.files import git_commit
-from bench.settings import (
+from bench.pipeline.distributed import Distributed
+from bench.pipeline.evaluate import RunContext, evaluate_batch, set_metrics
+from bench.pipeline.settings import (
     RunError,
     RunSettings,
     add_run_options,
@@ -42,8 +42,8 @@ from bench.settings import (
     resolve_device,
     settings_from_args,
 )
-from bench.store import DONE_STATUSES, STATUSES, ResultStore, latest, next_attempts, sigma_label
-from bench.units import canonical_json, enumerate_units, shard
+from bench.pipeline.store import DONE_STATUSES, STATUSES, ResultStore, latest, next_attempts, sigma_label
+from bench.pipeline.units import canonical_json, enumerate_units, shard
 
 __all__ = ["add_run_parser", "failure_report", "format_summary", "run", "summarize"]
 
@@ -167,7 +167,7 @@ def _resolve_weights(built: dict[str, Any], selection: tuple[str, ...], image_si
 
 def _fill_missing_scores(context: RunContext) -> None:
     """Units done by an earlier run without a metric this run asks for are scored from their saved PNGs."""
-    from bench.rescore import rescore
+    from bench.pipeline.rescore import rescore
 
     result = rescore(context.settings.out, context.metrics, str(context.device))
     if result.scores:
@@ -180,7 +180,7 @@ def _fill_missing_scores(context: RunContext) -> None:
 
 
 def numerics_flags() -> dict[str, Any]:
-    """The process' TF32 and determinism switches, recorded in every row (`bench.store._VERSIONS`), never in
+    """The process' TF32 and determinism switches, recorded in every row (`bench.pipeline.store._VERSIONS`), never in
     unit keys: they change a GPU's float32 rounding and speed, not what a unit is."""
     import torch
 
@@ -196,7 +196,7 @@ def numerics_flags() -> dict[str, Any]:
 def _done_keys(raw_units: Any, root: Any) -> set[str]:
     """Keys whose winning row is done, except ok units whose reconstruction PNG is gone (deleted by hand): a
     re-run computes those again, so that the report and FID have every image they count."""
-    from bench.store import row_image_paths
+    from bench.pipeline.store import row_image_paths
 
     table = latest(raw_units, "key")
     if table.empty:
@@ -322,7 +322,7 @@ def run(settings: RunSettings) -> Any:
             rows, traces = evaluate_batch(context, batch)
             context.store.check_in_place()  # a moved folder would be recreated, empty, by the next write
             stem = context.store.new_stem()
-            # traces first: the unit part commits the batch (see bench.store)
+            # traces first: the unit part commits the batch (see bench.pipeline.store)
             context.store.write_part("traces", traces, stem=stem)
             context.store.write_part("units", rows, stem=stem)
             bar.update(cost[first.solver] * len(batch))
@@ -408,7 +408,7 @@ def _interrupted(settings: RunSettings, how: str) -> str:
 
 
 def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register `run` on the CLI's subcommands (its options: `bench.settings.add_run_options`)."""
+    """Register `run` on the CLI's subcommands (its options: `bench.pipeline.settings.add_run_options`)."""
     parser = subparsers.add_parser(
         "run",
         help="run solvers x tasks x noise levels x images against one prior (resumable)",

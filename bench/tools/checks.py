@@ -2,7 +2,7 @@
 Markdown table (PASS/MISS with the figure), optionally write them as JSON, exit 1 when one is missed.
 
 A check function takes the run folder and returns rows {"target": str, "pass": bool, "figure": str}; it reads
-the store through `bench.store.ResultStore` (experiments/*/check.py).
+the store through `bench.pipeline.store.ResultStore` (experiments/*/check.py).
 """
 
 from __future__ import annotations

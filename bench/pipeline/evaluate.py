@@ -4,7 +4,7 @@ FID/KID of every finished (solver, task, σ) set.
 A batch is consecutive units sharing (solver, task, σ). `evaluate_batch` measures the batch's images, calls
 the solver's `reconstruct` with a callback that records each step's trace, times it (CUDA synchronised, trace
 bookkeeping taken out), measures its peak memory (`bench.memory`), and returns one unit row per image
-(`bench.store.UNIT_COLUMNS`) and the trace rows; any exception becomes failed rows and the run goes on.
+(`bench.pipeline.store.UNIT_COLUMNS`) and the trace rows; any exception becomes failed rows and the run goes on.
 
 The measurement is drawn by the run's noise model (`--noise`, `operators.noise`). With `--best-of N` the solver
 runs N times on the same y with independent draws (`solver_generators`) and each image keeps the run of least
@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.store import SET_COLUMNS, TRACE_COLUMNS, UNIT_COLUMNS, new_row, unit_image_paths
+from bench.pipeline.store import SET_COLUMNS, TRACE_COLUMNS, UNIT_COLUMNS, new_row, unit_image_paths
 
 if TYPE_CHECKING:
-    from bench.settings import RunSettings
+    from bench.pipeline.settings import RunSettings
 
 __all__ = [
     "DIVERGENCE_BOUND",
@@ -45,7 +45,7 @@ SET_METRIC_MIN_IMAGES = 4
 
 @dataclass
 class RunContext:
-    """What every batch needs, built once after all checks (`bench.run`)."""
+    """What every batch needs, built once after all checks (`bench.pipeline.run`)."""
 
     settings: RunSettings
     prior: Any
@@ -58,7 +58,7 @@ class RunContext:
     store: Any
     versions: dict[str, str]
     metrics: tuple[str, ...] = ()  # the selected metrics (`bench.metrics.select`); empty = the defaults
-    attempts: dict[str, int] = field(default_factory=dict)  # key -> its next row's `attempt` (bench.store)
+    attempts: dict[str, int] = field(default_factory=dict)  # key -> its next row's `attempt` (bench.pipeline.store)
     warm: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -112,7 +112,7 @@ def divergence(raw: Any) -> list[str | None]:
         if max(-low, high) > DIVERGENCE_BOUND:
             reasons.append(
                 f"the raw estimate spans [{low:.4g}, {high:.4g}] before the clamp to [-1, 1], beyond "
-                f"±{DIVERGENCE_BOUND:g} (bench.evaluate.DIVERGENCE_BOUND): the solver diverged"
+                f"±{DIVERGENCE_BOUND:g} (bench.pipeline.evaluate.DIVERGENCE_BOUND): the solver diverged"
             )
             continue
         reasons.append(None)
@@ -361,7 +361,7 @@ def _save_images(
 
 
 def _image_paths(context: RunContext, unit: Any) -> dict[str, str]:
-    """The unit's PNGs relative to the run folder (`bench.store.unit_image_paths`); no measurement PNG where the
+    """The unit's PNGs relative to the run folder (`bench.pipeline.store.unit_image_paths`); no measurement PNG where the
     operator has no A⁺ to show it with."""
     import operators
 
@@ -411,7 +411,7 @@ def set_metrics(context: RunContext, units: list[Any]) -> None:
 
     if not {"fid", "kid"} & set(context.metrics):
         return
-    from bench.store import failed_rows, latest, next_attempts
+    from bench.pipeline.store import failed_rows, latest, next_attempts
 
     statuses = context.store.statuses()
     written = context.store.read("sets")

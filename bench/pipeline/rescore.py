@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.store import ResultStore, failed_rows, latest, next_attempts, row_image_paths
+from bench.pipeline.store import ResultStore, failed_rows, latest, next_attempts, row_image_paths
 
 __all__ = ["RescoreResult", "rescore"]
 
@@ -126,7 +126,7 @@ def rescore(out: str | Path, selection: Sequence[str] = (), device: str = "cpu")
 
 def _write(store: ResultStore, rows: Any, units: Any, superseded: bool) -> None:
     """Commit the changed rows as a new part, after their traces re-written under the same part name
-    (`bench.store` joins a unit row to its traces by key and part); `units`: the latest rows, already read."""
+    (`bench.pipeline.store` joins a unit row to its traces by key and part); `units`: the latest rows, already read."""
     traces = store.traces(units, superseded=superseded)
     stem = store.new_stem()
     if not traces.empty:

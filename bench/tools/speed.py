@@ -387,7 +387,7 @@ def write_json(report: dict[str, Any], path: str | Path) -> Path:
 
 # ----- command line ------------------------------------------------------------------------------
 def _int_list(text: str, flag: str) -> list[int]:
-    from bench.settings import positive_ints
+    from bench.pipeline.settings import positive_ints
 
     return list(positive_ints(text, flag))
 

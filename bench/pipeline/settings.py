@@ -2,7 +2,7 @@
 
 `settings_from_args` merges the command line over a TOML or YAML --config file over the defaults and checks
 every name and number, so that a run with bad settings fails before any work with a message naming the fix.
-Nothing here computes: `bench.run` turns the settings into work units and runs them.
+Nothing here computes: `bench.pipeline.run` turns the settings into work units and runs them.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class RunSettings:
     budget: str = "auto"
     metrics: tuple[str, ...] = ()  # the per-image and per-set metrics to score (`bench.metrics.select`)
     noise: str = "gaussian"  # the measurement noise model (`operators.noise.NOISE_MODELS`)
-    best_of: int = 1  # solver runs per unit, of which the one of least ‖A(x̂) − y‖ is kept (`bench.evaluate`)
+    best_of: int = 1  # solver runs per unit, of which the one of least ‖A(x̂) − y‖ is kept (`bench.pipeline.evaluate`)
 
 
 def _parse_sigmas(value: Any) -> list[float]:
@@ -392,7 +392,7 @@ def resolve_device(requested: str, env: Mapping[str, str], cuda_count: int) -> s
     where a GPU is visible, else 'cpu'. Under torchrun (LOCAL_RANK set) a bare 'cuda' becomes
     cuda:<LOCAL_RANK>, one GPU per process; an explicit 'cuda:<i>' is refused when several processes share
     the node, since they would all compute on GPU i. CPU ranks stay on 'cpu'; outside torchrun 'cuda' stays
-    'cuda' (the current GPU). `bench.run` then calls torch.cuda.set_device on an indexed CUDA device.
+    'cuda' (the current GPU). `bench.pipeline.run` then calls torch.cuda.set_device on an indexed CUDA device.
     """
     requested = str(requested).strip().lower()
     if requested == "auto":

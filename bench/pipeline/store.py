@@ -105,7 +105,7 @@ _VERSIONS = (
     Column("torch_version", "str", "torch.__version__ of the process that wrote the row"),
     Column("bench_version", "str", "bench.__version__"),
     Column("git_commit", "str", 'the code\'s commit, "+dirty" when tracked files differ from it; "unknown" off git'),
-    # The process' numerics switches (`bench.run.numerics_flags`): on a GPU they change results and speed
+    # The process' numerics switches (`bench.pipeline.run.numerics_flags`): on a GPU they change results and speed
     # (TF32 rounds float32 matmuls to 10 mantissa bits), so rows say which were on. Not part of unit keys, like
     # the versions above. None in rows written before they were recorded.
     Column("tf32_matmul", "bool", "torch.backends.cuda.matmul.allow_tf32: CUDA float32 matmuls in TF32"),
@@ -129,7 +129,7 @@ UNIT_COLUMNS = (
     Column("dataset", "str", "the dataset's name"),
     Column("image_id", "str", "the image's id within the dataset"),
     Column("seed", "int64", "seed of masks, measurement noise and solver draws"),
-    Column("key", "str", "SHA-256 of the unit's definition (`bench.units.unit_key`); one latest row per key"),
+    Column("key", "str", "SHA-256 of the unit's definition (`bench.pipeline.units.unit_key`); one latest row per key"),
     Column("status", "str", "ok, unsupported, failed or diverged (`STATUSES`)", "ok"),
     Column("attempt", "int64", "the how-many-th computation of this key in this folder; decides which row wins", 1),
     Column("error", "str", "why the unit is not ok (the reason or the exception text); None when ok"),
@@ -216,7 +216,7 @@ def sigma_label(sigma: float) -> str:
 
 
 def reconstruction_path(images: Path, solver: str, task: str, sigma: float, tag: str, image_id: str) -> Path:
-    """Where a unit's reconstruction PNG is (`tag`: `bench.units.image_tag` of its config and seed)."""
+    """Where a unit's reconstruction PNG is (`tag`: `bench.pipeline.units.image_tag` of its config and seed)."""
     return images / solver / task / sigma_label(sigma) / tag / f"{image_id}.png"
 
 
@@ -275,7 +275,7 @@ def row_image_paths(root: Path, row: Mapping[str, Any]) -> tuple[Path, Path, Pat
     own = [row.get(name) for name in ("image_path", "reference_path", "measurement_path")]
     if isinstance(own[0], str) and isinstance(own[1], str):
         return root / own[0], root / own[1], root / own[2] if isinstance(own[2], str) else None
-    from bench.units import image_tag
+    from bench.pipeline.units import image_tag
 
     images = root / "images"
     tag = image_tag(row["solver_version"], row["solver_config"], row["seed"])
