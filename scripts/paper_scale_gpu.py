@@ -377,8 +377,13 @@ def check_every_solver(settings: Settings, device: torch.device) -> dict[str, An
     from bench.priors import load_prior
 
     prior = load_prior(settings.prior, device=device)
-    channels, size = prior.image_shape[0], prior.image_shape[-1]
-    phi = speed.paper_phi(size, channels, settings.phi_channels).to(device)
+    stand_ins = {
+        name: {
+            k: n.to(device)
+            for k, n in solvers.get(name).stand_in_networks(prior.image_shape, settings.phi_channels).items()
+        }
+        for name in solvers.available()
+    }
     ids = ["check"]
     clean = torch.rand(1, *prior.image_shape, generator=torch.Generator().manual_seed(0)).to(device) * 2 - 1
     tasks: dict[str, dict[str, str]] = {}
@@ -387,7 +392,7 @@ def check_every_solver(settings: Settings, device: torch.device) -> dict[str, An
         y = op.measure(clean, 0.05, operators.image_generators(0, ids, "noise"))
         tasks[task] = {}
         for name in solvers.available():
-            solver = speed.build_solver(name, 2 if speed.step_field(solvers.get(name)) else None, phi)
+            solver = speed.build_solver(name, 2 if speed.step_field(solvers.get(name)) else None, stand_ins[name])
             if reason := solver.missing_weights() or solver.unsupported(op, 0.05):
                 tasks[task][name] = f"refused: {reason}"
                 continue
@@ -403,7 +408,7 @@ def check_every_solver(settings: Settings, device: torch.device) -> dict[str, An
         for name, state in row.items()
         if not state.startswith(("ok", "refused"))
     ]
-    return {"status": FAIL if bad else PASS, "prior": settings.prior, "size": size, "bad": bad, "tasks": tasks}
+    return {"status": FAIL if bad else PASS, "prior": settings.prior, "size": prior.image_shape[-1], "bad": bad, "tasks": tasks}
 
 
 def check_torchrun(settings: Settings, device: torch.device) -> dict[str, Any]:

@@ -68,7 +68,7 @@ class Solver:
     # reduce ‖y − A(x)‖ (DPS, which ran Poisson in its paper, RED-diff, PnP-ADMM, A⁺, DAPS, DiffPIR) add them.
     noise_models: ClassVar[frozenset[str]] = frozenset({"gaussian"})
     # Keyword arguments of the constructor that take the solver's own networks (DDC: "phi"), so that tools can
-    # inject stand-ins (`bench speed` times random paper-size ones): declared here, never read off a signature.
+    # inject stand-ins (`stand_in_networks`; `bench speed` times them): declared here, never read off a signature.
     injectable_networks: ClassVar[tuple[str, ...]] = ()
     summary: ClassVar[str] = ""
     # Options that `bench run --budget quick` (the CPU default) lowers so that a laptop sees results in minutes;
@@ -77,6 +77,15 @@ class Solver:
 
     # Config fields that count something (steps, network evaluations, iterations): each must be an integer >= 1.
     COUNT_OPTIONS: ClassVar[tuple[str, ...]] = ("steps", "nfe", "iterations", "cg_iterations")
+
+    @classmethod
+    def stand_in_networks(cls, image_shape: Sequence[int], widths: Sequence[int] | None = None) -> dict[str, Any]:
+        """The solver's own networks at its paper's size with random weights, by constructor keyword (one for
+        each of `injectable_networks`), for timing and memory (`bench speed`) where no trained ones exist.
+
+        image_shape: (C, H, W) of the prior's images; widths: the networks' channel widths instead of the
+        paper's. Empty for a solver without networks of its own."""
+        return {}
 
     def __init__(self, config: SolverConfig | None = None, **overrides: Any):
         base = config if config is not None else self.Config()

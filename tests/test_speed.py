@@ -11,7 +11,8 @@ import solvers
 from bench.cli import main
 from bench.priors import load_prior
 from bench.tools import speed
-from bench.tools.speed import SpeedRow, Timing, extrapolate, measure_solver, paper_phi, step_field
+from bench.tools.speed import SpeedRow, Timing, extrapolate, measure_solver, step_field
+from solvers.ddc.network import paper_phi
 
 
 def test_extrapolation_recovers_one_off_and_per_step_costs_exactly():
@@ -71,7 +72,7 @@ def test_extrapolated_nfe_matches_the_full_solver(prior):
 
 def test_ddc_counts_phi_and_full_measurement_needs_no_extrapolation(prior):
     phi = paper_phi(16, 3, (32, 32))
-    row = measure_solver("ddc", prior, "sr4", 1, steps_measured=10, phi=phi)
+    row = measure_solver("ddc", prior, "sr4", 1, steps_measured=10, networks={"phi": phi})
     assert row.status == "ok" and not row.extrapolated and row.steps_measured == row.steps == 5
     assert row.nfe == 5 and row.own_nfe == 5  # one prior and one φ call per step
     assert row.note() == "measured in full"

@@ -29,7 +29,7 @@ import argparse
 import dataclasses
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -101,22 +101,16 @@ def step_field(solver_class: type) -> str | None:
     return next((name for name in STEP_FIELDS if name in names), None)
 
 
-def paper_phi(size: int, channels: int = 3, block_out_channels: Sequence[int] = PAPER_PHI_CHANNELS):
-    """DDC's φ at the paper's size with random weights (`solvers.ddc.network.paper_phi`)."""
-    from solvers.ddc.network import paper_phi as build
-
-    return build(size, channels, block_out_channels)
-
-
-def build_solver(name: str, length: int | None, phi: Any = None):
-    """Solver `name` with its length field set to `length` (None: its default); φ injected where it takes one."""
+def build_solver(name: str, length: int | None, networks: Mapping[str, Any] | None = None):
+    """Solver `name` with its length field set to `length` (None: its default), with stand-ins for its own
+    networks (`Solver.stand_in_networks`) where given."""
     import solvers
 
     cls = solvers.get(name)
     field = step_field(cls)
     overrides = {field: length} if field and length is not None else {}
-    if phi is not None and "phi" in cls.injectable_networks:
-        return cls(cls.Config(**overrides), phi=phi)
+    if networks:
+        return cls(cls.Config(**overrides), **networks)
     return solvers.build(name, **overrides)
 
 
@@ -175,7 +169,7 @@ def measure_solver(
     *,
     steps_measured: int | None = None,
     sigma: float = DEFAULT_SIGMA,
-    phi: Any = None,
+    networks: Mapping[str, Any] | None = None,
     seed: int = 0,
 ) -> SpeedRow:
     """Time solver `name` on `task` for one batch (see the module docstring); an unsupported pair is a row too."""
@@ -186,7 +180,7 @@ def measure_solver(
     device = prior.device
     ids = [f"speed-{i}" for i in range(batch_size)]
     op = operators.build(task, shape=prior.image_shape).for_images(ids, seed)
-    full_solver = build_solver(name, None, phi)
+    full_solver = build_solver(name, None, networks)
     row = SpeedRow(solver=name, batch_size=batch_size, status="ok")
     row.step_field = step_field(type(full_solver))
     row.steps = getattr(full_solver.config, row.step_field) if row.step_field else None
@@ -206,7 +200,7 @@ def measure_solver(
         return operators.image_generators(seed, ids, "solver", device=device)
 
     def timed(length: int | None) -> Timing:
-        return time_solve(build_solver(name, length, phi), prior, op, y, generators, device, sigma)
+        return time_solve(build_solver(name, length, networks), prior, op, y, generators, device, sigma)
 
     warm = timed(1 if row.steps is not None else None)
     row.warmup_s = warm.wall_s
@@ -297,18 +291,26 @@ def speed_table(
         checkpointing=checkpointing or None,
     )
     load_s = time.perf_counter() - load_started
-    phi = None
-    if any("phi" in solvers.get(n).injectable_networks for n in solver_names):
-        channels, size, _ = prior.image_shape
-        phi = paper_phi(size, channels, phi_channels).to(prior.device)
-        if compile:
-            phi.compile()
+    # each solver's own networks as random stand-ins at the paper's size (DDC's φ), built once per solver
+    stand_ins: dict[str, dict[str, Any]] = {}
+    for name in solver_names:
+        stand_ins[name] = {
+            key: network.to(prior.device)
+            for key, network in solvers.get(name).stand_in_networks(prior.image_shape, phi_channels).items()
+        }
+        for network in stand_ins[name].values():
+            if compile:
+                network.compile()
     rows = []
     for name in solver_names:
         for batch in batch_sizes:
             if progress:
                 progress(f"{name} at batch {batch} ...")
-            rows.append(measure_solver(name, prior, task, batch, steps_measured=steps_measured, sigma=sigma, phi=phi))
+            rows.append(
+                measure_solver(
+                    name, prior, task, batch, steps_measured=steps_measured, sigma=sigma, networks=stand_ins[name]
+                )
+            )
             if progress:
                 progress(f"  {format_row(rows[-1])}")
     return {
@@ -317,7 +319,7 @@ def speed_table(
         "prior": prior_spec,
         "prior_spec": prior.spec(),
         "prior_parameters": parameter_count(prior.network),
-        "phi_parameters": parameter_count(phi),
+        "phi_parameters": parameter_count(next((n["phi"] for n in stand_ins.values() if "phi" in n), None)),
         "dtype": dtype,
         "compile": compile,
         "channels_last": channels_last,

@@ -42,7 +42,7 @@ from operators.base import noise_std
 
 from .. import register
 from ..base import Solver, SolverConfig, SolverError, StepCallback
-from .network import PROVENANCE, Phi, load_phi, network_folder, read_provenance
+from .network import PAPER_PHI_CHANNELS, PROVENANCE, Phi, load_phi, network_folder, paper_phi, read_provenance
 
 Y_TO_IMAGE = ("replicate", "pinv")
 INPAINT_UNOBSERVED = ("zero", "noise")
@@ -143,7 +143,13 @@ class DDC(Solver):
     Config = DDCConfig
     requires = frozenset({Cap.FORWARD, Cap.PINV})
     summary = "learned data-consistency correction of the Tweedie estimate (Chen et al. 2024), 5 steps"
-    injectable_networks = ("phi",)  # tools may pass a φ (`bench speed`: a random paper-size one, `paper_phi`)
+    injectable_networks = ("phi",)  # tools may pass a φ (`stand_in_networks`: a random paper-size one)
+
+    @classmethod
+    def stand_in_networks(cls, image_shape: Sequence[int], widths: Sequence[int] | None = None) -> dict[str, Any]:
+        """φ at the paper's size (113.7 M parameters at 256²: `paper_phi`) with random weights, or at `widths`."""
+        channels, size = int(image_shape[0]), int(image_shape[-1])
+        return {"phi": paper_phi(size, channels, tuple(widths) if widths else PAPER_PHI_CHANNELS)}
 
     def __init__(self, config: SolverConfig | None = None, *, phi: nn.Module | Phi | None = None, **overrides: Any):
         """`self.requested` keeps the options as given (None: follow the provenance); `self.config` holds them
