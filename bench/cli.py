@@ -16,7 +16,7 @@ LIST_SECTIONS = ("tasks", "solvers", "priors", "datasets", "metrics")
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    import operators
+    from bench.tools import catalogue
 
     unknown = [name for name in args.what if name not in LIST_SECTIONS]
     if unknown:
@@ -24,8 +24,23 @@ def _cmd_list(args: argparse.Namespace) -> int:
             f"error: bench list has no section {unknown[0]!r} (sections: {', '.join(LIST_SECTIONS)})", file=sys.stderr
         )
         return 2
-    sections = args.what or list(LIST_SECTIONS)
-    if "tasks" in sections:
+    sections = [section for section in LIST_SECTIONS if not args.what or section in args.what]
+    shipped = catalogue.current()  # what the registries give, without importing them (None: ask them)
+    for section in sections:
+        if shipped is None:
+            print_list_section(section)
+        elif section == "datasets":
+            _print_rows(section, catalogue.dataset_lines(shipped))
+        else:
+            print(shipped["list"][section], end="")
+    return 0
+
+
+def print_list_section(section: str) -> None:
+    """One section of `bench list`, from the registries."""
+    if section == "tasks":
+        import operators
+
         print("tasks (forward operators; `all` = " + ", ".join(operators.PAPER_TASKS) + "):")
         for task in operators.available():
             origin = _plugin_origin("operators", task)
@@ -38,18 +53,20 @@ def _cmd_list(args: argparse.Namespace) -> int:
             print(f"  {task:<9} {caps:<48} {operators.describe(task)}{origin}")
         _list_plugin_failures("operators")
         print("  noise: y = A(x) + n, n ~ N(0, (2 sigma)^2 I) on [-1, 1] images; sigma on the [0, 1] pixel scale")
-    if "solvers" in sections:
+    elif section == "solvers":
         _list_solvers()
-    for section, module in (("priors", "bench.priors"), ("datasets", "bench.data"), ("metrics", "bench.metrics")):
-        if section not in sections:
-            continue
-        print(f"\n{section}:")
-        for name, description in _registry(module):
-            kind = name.partition(":")[0].partition("[")[0]
-            print(f"  {name:<34} {description}{_plugin_origin(section, kind) if section == 'priors' else ''}")
-        if section == "priors":
-            _list_plugin_failures("priors")
-    return 0
+    else:
+        module = {"priors": "bench.priors", "datasets": "bench.data", "metrics": "bench.metrics"}[section]
+        _print_rows(section, _registry(module))
+
+
+def _print_rows(section: str, rows: list[tuple[str, str]]) -> None:
+    print(f"\n{section}:")
+    for name, description in rows:
+        kind = name.partition(":")[0].partition("[")[0]
+        print(f"  {name:<34} {description}{_plugin_origin(section, kind) if section == 'priors' else ''}")
+    if section == "priors":
+        _list_plugin_failures("priors")
 
 
 def _plugin_origin(kind: str, name: str) -> str:
@@ -90,9 +107,15 @@ def _list_solvers() -> None:
 
 
 def _cmd_matrix(args: argparse.Namespace) -> int:
-    from bench.tools.matrix import support_matrix
+    from bench.tools import catalogue
 
-    print(support_matrix())
+    shipped = catalogue.current()
+    if shipped is None:
+        from bench.tools.matrix import support_matrix
+
+        print(support_matrix())
+    else:
+        print(shipped["matrix"])
     return 0
 
 

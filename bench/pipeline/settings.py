@@ -11,7 +11,7 @@ import argparse
 import datetime
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -309,14 +309,21 @@ def _integer(value: Any, name: str, *, minimum: int, maximum: int | None = None)
 
 def settings_from_args(args: argparse.Namespace) -> RunSettings:
     """Merge the command line over the --config file over the defaults, and check names and numbers."""
-    import operators
-    import solvers
-
     config = _read_config(args.config) if args.config else {}
 
     def pick(name: str, default: Any) -> Any:
         value = getattr(args, name)
         return value if value is not None else config.get(name, default)
+
+    # What needs no registry is checked before torch is imported: a mistyped number or name fails at once.
+    sigmas = _parse_sigmas(pick("sigma", DEFAULT_SIGMA))
+    n_images = _integer(pick("n_images", None), "n-images", minimum=1)
+    batch_size = _integer(pick("batch_size", DEFAULT_BATCH_SIZE), "batch-size", minimum=1)
+    seed = _integer(pick("seed", 0), "seed", minimum=0, maximum=SEED_MAX)
+    best_of = _integer(pick("best_of", 1), "best-of", minimum=1)
+    _check_names_early(pick)
+    import operators
+    import solvers
 
     sets = list(config.get("set", [])) + list(args.set or [])  # config values are type-checked by _read_config
     overrides = solvers.parse_overrides(sets)
@@ -326,9 +333,6 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
             raise RunError(f"--set gives options for solver '{name}', which this run does not include")
     tasks_value = pick("tasks", "all")
     tasks = operators.resolve_tasks(",".join(_parse_names(tasks_value)))
-    n_images = _integer(pick("n_images", None), "n-images", minimum=1)
-    batch_size = _integer(pick("batch_size", DEFAULT_BATCH_SIZE), "batch-size", minimum=1)
-    seed = _integer(pick("seed", 0), "seed", minimum=0, maximum=SEED_MAX)
     force = config.get("force", False) if not args.force else True
     compile_network = config.get("compile", False) if not args.compile else True
     out = pick("out", None)
@@ -338,7 +342,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
     return RunSettings(
         solvers=solver_names,
         tasks=tasks,
-        sigmas=_parse_sigmas(pick("sigma", DEFAULT_SIGMA)),
+        sigmas=sigmas,
         out=Path(out),
         prior=str(pick("prior", DEFAULT_PRIOR)),
         dataset=str(pick("dataset", DEFAULT_DATASET)),
@@ -354,8 +358,22 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         budget=_check_budget(pick("budget", "auto")),
         metrics=_select_metrics(pick("metrics", None)),
         noise=_check_noise(pick("noise", "gaussian")),
-        best_of=_integer(pick("best_of", 1), "best-of", minimum=1),
+        best_of=best_of,
     )
+
+
+def _check_names_early(pick: Callable[[str, Any], Any]) -> None:
+    """Solver and task names checked before the registries (and torch) are imported, against the shipped
+    catalogue where it is current (`bench.tools.catalogue`); the registries check them again, as always."""
+    from bench.tools import catalogue
+
+    shipped = catalogue.current()
+    if shipped is not None:
+        message = catalogue.unknown_run_name(
+            shipped, _parse_names(pick("solvers", DEFAULT_SOLVERS)), _parse_names(pick("tasks", "all"))
+        )
+        if message:
+            raise RunError(message)
 
 
 def _check_noise(value: Any) -> str:
