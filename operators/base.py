@@ -137,6 +137,11 @@ class Operator:
     task: ClassVar[str]
     capabilities: ClassVar[frozenset[Cap]]
     linear: ClassVar[bool] = True
+    #: The side, in pixels, of the blocks the measurement is made of (an SR factor's pixel blocks, JPEG's 8x8
+    #: DCT blocks), aligned with the image's top-left corner; None where it has none. The blockiness metric
+    #: reads it. Not a parameter: it follows from the others, so it is in neither `params()` nor `spec()`
+    #: (unit keys hash those, and stored results keep their keys).
+    block_size: int | None = None
 
     def __init__(self, shape: Sequence[int]):
         self.input_shape: tuple[int, int, int] = check_shape(shape)

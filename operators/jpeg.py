@@ -288,6 +288,7 @@ class JPEG(Operator):
 
     task = "jpeg10"
     linear = False
+    block_size = 8  # the DCT's 8x8 blocks (chroma's, at 4:2:0, are 16x16 and share their edges)
     capabilities = frozenset({Cap.FORWARD, Cap.PINV, Cap.DIFFERENTIABLE})
 
     def __init__(self, shape: Sequence[int], quality: int = 10):

@@ -234,6 +234,7 @@ class SuperResolution(SeparableOperator):
             )
         self.factor, self.kernel = factor, kernel
         self.task = f"sr{factor}"
+        self.block_size = factor  # y holds one value per factor x factor block of pixels
         matrix = {"bicubic": bicubic_downsample_matrix, "pool": box_downsample_matrix}.get(
             kernel, ddrm_bicubic_downsample_matrix
         )

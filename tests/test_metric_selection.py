@@ -104,7 +104,8 @@ def test_run_scores_the_selected_metrics_and_records_them(tmp_path, photos, caps
     assert code == 0, err
     table = ResultStore(out).units()
     assert table[["psnr", "ssim", "ssim_skimage", "lpips", "lpips_vgg", "consistency"]].notna().all().all()
-    assert set(table["metrics"]) == {"psnr,ssim,ssim-skimage,lpips,lpips-vgg,consistency"}
+    checks = "blockiness,chroma-ratio,colour-shift,clipping"  # the visual checks, defaults too
+    assert set(table["metrics"]) == {f"psnr,ssim,ssim-skimage,lpips,lpips-vgg,consistency,{checks}"}
     assert (table["ssim_skimage"] > table["ssim"]).all()
     code, _, err = bench(capsys, "report", "--results", str(out), "--out", str(tmp_path / "report"))
     assert code == 0, err

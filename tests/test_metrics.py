@@ -280,8 +280,138 @@ def test_registry_lists_direction_and_scope() -> None:
     assert listed["lpips"].startswith("lower is better, per image")
     assert listed["fid"].startswith("lower is better, per set")
     assert metrics.names("set") == ["fid", "kid"]
-    assert set(metrics.names("image")) == {"psnr", "ssim", "ssim-skimage", "lpips", "lpips-vgg", "consistency"}
+    assert set(metrics.names("image")) == {
+        "psnr", "ssim", "ssim-skimage", "lpips", "lpips-vgg", "consistency",
+        "blockiness", "chroma-ratio", "colour-shift", "clipping",
+    }  # fmt: skip
     assert listed["lpips"].startswith("lower is better, per image, default") and "default" not in listed["lpips-vgg"]
     assert metrics.spec("ssim").higher_is_better and metrics.spec("ssim").fn is metrics.ssim
     with pytest.raises(MetricError, match=r"unknown metric 'lpip'; did you mean 'lpips'\?"):
         metrics.spec("lpip")
+
+
+# ----- visual checks: blockiness, colour loss, clipping ------------------------------------------------------
+
+LEVEL = 2 / 255  # one 8-bit level on [-1, 1]: added to both sides of the blockiness ratio
+
+
+def ramp_with_steps(size: int, block: int, inside: float, across: float, channels: int = 3) -> torch.Tensor:
+    """(1, C, size, size): x[i, j] = f(i) + f(j) with f rising by `inside` within a block and by `across` from one
+    block to the next, so every neighbour difference inside a block is `inside` and across an edge `across`."""
+    steps = torch.tensor([across if (k + 1) % block == 0 else inside for k in range(size - 1)], dtype=torch.float64)
+    f = torch.cat([torch.zeros(1, dtype=torch.float64), steps.cumsum(0)])
+    image = f[:, None] + f[None, :]
+    image = image - image.max() / 2  # centred: inside [-1, 1] for the values used here
+    assert image.abs().max() <= 1
+    return image.expand(1, channels, size, size).clone()
+
+
+def test_blockiness_of_exact_mosaics() -> None:
+    op = operators.build("sr4", shape=(3, 32, 32))
+    assert op.block_size == 4 and "block_size" not in op.spec()  # not in unit keys: stored results keep theirs
+    y = op(torch.zeros(1, 3, 32, 32))
+    stepped = ramp_with_steps(32, 4, inside=0.01, across=0.05)
+    assert metrics.blockiness(op, stepped, y).item() == pytest.approx((0.05 + LEVEL) / (0.01 + LEVEL), rel=1e-6)
+    even = ramp_with_steps(32, 4, inside=0.02, across=0.02)
+    assert metrics.blockiness(op, even, y).item() == pytest.approx(1.0, abs=1e-6)  # no grid: 1
+    # a mosaic of flat 4x4 blocks (what nearest upsampling gives): nothing inside, so (across + L) / L
+    low = torch.linspace(-0.8, 0.8, 64, dtype=torch.float64).reshape(1, 1, 8, 8)[:, [0, 0, 0]]
+    mosaic = low.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3)
+    across = torch.cat(
+        [mosaic.diff(dim=-1)[..., 3::4].abs().flatten(), mosaic.diff(dim=-2)[..., 3::4, :].abs().flatten()]
+    )
+    assert metrics.blockiness(op, mosaic, y).item() == pytest.approx((across.mean().item() + LEVEL) / LEVEL, rel=1e-6)
+    flat = torch.full((2, 3, 32, 32), 0.3)
+    assert torch.equal(metrics.blockiness(op, flat, op(flat)), torch.ones(2))
+    # one channel reads as three equal ones
+    grey = ramp_with_steps(32, 4, inside=0.01, across=0.05, channels=1)
+    grey_op = operators.build("sr4", shape=(1, 32, 32))
+    assert metrics.blockiness(grey_op, grey, grey_op(grey)).item() == pytest.approx((0.05 + LEVEL) / (0.01 + LEVEL))
+
+
+def test_blockiness_uses_the_operators_block_size_and_is_nan_without_one() -> None:
+    stepped = ramp_with_steps(32, 8, inside=0.01, across=0.05)
+    jpeg_op = operators.build("jpeg10", shape=(3, 32, 32))
+    assert jpeg_op.block_size == 8 and "block_size" not in jpeg_op.spec()
+    assert metrics.blockiness(jpeg_op, stepped, jpeg_op(stepped)).item() == pytest.approx(
+        (0.05 + LEVEL) / (0.01 + LEVEL), rel=1e-6
+    )
+    sr8 = operators.build("sr8", shape=(3, 32, 32))
+    assert sr8.block_size == 8 and metrics.blockiness(sr8, stepped, sr8(stepped)).item() > 3
+    sr4 = operators.build("sr4", shape=(3, 32, 32))
+    # the 4-pixel grid's 7 edges per row: 3 of them the 8-pixel steps, 4 inside the 8-pixel blocks
+    across = (3 * 0.05 + 4 * 0.01) / 7
+    assert metrics.blockiness(sr4, stepped, sr4(stepped)).item() == pytest.approx(
+        (across + LEVEL) / (0.01 + LEVEL), rel=1e-6
+    )
+    blur = operators.build("gblur", shape=(3, 32, 32))
+    assert blur.block_size is None and math.isnan(metrics.blockiness(blur, stepped, blur(stepped)).item())
+    small = operators.build("sr8", shape=(3, 8, 8))  # smaller than two blocks: no edge between blocks to judge
+    assert math.isnan(metrics.blockiness(small, stepped[..., :8, :8], small(stepped[..., :8, :8])).item())
+
+
+def test_blockiness_of_photos_is_about_one_and_of_their_mosaics_far_above(kodak_crops: list[np.ndarray]) -> None:
+    x = batch(kodak_crops)
+    op = operators.build("sr4", shape=(3, 128, 128))
+    y = op(x)
+    photos = metrics.blockiness(op, x, y)
+    assert ((photos > 0.9) & (photos < 1.1)).all(), photos
+    mosaic = torch.nn.functional.avg_pool2d(x, 4).repeat_interleave(4, dim=2).repeat_interleave(4, dim=3)
+    assert (metrics.blockiness(op, mosaic, y) > 3).all()  # flagged: the threshold is 1.5
+    assert metrics.spec("blockiness").flagged(3.0) and metrics.spec("blockiness").flagged(1.2) is None
+
+
+def test_chroma_ratio_and_colour_shift_of_exact_constructions() -> None:
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 1.6 - 0.8
+    grey = x.mean(dim=1, keepdim=True).expand_as(x)
+    assert torch.equal(metrics.chroma_ratio(grey, x), torch.zeros(2))
+    assert metrics.chroma_ratio(x, x).tolist() == pytest.approx([1.0, 1.0])
+    half = grey + 0.5 * (x - grey)  # every pixel's channels pulled halfway to their mean
+    assert metrics.chroma_ratio(half, x).tolist() == pytest.approx([0.5, 0.5])
+    assert math.isnan(metrics.chroma_ratio(x, grey)[0].item())  # a grey photo has no colour to keep
+    assert math.isnan(metrics.chroma_ratio(x[:, :1], x[:, :1])[0].item())  # nor a 1-channel one
+    assert metrics.colour_shift(x + 0.1, x).tolist() == pytest.approx([0.1, 0.1])  # a constant offset, exactly
+    cast = x + torch.tensor([0.1, -0.2, 0.05], dtype=x.dtype).reshape(1, 3, 1, 1)
+    assert metrics.colour_shift(cast, x).tolist() == pytest.approx([0.2, 0.2])  # the largest channel's
+    assert metrics.colour_shift(x[:, :1] - 0.15, x[:, :1]).tolist() == pytest.approx([0.15, 0.15])  # brightness
+    assert metrics.spec("chroma-ratio").flagged(0.2) and metrics.spec("chroma-ratio").flagged(math.nan) is None
+    assert metrics.spec("colour-shift").flagged(0.38) and metrics.spec("colour-shift").flagged(0.1) is None
+
+
+def test_clipping_counts_values_at_plus_minus_one_beyond_the_photos_own() -> None:
+    x = torch.zeros(2, 3, 10, 10)  # 300 values per image
+    x[1, 0, 0, :6] = 1.0  # the second photo clips 6 values itself
+    x_hat = x.clone()
+    x_hat[:, 1, 0, :9] = -1.0  # 9 more at -1
+    x_hat[:, 2, 0, :3] = 1.5  # 3 beyond +1 (clamped when saved)
+    x_hat[:, 2, 1, :3] = 1 - 0.8 / 255  # 3 within half a level (1/255 on [-1, 1]): saved as 255 (254.6)
+    x_hat[:, 2, 2, :3] = 1 - 1.2 / 255  # 3 not: saved as 254 (254.4)
+    assert metrics.clipping(x_hat, x).tolist() == pytest.approx([15 / 300, 15 / 300])
+    assert metrics.clipping(x, x_hat).tolist() == pytest.approx([-15 / 300, -15 / 300])
+    one = metrics.clipping(x_hat[:, :1], x[:, :1])  # one channel: a share of its 100 values
+    assert one.tolist() == pytest.approx([0.0, 0.0])
+    assert metrics.spec("clipping").flagged(0.093) and metrics.spec("clipping").flagged(0.01) is None
+
+
+def test_the_run_scores_the_visual_checks_with_the_arguments_they_take() -> None:
+    x = ramp_with_steps(32, 4, inside=0.01, across=0.05).float().repeat(2, 1, 1, 1)
+    op = operators.build("sr4", shape=(3, 32, 32))
+    selection = metrics.select(None)
+    assert {"blockiness", "chroma-ratio", "colour-shift", "clipping"} <= set(selection)  # defaults: cheap, offline
+    assert all(not metrics.spec(n).in_quality_table and not metrics.spec(n).weights for n in ("blockiness", "clipping"))
+    scores, missing = images_module.score_images(
+        ["blockiness", "chroma-ratio", "colour-shift", "clipping"], x, x, op=op, y=op(x)
+    )
+    assert not missing and set(scores) == {"blockiness", "chroma_ratio", "colour_shift", "clipping"}
+    assert scores["blockiness"].tolist() == pytest.approx([(0.05 + LEVEL) / (0.01 + LEVEL)] * 2, rel=1e-5)
+    assert scores["chroma_ratio"].isnan().all()  # the ramp is grey: no colour to keep
+    assert scores["colour_shift"].tolist() == [0.0, 0.0] and scores["clipping"].tolist() == [0.0, 0.0]
+
+
+def test_a_flag_must_name_a_direction_a_threshold_and_a_reason() -> None:
+    from bench.metrics import MetricSpec
+
+    spec = MetricSpec("t", False, "image", "d", "f", "m", "t", flag=(">", 2, "off by {value:.1f}"))
+    assert spec.flagged(2.5) == "off by 2.5" and spec.flagged(2.0) is None and spec.flagged(math.nan) is None
+    with pytest.raises(MetricError, match="flag must be"):
+        MetricSpec("t", False, "image", "d", "f", "m", "t", flag=(">=", 2, "x"))

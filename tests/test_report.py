@@ -23,11 +23,15 @@ from bench.report import ReportError, latest_results, render_report
 from bench.report.load import load_store, method_labels
 from bench.report.swap import MARKER
 from bench.report.tables import (
+    checks_summary,
+    checks_table,
     quality_summary,
     quality_table,
+    quality_tables,
     runtime_summary,
     runtime_table,
     to_csv,
+    to_html,
     to_latex,
     to_markdown,
 )
@@ -53,6 +57,13 @@ METHODS = {
 }
 TASKS = ["sr4", "jpeg10"]
 SIGMAS = [0.0, 0.05]
+# The visual checks of `make_store(checks=True)`: a photo's values, but for the failures below (mean over images).
+PHOTO_CHECKS = {"blockiness": 1.0, "chroma_ratio": 0.95, "colour_shift": 0.02, "clipping": 0.0}
+FAILURES = {
+    ("ddc (steps=10)", "sr4", 0.05): {"blockiness": 3.0},  # a mosaic: and the best PSNR of its table
+    ("ddc (steps=5)", "jpeg10", 0.05): {"chroma_ratio": 0.2, "colour_shift": 0.3},  # grey
+    ("pinv", "jpeg10", 0.0): {"clipping": 0.09},
+}
 
 
 def _png(path: Path, seed: int, size: int = 16) -> None:
@@ -128,8 +139,10 @@ def make_store(
     failed: bool = False,
     methods: tuple[str, ...] = tuple(METHODS),
     sigmas: tuple[float, ...] = tuple(SIGMAS),
+    checks: bool = False,
 ) -> Path:
-    """The full hand-made store (or one with the (method, task, σ, image) units in `skip` left out)."""
+    """The full hand-made store (or one with the (method, task, σ, image) units in `skip` left out); `checks`:
+    with visual-check scores (`PHOTO_CHECKS`, but `FAILURES`, spread over the images around those means)."""
     store = ResultStore(root)
     units, traces, sets = [], [], []
     for method in methods:
@@ -141,6 +154,9 @@ def make_store(
                     if (method, task, sigma, image_id) in skip:
                         continue
                     row = _unit(method, task, sigma, image_id)
+                    if checks and row["status"] == "ok":
+                        for column, mean in {**PHOTO_CHECKS, **FAILURES.get((method, task, sigma), {})}.items():
+                            row[column] = mean * (1 + 0.1 * OFFSETS[IDS.index(image_id)])
                     if solver == "ddrm" and task == "jpeg10":
                         row.update(status="unsupported", error=JPEG_REASON, psnr=math.nan, ssim=math.nan)
                         row.update(lpips=math.nan, wall_s=math.nan, network_s=math.nan, nfe=0)
@@ -196,10 +212,25 @@ def _summary(store_root: Path, ci: bool = False) -> tuple[pd.DataFrame, list[str
 
 def _md_cells(markdown: str) -> dict[tuple[str, str], str]:
     """(row label, column header) -> cell text of the first Markdown table in `markdown`."""
-    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    lines = []
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            lines.append(line)
+        elif lines:
+            break
     split = [[c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in lines]
     header, rows = split[0], split[2:]
     return {(row[0], name): cell for row in rows for name, cell in zip(header, row, strict=True)}
+
+
+def _task_cells(markdown: str) -> dict[tuple[str, str, str], str]:
+    """(task, row label, column header) -> cell text of the per-task tables under "### <task> at σ = ..." headings."""
+    cells = {}
+    for block in re.split(r"^#+ ", markdown, flags=re.M)[1:]:
+        task = block.split(" at σ", 1)[0]
+        if "|" in block:
+            cells.update({(task, *key): text for key, text in _md_cells(block).items()})
+    return cells
 
 
 # ----- store reading ---------------------------------------------------------------------------------------
@@ -316,6 +347,114 @@ def test_ci_is_the_student_t_half_width_over_images(store_root: Path) -> None:
     cells = _md_cells(to_markdown(quality_table(summary, 0.05, methods, ci=True)))
     assert cells[("pinv", "sr4 PSNR↑")] == f"21.00 ± {expected:.2f}"
     assert cells[("ddc (steps=10)", "sr4 PSNR↑")].startswith("**27.00** ± ")
+
+
+def test_each_task_gets_a_table_of_its_metrics_with_every_number_of_the_wide_table(store_root: Path) -> None:
+    summary, methods, _ = _summary(store_root, ci=True)
+    for sigma in SIGMAS:
+        wide = quality_table(summary, sigma, methods, ci=True)
+        parts = quality_tables(summary, sigma, methods, ci=True)
+        assert [t.caption for t in parts] == [f"{task} at σ = {sigma:g}" for task in TASKS]
+        for part in parts:
+            assert part.header == ["method", "PSNR↑", "SSIM↑", "LPIPS↓", "FID↓", "KID↓"]  # 6 columns, not 11
+            assert [row[0].text for row in part.rows] == ["pinv", "ddrm", "ddc (steps=5)", "ddc (steps=10)"]
+        # nothing lost: each cell of the wide table is the same cell (text, mark, interval, note) in its task's table
+        shown = len(parts[0].header) - 1
+        for r, row in enumerate(wide.rows):
+            for t, part in enumerate(parts):
+                mine = part.rows[r][1:]
+                theirs = row[1 + t * shown : 1 + (t + 1) * shown]
+                assert [(c.text, c.mark, c.extra, c.note) for c in mine] == [
+                    (c.text, c.mark, c.extra, c.note) for c in theirs
+                ]
+        assert parts[-1].legend == wide.legend and all(not part.legend for part in parts[:-1])
+
+
+def test_second_is_marked_only_among_three_methods_and_not_after_a_tie(store_root: Path) -> None:
+    summary, methods, _ = _summary(store_root)
+    two = summary[summary["method"].isin(["pinv", "ddrm"])]
+    cells = _md_cells(to_markdown(quality_tables(two, 0.05, methods)[0]))
+    assert cells[("ddrm", "PSNR↑")] == "**25.00**" and cells[("pinv", "PSNR↑")] == "21.00"  # of two: no "second"
+    three = summary[summary["method"].isin(["pinv", "ddrm", "ddc (steps=10)"])].copy()
+    tied = (three["method"] == "ddc (steps=10)") & (three["task"] == "sr4") & (three["metric"] == "psnr")
+    three.loc[tied, "mean"] = 25.0  # ties ddrm for best at σ = 0.05
+    cells = _md_cells(to_markdown(quality_tables(three, 0.05, methods)[0]))
+    assert cells[("ddrm", "PSNR↑")] == cells[("ddc (steps=10)", "PSNR↑")] == "**25.00**"
+    assert cells[("pinv", "PSNR↑")] == "21.00"  # third of three, not "second"
+    assert cells[("ddrm", "SSIM↑")] == "**0.600**" and cells[("ddc (steps=10)", "SSIM↑")] == "<u>0.500</u>"
+
+
+def _checked(tmp_path: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    store = load_store(make_store(tmp_path / "checked", checks=True))
+    units = store.units[store.units["solver"] != "uncond"]
+    groups = store.groups[store.groups["method"].isin(set(units["method"]))]
+    return quality_summary(units, store.sets, groups), checks_summary(units, groups), store.method_order()
+
+
+def test_visual_checks_are_group_means_and_flag_beyond_their_thresholds(tmp_path: Path) -> None:
+    _, checks, methods = _checked(tmp_path)
+    found = checks.set_index(["method", "task", "sigma", "metric"])
+    assert found.loc[("ddc (steps=10)", "sr4", 0.05, "blockiness"), "mean"] == pytest.approx(3.0)
+    assert found.loc[("ddc (steps=10)", "sr4", 0.05, "blockiness"), "n"] == 3
+    assert found.loc[("ddc (steps=10)", "sr4", 0.0, "blockiness"), "mean"] == pytest.approx(1.0)
+    flagged = {index: flag for index, flag in found["flag"].items() if isinstance(flag, str)}
+    assert set(flagged) == {
+        ("ddc (steps=10)", "sr4", 0.05, "blockiness"),
+        ("ddc (steps=5)", "jpeg10", 0.05, "chroma_ratio"),
+        ("ddc (steps=5)", "jpeg10", 0.05, "colour_shift"),
+        ("pinv", "jpeg10", 0.0, "clipping"),
+    }
+    assert "3.0×" in flagged[("ddc (steps=10)", "sr4", 0.05, "blockiness")]
+    assert ("ddrm", "jpeg10", 0.05, "blockiness") not in found.index  # unsupported: no images, no check
+    table = checks_table(checks, methods)
+    assert table is not None and table.header == [
+        "method", "task", "σ", "blockiness (⚑ > 1.5)", "chroma ratio (⚑ < 0.5)", "colour shift (⚑ > 0.15)",
+        "clipped (⚑ > 0.05)",
+    ]  # fmt: skip
+    rows = {tuple(c.text for c in row[:3]): [c.text + c.extra for c in row[3:]] for row in table.rows}
+    assert rows[("ddc (steps=10)", "sr4", "0.05")] == ["3.00 ⚑", "0.95", "0.020", "0.000"]
+    assert rows[("ddc (steps=5)", "jpeg10", "0.05")] == ["1.00", "0.20 ⚑", "0.300 ⚑", "0.000"]
+    assert [key[0] for key in rows][::4] == ["pinv", "ddrm", "ddc (steps=5)", "ddc (steps=10)"]  # method order
+    csv = pd.read_csv(io.StringIO(to_csv(table)), keep_default_na=False)
+    assert set(csv.loc[csv["flagged"] != "", "flagged"]) == {"blockiness", "chroma-ratio,colour-shift", "clipping"}
+
+
+def test_a_failed_check_flags_the_quality_cell_with_a_numbered_footnote(tmp_path: Path) -> None:
+    summary, checks, methods = _checked(tmp_path)
+    sr4, jpeg = quality_tables(summary, 0.05, methods, checks=checks)
+    markdown = to_markdown(sr4)
+    cells = _md_cells(markdown)
+    assert cells[("ddc (steps=10)", "PSNR↑")] == "**27.00** ⚑<sup>1</sup>"  # the best PSNR is a mosaic
+    assert cells[("ddc (steps=10)", "SSIM↑")] == "0.500" and cells[("ddrm", "PSNR↑")] == "<u>25.00</u>"
+    assert "⚑<sup>1</sup> ddc (steps=10) on sr4: blockiness 3.00 > 1.5, a block mosaic" in markdown
+    assert "fail a visual check" not in markdown  # the legend follows the last table of the σ
+    markdown = to_markdown(jpeg)
+    assert _md_cells(markdown)[("ddc (steps=5)", "PSNR↑")] == "<u>21.00</u> ⚑<sup>1,2</sup>"
+    assert "⚑<sup>2</sup> ddc (steps=5) on jpeg10: colour shift 0.300 > 0.15" in markdown
+    assert "⚑ the method's images fail a visual check" in markdown
+    # the unsupported cell footnote keeps its letter; flags are numbered apart from it
+    assert _md_cells(markdown)[("ddrm", "PSNR↑")] == "–<sup>a</sup>"
+    wide = quality_table(summary, 0.05, methods, checks=checks)
+    latex = to_latex(wide)
+    assert "\\textbf{27.00}\\textsuperscript{\\textdagger{}3}" in latex  # numbered in reading order
+    assert "chroma ratio 0.20 $<$ 0.5" not in latex and "chroma ratio 0.20 \\textless{} 0.5" in latex
+    assert '<strong>27.00</strong> <span class="flag">⚑<sup>1</sup></span>' in to_html(sr4)
+    unflagged = quality_tables(summary, 0.0, methods, checks=checks)
+    assert _md_cells(to_markdown(unflagged[1]))[("pinv", "PSNR↑")] == "21.00 ⚑<sup>1</sup>"  # clipping at σ = 0
+
+
+def test_the_report_shows_visual_checks_only_where_the_store_has_them(tmp_path: Path, report: Path) -> None:
+    assert "Visual checks" not in (report / "report.md").read_text(encoding="utf-8")  # a store from before them
+    assert not (report / "tables" / "visual_checks.md").exists()
+    out = render_report(make_store(tmp_path / "results" / "checked", checks=True), tmp_path / "report")
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    assert "### Visual checks" in markdown and "| ddc (steps=10) | sr4 | 0.05 | 3.00 ⚑ |" in markdown
+    for fmt in ("md", "tex", "csv"):
+        assert (out / "tables" / f"visual_checks.{fmt}").is_file()
+    cells = _task_cells(markdown.split("## Quality")[1].split("### Visual checks")[0])
+    assert cells[("sr4", "ddc (steps=10)", "PSNR↑")] == "**27.00** ⚑<sup>1</sup>"
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert '<div class="tables">' in page and "Visual checks</caption>" in page and "⚑" in page
 
 
 def test_runtime_leaves_out_warmup_batches_when_others_exist() -> None:
@@ -462,12 +601,15 @@ def test_a_partial_store_renders_what_is_complete_and_lists_the_rest(tmp_path: P
     assert "| ddrm | sr4 | 0 |" in missing
     assert "| ddc (steps=5) | sr4 | 0.05 | 2 of 3 | 0 | gamma |" in missing
     assert "| pinv | sr4 | 0 | 1 | beta | RuntimeError: out of memory |" in missing
-    cells = _md_cells((out / "tables" / "quality_sigma0.05.md").read_text(encoding="utf-8"))
-    assert cells[("ddc (steps=5)", "sr4 PSNR↑")] == "…"
-    assert cells[("ddc (steps=10)", "sr4 PSNR↑")] == "**27.00**"
-    assert cells[("ddrm", "sr4 PSNR↑")] == "<u>25.00</u>"
-    cells = _md_cells((out / "tables" / "quality_sigma0.md").read_text(encoding="utf-8"))
-    assert cells[("pinv", "sr4 PSNR↑")] == "…" and cells[("ddrm", "sr4 PSNR↑")] == ""
+    cells = _task_cells((out / "tables" / "quality_sigma0.05.md").read_text(encoding="utf-8"))
+    assert cells[("sr4", "ddc (steps=5)", "PSNR↑")] == "…"
+    assert cells[("sr4", "ddc (steps=10)", "PSNR↑")] == "**27.00**"
+    assert cells[("sr4", "ddrm", "PSNR↑")] == "<u>25.00</u>"
+    cells = _task_cells((out / "tables" / "quality_sigma0.md").read_text(encoding="utf-8"))
+    assert cells[("sr4", "pinv", "PSNR↑")] == "…"
+    assert ("sr4", "ddrm", "PSNR↑") not in cells and cells[("jpeg10", "ddrm", "PSNR↑")].startswith("–")  # never ran
+    wide = pd.read_csv(out / "tables" / "quality_sigma0.csv", index_col="method", keep_default_na=False)
+    assert wide.loc["ddrm", "sr4_psnr"] == ""  # the wide CSV keeps the empty cell
     page = (out / "index.html").read_text(encoding="utf-8")
     assert "RuntimeError: out of memory" in page
 

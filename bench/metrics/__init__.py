@@ -14,6 +14,10 @@ Per-image metrics take (B, C, H, W) tensors in [-1, 1] (C in {1, 3}), estimate f
 and return a (B,) tensor. Estimates are clamped to [-1, 1] before scoring, as an image saved to disk would be.
 Per-set metrics compare two sets of images, each a (N, C, H, W) tensor in [-1, 1] or a folder of image files.
 The pretrained networks (LPIPS trunks, the FID Inception) come from `bench.weights`, never from a model hub.
+
+A metric declared with a `flag` (direction, threshold, reason) is a visual check (blockiness, colour loss,
+clipping): the report shows it in its own table and flags the quality-table cells of a (method, task, σ) whose
+mean lies beyond the threshold, with the reason in a footnote.
 """
 
 from __future__ import annotations
@@ -64,6 +68,32 @@ class MetricSpec:
     min_size: int = 1  # smaller images get NaN: the metric is not defined there
     uses_measurement: bool = False
     reported_by: str = ""  # which papers report the metric this way
+    # A visual check: (">" or "<", threshold, reason). The report flags a quality-table cell whose (method, task,
+    # σ) mean lies beyond the threshold, with the reason (a format string of `value`) in a footnote.
+    flag: tuple[str, float, str] | None = None
+
+    def __post_init__(self) -> None:
+        flag = self.flag
+        if flag is not None and not (
+            isinstance(flag, tuple)
+            and len(flag) == 3
+            and flag[0] in (">", "<")
+            and isinstance(flag[1], int | float)
+            and isinstance(flag[2], str)
+        ):
+            raise MetricError(
+                f"metric {self.name!r}: flag must be ('>' or '<', threshold, 'reason with {{value}}'), got {flag!r}"
+            )
+
+    def flagged(self, value: float) -> str | None:
+        """The flag's reason for a mean `value` beyond the threshold; None when within it, NaN or unflagged."""
+        if self.flag is None:
+            return None
+        direction, threshold, reason = self.flag
+        value = float(value)
+        if (value > threshold) if direction == ">" else (value < threshold):  # NaN compares False either way
+            return reason.format(value=value)
+        return None
 
     @property
     def column(self) -> str:

@@ -6,6 +6,7 @@ The data path, one module per step:
     bench.pipeline.units      every (solver, task, σ, image) work unit and its key
     bench.pipeline.evaluate   one batch of units: measure, `Solver.reconstruct`, metrics, PNGs, traces; FID/KID of sets
     bench.pipeline.store      the parquet tables of the run folder and their row schema (`UNIT_COLUMNS`, ...)
+    bench.pipeline.reference  the kurtosis figure's reference: the prior's ε̂ on the clean images, forward-noised
     bench.report     tables and figures from a finished store
 
 This module builds what the batches share (solvers, prior, operators, dataset), runs the pending units in
@@ -33,6 +34,7 @@ from typing import Any
 from bench.files import git_commit
 from bench.pipeline.distributed import Distributed
 from bench.pipeline.evaluate import RunContext, evaluate_batch, set_metrics
+from bench.pipeline.reference import run_reference_pass
 from bench.pipeline.settings import (
     RunError,
     RunSettings,
@@ -333,6 +335,7 @@ def run(settings: RunSettings) -> Any:
         set_metrics(context, units)
         _fill_missing_scores(context)
         context.store.consolidate()  # one part per table: later reads (resume, report) stay fast
+        run_reference_pass(context, units)  # the kurtosis figure's reference where no uncond runs
         keys = {unit.key for unit in units}
         table = context.store.units()
         table = table[table["key"].isin(keys)] if not table.empty else table

@@ -8,6 +8,8 @@ Layout under the run folder:
     images/<solver>/<task>/<σ>/<tag>/<id>.png         reconstructions (`tag`: config, seed, prior, dataset)
     images/reference/<source>/<id>.png                clean references (`source`: the prior and the dataset)
     images/measurement/<task>/<σ>/seed<seed>/<source>/<id>.png   measurements shown as A⁺y
+    reference/<sha16>.parquet                         the prior's own ε̂ kurtosis on the clean images forward-noised
+                                                      (bench.pipeline.reference; not a table of this store)
 
 Every unit row names its own three PNGs (columns `image_path`, `reference_path`, `measurement_path`, relative
 to the run folder; `unit_image_paths` makes them), so two runs into one folder with another prior or dataset

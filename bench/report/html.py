@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from dataclasses import replace
 
 from bench.report.content import Report, Section
 from bench.report.figures import Figure
@@ -31,6 +32,8 @@ p.note { font-size: .8rem; color: #555; margin: .15rem 0; }
 figure { margin: 1rem 0 2rem; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: .85rem; color: #444; max-width: 60rem; }
 .files a { margin-right: .6rem; font-size: .85rem; }
+.tables { display: flex; flex-wrap: wrap; gap: 0 2.5rem; align-items: flex-start; }
+.tables > div { width: min-content; max-width: 100%; } .flag { color: #b3261e; }
 """
 
 
@@ -40,7 +43,16 @@ def _e(text: object) -> str:
 
 def _section(section: Section) -> str:
     links = "".join(f'<a href="{_e(path.as_posix())}">{_e(fmt)}</a>' for fmt, path in section.files.items())
-    return to_html(section.table) + f'<p class="files">Download: {links}</p>\n'
+    if not section.parts:
+        return to_html(section.table) + f'<p class="files">Download: {links}</p>\n'
+    # one table per task, side by side where the page is wide enough, each as wide as its table (its footnotes
+    # wrap under it); the legend they share follows them
+    tables = "".join(f"<div>{to_html(replace(part, legend=[]))}</div>" for part in section.parts)
+    legend = "".join(f'<p class="note">{_e(text)}</p>\n' for part in section.parts for text in part.legend)
+    return (
+        f"<h3>{_e(section.table.caption)}</h3>\n"
+        f'<div class="tables">{tables}</div>\n{legend}<p class="files">Download: {links}</p>\n'
+    )
 
 
 def _figure(figure: Figure) -> str:
@@ -68,6 +80,8 @@ def render_html(report: Report) -> str:
         '<section id="quality"><h2>Quality</h2>',
     ]
     parts += [_section(section) for section in report.quality]
+    if report.checks is not None:
+        parts.append(_section(report.checks))
     parts.append('</section><section id="runtime"><h2>Runtime</h2>')
     parts.append(_section(report.runtime) if report.runtime else "<p>No unit ran (all unsupported or failed).</p>")
     parts.append('</section><section id="figures"><h2>Figures</h2>')

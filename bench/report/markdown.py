@@ -10,7 +10,8 @@ __all__ = ["render_markdown"]
 
 def _section(section: Section) -> list[str]:
     links = " · ".join(f"[{fmt}]({path.as_posix()})" for fmt, path in section.files.items())
-    return [f"### {section.table.caption}", "", to_markdown(section.table), f"Files: {links}", ""]
+    tables = [f"#### {part.caption}\n\n{to_markdown(part)}" for part in section.parts] or [to_markdown(section.table)]
+    return [f"### {section.table.caption}", "", *tables, f"Files: {links}", ""]
 
 
 def render_markdown(report: Report) -> str:
@@ -20,6 +21,8 @@ def render_markdown(report: Report) -> str:
     lines += ["## Quality", ""]
     for section in report.quality:
         lines += _section(section)
+    if report.checks is not None:
+        lines += _section(report.checks)
     if report.runtime is not None:
         lines += ["## Runtime", ""] + _section(report.runtime)
     lines += ["## Figures", ""]

@@ -1,15 +1,23 @@
 """Quality and runtime tables: pure functions from the store's DataFrames to Markdown, LaTeX, HTML and CSV.
 
-A table is first built as a grid of `Cell`s (value text, best/second mark, footnote), then rendered by one
-function per format, so bold, underline and footnotes land on the same cells in every format.
+A table is first built as a grid of `Cell`s (value text, best/second mark, footnote, visual-check flags), then
+rendered by one function per format, so bold, underline, footnotes and flags land on the same cells in every
+format.
+
+The quality of one noise level is shown as one table per task (rows: methods, columns: that task's metrics,
+`quality_tables`), narrow enough for a laptop screen; `quality_table` is the same numbers in the papers' wide
+layout (column groups task × metric), for LaTeX and CSV. The visual checks (the metrics declared with a `flag`:
+blockiness, colour loss, clipping) get their own table (`checks_table`), and a (method, task, σ) whose images
+fail one gets a flagged quality cell with the reason in a numbered footnote.
 """
 
 from __future__ import annotations
 
 import html
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
@@ -17,12 +25,17 @@ from bench import metrics
 from bench.report.load import GROUP, finite, sigma_label, sort_tasks
 
 __all__ = [
+    "CHECKS",
+    "FLAG",
     "METRICS",
     "Cell",
     "Metric",
     "Table",
+    "checks_summary",
+    "checks_table",
     "quality_summary",
     "quality_table",
+    "quality_tables",
     "runtime_summary",
     "runtime_table",
     "to_csv",
@@ -61,6 +74,10 @@ METRICS = tuple(
     for m in metrics.specs()
     if m.in_quality_table
 )
+#: The visual checks: per-image metrics declared with a flag (threshold and reason), in registry order.
+CHECKS = tuple(m for m in metrics.specs("image") if m.flag is not None)
+#: The mark of a flagged cell; its footnotes are numbered (notes are lettered).
+FLAG = "⚑"
 
 
 @dataclass
@@ -72,6 +89,7 @@ class Cell:
     extra: str = ""
     note: str | None = None  # footnote text
     value: float | str | None = None  # what the CSV holds
+    flags: list[str] = field(default_factory=list)  # failed visual checks: ⚑ and a numbered footnote each
 
 
 @dataclass
@@ -140,8 +158,15 @@ def _half_width(std: float, n: int) -> float:
     return float(stdtrit(n - 1, 0.5 + CONFIDENCE / 2) * std / math.sqrt(n))
 
 
-def quality_table(summary: pd.DataFrame, sigma: float, methods: list[str], ci: bool = False) -> Table:
-    """The paper-style table of one noise level: rows = methods, column groups = tasks × metrics."""
+def quality_table(
+    summary: pd.DataFrame,
+    sigma: float,
+    methods: list[str],
+    ci: bool = False,
+    checks: pd.DataFrame | None = None,
+) -> Table:
+    """The papers' wide table of one noise level: rows = methods, column groups = tasks × metrics (for LaTeX and
+    CSV; the pages show `quality_tables`). `checks`: `checks_summary`, whose failures flag the cells."""
     at = summary[summary["sigma"] == sigma]
     tasks = sort_tasks(list(at["task"].unique()))
     present = set(at["method"])
@@ -149,18 +174,16 @@ def quality_table(summary: pd.DataFrame, sigma: float, methods: list[str], ci: b
     lookup = {(r.method, r.task, r.metric): r for r in at.itertuples(index=False)}
     shown = [m for m in METRICS if m.column in set(at["metric"])] or list(METRICS[:1])
     marks = _marks(at)
+    flags = _flags(checks, sigma)
     rows = []
     csv_rows = []
     for method in methods:
         cells: list[Cell] = [Cell(method, value=method)]
         csv_row: list[object] = [method]
         for task in tasks:
-            for metric in shown:
-                cell = _quality_cell(lookup.get((method, task, metric.column)), metric, ci)
-                if cell.text == UNSUPPORTED and metric is not shown[0]:
-                    cell.note = None  # one footnote mark per task group is enough
-                cell.mark = marks.get((method, task, metric.column))
-                cells.append(cell)
+            task_cells = _task_cells(lookup, marks, flags, method, task, shown, ci)
+            cells += task_cells
+            for metric, cell in zip(shown, task_cells, strict=True):
                 csv_row.append(cell.value)
                 if ci and metric.per_image:
                     found = lookup.get((method, task, metric.column))
@@ -184,6 +207,69 @@ def quality_table(summary: pd.DataFrame, sigma: float, methods: list[str], ci: b
     )
 
 
+def quality_tables(
+    summary: pd.DataFrame,
+    sigma: float,
+    methods: list[str],
+    ci: bool = False,
+    checks: pd.DataFrame | None = None,
+) -> list[Table]:
+    """The quality of one noise level as one table per task (rows = the methods that ran it, in `methods`'
+    order; columns = its metrics), each narrow enough for a laptop screen. The same cells, marks and flags as
+    `quality_table`; the legend follows the last table."""
+    at = summary[summary["sigma"] == sigma]
+    present = set(at["method"])
+    methods = [m for m in methods if m in present]
+    lookup = {(r.method, r.task, r.metric): r for r in at.itertuples(index=False)}
+    marks = _marks(at)
+    flags = _flags(checks, sigma)
+    tables = []
+    for task in sort_tasks(list(at["task"].unique())):
+        here = at[at["task"] == task]
+        shown = [m for m in METRICS if m.column in set(here["metric"])] or list(METRICS[:1])
+        rows = []
+        for method in methods:
+            cells = _task_cells(lookup, marks, flags, method, task, shown, ci)
+            if any(cell.text for cell in cells):  # a method that never ran this task at this σ gets no row
+                rows.append([Cell(method, value=method), *cells])
+        csv_rows = [[cell.value for cell in row] for row in rows]
+        tables.append(
+            Table(
+                caption=f"{task} at σ = {sigma_label(sigma)}",
+                header=["method"] + [metric.header for metric in shown],
+                rows=rows,
+                csv_header=["method"] + [metric.column for metric in shown],
+                csv_rows=csv_rows,
+            )
+        )
+    if tables:
+        every = [row for table in tables for row in table.rows]
+        tables[-1].legend = _quality_legend(at, every, ci, flagged=any(c.flags for row in every for c in row))
+    return tables
+
+
+def _task_cells(
+    lookup: dict[tuple[str, str, str], Any],
+    marks: dict[tuple[str, str, str], str],
+    flags: dict[tuple[str, str], list[str]],
+    method: str,
+    task: str,
+    shown: list[Metric],
+    ci: bool,
+) -> list[Cell]:
+    """A method's cells of one task, marked; the first carries the flags of the (method, task)."""
+    cells = []
+    for metric in shown:
+        cell = _quality_cell(lookup.get((method, task, metric.column)), metric, ci)
+        if cell.text == UNSUPPORTED and metric is not shown[0]:
+            cell.note = None  # one footnote mark per task group is enough
+        cell.mark = marks.get((method, task, metric.column))
+        cells.append(cell)
+    if cells and cells[0].text not in ("", UNSUPPORTED, UNFINISHED):
+        cells[0].flags = list(flags.get((method, task), []))
+    return cells
+
+
 def _quality_cell(found: object, metric: Metric, ci: bool) -> Cell:
     if found is None:
         return Cell("", value="")  # this method never ran this task at this σ
@@ -205,7 +291,12 @@ def _quality_cell(found: object, metric: Metric, ci: bool) -> Cell:
 
 
 def _marks(at: pd.DataFrame) -> dict[tuple[str, str, str], str]:
-    """Best and second-best cell per (task, metric) column, ranked on the shown digits (ties share a mark)."""
+    """Best and second-best cell per (task, metric) column, ranked on the shown digits.
+
+    A value's rank is one more than the number of values strictly better than it (ties share a rank). Rank 1 is
+    "best" among two values or more; rank 2 is "second" only among three or more (of two, second is the worst),
+    so after a tie for best there is no second.
+    """
     marks = {}
     for metric in METRICS:
         column = at[(at["metric"] == metric.column) & (at["state"] == "complete")]
@@ -215,24 +306,34 @@ def _marks(at: pd.DataFrame) -> dict[tuple[str, str, str], str]:
         for _task, rows in column.groupby("task"):
             if len(rows) < 2:
                 continue  # nothing to compare against
-            shown = rows["mean"].round(metric.decimals)
-            ranked = sorted(set(shown), reverse=metric.higher_is_better)
-            for (method, task), value in zip(zip(rows["method"], rows["task"], strict=True), shown, strict=True):
-                if value == ranked[0]:
+            shown = rows["mean"].round(metric.decimals).tolist()
+            for method, task, value in zip(rows["method"], rows["task"], shown, strict=True):
+                better = sum((other > value) if metric.higher_is_better else (other < value) for other in shown)
+                if better == 0 and len(set(shown)) > 1:
                     marks[(method, task, metric.column)] = "best"
-                elif len(ranked) > 1 and value == ranked[1] and len(rows) > 2:  # of two, "second" is the worst
+                elif better == 1 and len(shown) >= 3:
                     marks[(method, task, metric.column)] = "second"
     return marks
 
 
-def _quality_legend(at: pd.DataFrame, rows: list[list[Cell]], ci: bool) -> list[str]:
+def _quality_legend(at: pd.DataFrame, rows: list[list[Cell]], ci: bool, flagged: bool | None = None) -> list[str]:
     texts = {cell.text for row in rows for cell in row[1:]}
     counts = at.loc[(at["state"] == "complete") & (at["n"] > 0) & at["metric"].isin(["psnr"]), "n"]
     images = ""
     if len(counts):
         low, high = int(counts.min()), int(counts.max())
         images = f" over {low} images" if low == high else f" over {low}–{high} images"
-    legend = [f"Mean{images}; ↑ higher is better, ↓ lower is better; best in bold, second underlined."]
+    legend = [
+        f"Mean{images}; ↑ higher is better, ↓ lower is better; best in bold, second underlined (only among three "
+        "methods or more, and not after a tie for best)."
+    ]
+    if flagged is None:
+        flagged = any(cell.flags for row in rows for cell in row)
+    if flagged:
+        legend.append(
+            f"{FLAG} the method's images fail a visual check on this task (the footnote names it; see “Visual "
+            "checks”): the numbers beside it may reward a failure that PSNR does not see."
+        )
     if ci:
         legend.append("± half-width of the 95% Student-t interval over images; FID and KID are set metrics (none).")
     if UNSUPPORTED in texts:
@@ -245,6 +346,114 @@ def _quality_legend(at: pd.DataFrame, rows: list[list[Cell]], ci: bool) -> list[
     if "set_std" in kid and kid["set_std"].map(finite).any():
         legend.append("KID ± its standard deviation over subsets.")
     return legend
+
+
+# ----- visual checks ---------------------------------------------------------------------------------------
+
+
+def checks_summary(units: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:
+    """Long table, one row per complete (method, task, σ) and visual check: the mean over its ok images, their
+    count, and the check's reason where the mean lies beyond its threshold (`flag`, else None).
+
+    Only checks the store has a column for are listed (a store from before them has none); a group without a
+    value (a check not defined for the task, such as blockiness without a block grid) gets NaN and no flag.
+    """
+    columns = ["method", "task", "sigma", "metric", "mean", "n", "flag"]
+    ok = units[units["status"] == "ok"]
+    present = [m for m in CHECKS if m.column in ok]
+    done = groups[(groups["state"] == "complete") & groups["method"].isin(set(units["method"]))]
+    if not present or done.empty:
+        return pd.DataFrame(columns=columns)
+    stats = ok.groupby(GROUP)[[m.column for m in present]].agg(["mean", "count"])
+    rows = []
+    for group in done.itertuples(index=False):
+        index = (group.method, group.task, group.sigma)
+        for check in present:
+            mean, n = math.nan, 0
+            if index in stats.index:
+                mean, n = (
+                    float(stats.loc[index, (check.column, "mean")]),
+                    int(stats.loc[index, (check.column, "count")]),
+                )
+            rows.append(
+                {"method": group.method, "task": group.task, "sigma": group.sigma, "metric": check.column,
+                 "mean": mean, "n": n, "flag": check.flagged(mean) if n else None}
+            )  # fmt: skip
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _threshold(check: metrics.MetricSpec) -> str:
+    direction, threshold, _ = check.flag or ("", math.nan, "")
+    return f"{direction} {threshold:g}"
+
+
+def _flags(checks: pd.DataFrame | None, sigma: float) -> dict[tuple[str, str], list[str]]:
+    """(method, task) -> the footnotes of its failed visual checks at `sigma`, in registry order."""
+    if checks is None or checks.empty:
+        return {}
+    by_column = {m.column: m for m in CHECKS}
+    failed = checks[(checks["sigma"] == sigma) & checks["flag"].map(lambda f: isinstance(f, str))]
+    flags: dict[tuple[str, str], list[str]] = {}
+    for row in failed.itertuples(index=False):
+        check = by_column[row.metric]
+        flags.setdefault((row.method, row.task), []).append(
+            f"{row.method} on {row.task}: {check.label} {row.mean:.{check.decimals}f} {_threshold(check)}, {row.flag}"
+        )
+    return flags
+
+
+def checks_table(checks: pd.DataFrame, methods: list[str]) -> Table | None:
+    """Visual checks: one row per (method, task, σ), one column per check with its flag's threshold; a value
+    beyond it is marked ⚑. None when the store has no value of any check."""
+    if checks.empty or not checks["mean"].map(finite).any():
+        return None
+    shown = [m for m in CHECKS if m.column in set(checks["metric"])]
+    order = {m: i for i, m in enumerate(methods)}
+    task_rank = {t: i for i, t in enumerate(sort_tasks(list(checks["task"].unique())))}
+    lookup = {(r.method, r.task, r.sigma, r.metric): r for r in checks.itertuples(index=False)}
+    keys = sorted(
+        {(r.method, r.task, r.sigma) for r in checks.itertuples(index=False)},
+        key=lambda k: (order.get(k[0], len(order)), k[0], task_rank[k[1]], k[2]),
+    )
+    rows, csv_rows = [], []
+    for method, task, sigma in keys:
+        cells = [Cell(method, value=method), Cell(task, value=task), Cell(sigma_label(sigma), value=sigma)]
+        failed = []
+        for check in shown:
+            found = lookup.get((method, task, sigma, check.column))
+            if found is None or not finite(found.mean):
+                cells.append(Cell(UNAVAILABLE, value=""))
+                continue
+            flagged = isinstance(found.flag, str)
+            failed += [check.name] if flagged else []
+            cells.append(
+                Cell(f"{found.mean:.{check.decimals}f}", extra=f" {FLAG}" if flagged else "", value=float(found.mean))
+            )
+        rows.append(cells)
+        csv_rows.append([*(cell.value for cell in cells), ",".join(failed)])
+    legend = [
+        f"Mean over the ok images of each (method, task, σ); {FLAG} beyond the threshold in the header, which flags "
+        "the method's cells in the quality tables. A photo scores blockiness about 1, chroma ratio 1, colour shift "
+        "0 and clipped 0.",
+        "blockiness: mean |difference| of neighbouring pixels across the measurement's block grid (an SR factor, "
+        "JPEG's 8×8) over that inside the blocks; chroma ratio: the estimate's mean per-pixel std across RGB over "
+        "the photo's; colour shift: the largest error of a channel's mean on [-1, 1]; clipped: the share of values "
+        "at ±1 beyond the photo's own.",
+    ]
+    if any(cell.text == UNAVAILABLE for row in rows for cell in row):
+        legend.append(
+            f"{UNAVAILABLE} not defined: blockiness needs a task with a block grid (sr, jpeg), the chroma ratio a "
+            "colour photo; or the run did not score it."
+        )
+    return Table(
+        caption="Visual checks",
+        header=["method", "task", "σ", *(f"{check.label} ({FLAG} {_threshold(check)})" for check in shown)],
+        rows=rows,
+        lead=3,
+        legend=legend,
+        csv_header=["method", "task", "sigma", *(check.column for check in shown), "flagged"],
+        csv_rows=csv_rows,
+    )
 
 
 # ----- runtime ---------------------------------------------------------------------------------------------
@@ -342,13 +551,18 @@ def _seconds(value: float) -> str:
 
 
 def _footnotes(table: Table) -> dict[str, str]:
-    """Each distinct note -> its letter (a, b, ...), in reading order."""
+    """Each distinct note -> its letter (a, b, ...), then each distinct flag -> its number, in reading order."""
     letters: dict[str, str] = {}
     for row in table.rows:
         for cell in row:
             if cell.note and cell.note not in letters:
                 letters[cell.note] = _letter(len(letters))
-    return letters
+    numbers: dict[str, str] = {}
+    for row in table.rows:
+        for cell in row:
+            for flag in cell.flags:
+                numbers.setdefault(flag, str(len(numbers) + 1))
+    return {**letters, **{flag: number for flag, number in numbers.items() if flag not in letters}}
 
 
 def _letter(i: int) -> str:
@@ -362,16 +576,37 @@ def _render_cell(cell: Cell, letters: dict[str, str], escape: Callable[[str], st
     text += escape(cell.extra) if cell.extra else ""
     if cell.note:
         text += style["note"].format(letters[cell.note])
+    if cell.flags:
+        text += style["flag"].format(",".join(letters[flag] for flag in cell.flags))
     return text
+
+
+def _footnote_lines(
+    table: Table, letters: dict[str, str], escape: Callable[[str], str], style: dict[str, str]
+) -> Iterator[tuple[str, str]]:
+    """(mark, text) of each footnote: lettered notes, then numbered flags."""
+    flags = {flag for row in table.rows for cell in row for flag in cell.flags}
+    for text, key in letters.items():
+        yield (style["flag" if text in flags else "note"].format(key).strip(), escape(text))
 
 
 def _md_escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-_MD = {"best": "**{}**", "second": "<u>{}</u>", "note": "<sup>{}</sup>"}
-_TEX = {"best": "\\textbf{{{}}}", "second": "\\underline{{{}}}", "note": "\\textsuperscript{{{}}}"}
-_HTML = {"best": "<strong>{}</strong>", "second": "<u>{}</u>", "note": "<sup>{}</sup>"}
+_MD = {"best": "**{}**", "second": "<u>{}</u>", "note": "<sup>{}</sup>", "flag": f" {FLAG}<sup>{{}}</sup>"}
+_TEX = {
+    "best": "\\textbf{{{}}}",
+    "second": "\\underline{{{}}}",
+    "note": "\\textsuperscript{{{}}}",
+    "flag": "\\textsuperscript{{\\textdagger{{}}{}}}",
+}
+_HTML = {
+    "best": "<strong>{}</strong>",
+    "second": "<u>{}</u>",
+    "note": "<sup>{}</sup>",
+    "flag": f' <span class="flag">{FLAG}<sup>{{}}</sup></span>',
+}
 
 
 def to_markdown(table: Table) -> str:
@@ -388,7 +623,7 @@ def to_markdown(table: Table) -> str:
     for row in table.rows:
         lines.append("| " + " | ".join(_render_cell(c, letters, _md_escape, _MD) for c in row) + " |")
     lines.append("")
-    lines += [f"<sup>{letter}</sup> {_md_escape(note)}  " for note, letter in letters.items()]
+    lines += [f"{mark} {text}  " for mark, text in _footnote_lines(table, letters, _md_escape, _MD)]
     lines += [f"{_md_escape(text)}  " for text in table.legend]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -411,6 +646,8 @@ _LATEX_SPECIAL = {
     "±": "$\\pm$",
     "σ": "$\\sigma$",
     "⁺": "$^+$",
+    "⚑": "\\textdagger{}",
+    "×": "$\\times$",
     "“": "``",
     "”": "''",
     "<": "\\textless{}",
@@ -451,7 +688,7 @@ def to_latex(table: Table) -> str:
     for row in table.rows:
         lines.append(" & ".join(_render_cell(c, letters, latex_escape, _TEX) for c in row) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}}"]
-    notes = [f"\\textsuperscript{{{letter}}} {latex_escape(note)}" for note, letter in letters.items()]
+    notes = [f"{mark} {text}" for mark, text in _footnote_lines(table, letters, latex_escape, _TEX)]
     notes += [latex_escape(text) for text in table.legend]
     if notes:
         lines.append("\\par\\smallskip{\\footnotesize " + " \\\\\n".join(notes) + "\\par}")
@@ -482,8 +719,8 @@ def to_html(table: Table) -> str:
             + "</tr>"
         )
     out.append("</tbody></table></div>")
-    for note, letter in letters.items():
-        out.append(f'<p class="note"><sup>{letter}</sup> {html.escape(note)}</p>')
+    for mark, text in _footnote_lines(table, letters, html.escape, _HTML):
+        out.append(f'<p class="note">{mark} {text}</p>')
     out += [f'<p class="note">{html.escape(text)}</p>' for text in table.legend]
     return "\n".join(out) + "\n"
 

@@ -18,11 +18,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench import metrics  # the declarations only: torch-free
+
 if TYPE_CHECKING:  # pandas is imported when the command runs, so `--help` starts fast
     import pandas as pd
 
-# Columns always listed with their counts, even when they agree.
-SCORES = ("psnr", "ssim", "lpips", "consistency", "kurtosis", "residual", "fid", "kid", "kid_std")
+# Columns always listed with their counts, even when they agree: every declared metric's, and the traces'.
+SCORES = (*(m.column for m in metrics.specs()), "kid_std", "kurtosis", "residual")
 # Columns a repeat of the same command is not expected to reproduce.
 VOLATILE = {
     "part",

@@ -1,0 +1,74 @@
+"""The Kodak24 table of docs/tasks.md: every solver on each task it supports, and its targets.
+
+    python experiments/kodak24-tasks/check.py results/kodak24-tasks results/kodak24-paper-tasks [--json FILE]
+
+Prints, per task, one row per solver: images, PSNR, SSIM, LPIPS, consistency (its right value is the noise std
+2σ = 0.1) and seconds per image, means over the photos. The targets: DiffPIR and DAPS above A⁺y in PSNR on every
+task they share with it (A⁺y does not exist for phase retrieval: there, above the mean of the other solvers'
+failure floor is not claimed, and the row says so). Exit status 1 when a target is missed or a store is empty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from bench.files import atomic_write_json
+from bench.pipeline.store import ResultStore
+
+COLUMNS = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "consistency": "consistency", "wall_s": "s/image"}
+
+
+def table(units: pd.DataFrame) -> str:
+    """Markdown: per task, solvers in the order they were run, mean of each column over the photos."""
+    lines = []
+    for task, rows in units.groupby("task", sort=False):
+        lines += [f"\n**{task}**\n", "| solver | images | " + " | ".join(COLUMNS.values()) + " |",
+                  "|---|--:|" + "--:|" * len(COLUMNS)]  # fmt: skip
+        for solver, group in rows.groupby("solver", sort=False):
+            cells = [f"{group[c].mean():.{2 if c in ('psnr', 'wall_s') else 3}f}" for c in COLUMNS]
+            lines.append(f"| {solver} | {len(group)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def targets(units: pd.DataFrame) -> list[dict]:
+    rows = []
+    means = units.groupby(["task", "solver"])["psnr"].mean()
+    for solver in ("diffpir", "daps"):
+        for task in units.loc[units["solver"] == solver, "task"].unique():
+            if (task, "pinv") not in means:
+                rows.append({"target": f"{solver} above A⁺y on {task}", "pass": True,
+                             "figure": f"{means[(task, solver)]:.2f} dB; no A⁺y on {task} (not linear)"})  # fmt: skip
+                continue
+            mine, floor = means[(task, solver)], means[(task, "pinv")]
+            rows.append({"target": f"{solver} above A⁺y on {task}", "pass": bool(mine > floor),
+                         "figure": f"{mine:.2f} dB against {floor:.2f} dB"})  # fmt: skip
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", type=Path, nargs="+", help="run folders (configs: config.toml, paper.toml)")
+    parser.add_argument("--json", type=Path, help="also write the targets to this JSON file")
+    args = parser.parse_args()
+    stores = [ResultStore(folder).units() for folder in args.results]
+    units = pd.concat([s for s in stores if not s.empty], ignore_index=True) if any(len(s) for s in stores) else None
+    if units is None:
+        print("no unit rows in the stores; run the configs of experiments/kodak24-tasks/ first")
+        return 1
+    units = units[units["status"] == "ok"]
+    print(table(units))
+    rows = targets(units)
+    print("\n| target | result | figure |\n|---|---|---|")
+    for row in rows:
+        print(f"| {row['target']} | {'PASS' if row['pass'] else 'MISS'} | {row['figure']} |")
+    if args.json:
+        atomic_write_json(args.json, {"targets": rows})
+    return 0 if all(row["pass"] for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
