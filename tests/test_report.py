@@ -671,3 +671,18 @@ def test_the_page_renders_in_headless_chromium(report: Path, tmp_path: Path) -> 
         pixels = np.asarray(image.convert("L"), dtype=np.float64)
     # text, tables and figures on a white page: many dark pixels and real variation
     assert pixels.std() > 20 and (pixels < 128).mean() > 0.01
+
+
+def test_methods_are_listed_in_the_order_the_run_asked_for(tmp_path):
+    """`bench run --solvers ddnm,pinv` writes its order; the report lists ddnm first, then the others."""
+    import json
+
+    from bench.pipeline.store import ORDER_FILE
+    from bench.report.load import asked_order
+
+    assert asked_order(tmp_path) == ()
+    (tmp_path / ORDER_FILE).write_text(json.dumps({"solvers": ["ddnm", "pinv"], "tasks": ["sr4"]}))
+    assert asked_order(tmp_path) == ("ddnm", "pinv")
+    rows = [_unit("pinv", "sr4", 0.05, "alpha", solver=solver) for solver in ("pinv", "dps", "ddnm")]
+    methods, _ = method_labels(pd.DataFrame(rows), asked_order(tmp_path))
+    assert list(methods["solver"]) == ["ddnm", "pinv", "dps"]

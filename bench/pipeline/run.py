@@ -31,7 +31,7 @@ import os
 import sys
 from typing import Any
 
-from bench.files import git_commit
+from bench.files import atomic_write_json, git_commit
 from bench.pipeline.distributed import Distributed
 from bench.pipeline.evaluate import RunContext, evaluate_batch, set_metrics
 from bench.pipeline.reference import run_reference_pass
@@ -44,7 +44,7 @@ from bench.pipeline.settings import (
     resolve_device,
     settings_from_args,
 )
-from bench.pipeline.store import DONE_STATUSES, STATUSES, ResultStore, latest, next_attempts, sigma_label
+from bench.pipeline.store import DONE_STATUSES, ORDER_FILE, STATUSES, ResultStore, latest, next_attempts, sigma_label
 from bench.pipeline.units import canonical_json, enumerate_units, shard
 
 __all__ = ["add_run_parser", "failure_report", "format_summary", "run", "summarize"]
@@ -291,6 +291,8 @@ def run(settings: RunSettings) -> Any:
         done = set() if settings.force else _done_keys(written, settings.out)
         pending = [unit for unit in mine if unit.key not in done]
         if dist.rank == 0:
+            # the order the user asked for: the report lists methods and tasks in it
+            atomic_write_json(settings.out / ORDER_FILE, {"solvers": settings.solvers, "tasks": settings.tasks})
             skipped = len(mine) - len(pending)
             print(
                 f"{len(units)} units ({len(settings.solvers)} solvers x {len(settings.tasks)} tasks x "

@@ -8,6 +8,7 @@ Layout under the run folder:
     images/<solver>/<task>/<σ>/<tag>/<id>.png         reconstructions (`tag`: config, seed, prior, dataset)
     images/reference/<source>/<id>.png                clean references (`source`: the prior and the dataset)
     images/measurement/<task>/<σ>/seed<seed>/<source>/<id>.png   measurements shown as A⁺y
+    order.json                                        the --solvers and --tasks order of the last run (the report's order)
     reference/<sha16>.parquet                         the prior's own ε̂ kurtosis on the clean images forward-noised
                                                       (bench.pipeline.reference; not a table of this store)
 
@@ -302,6 +303,8 @@ _IDENTITY = {
     "traces": ("key", "step"),
     "sets": ("set_key", "solver", "task", "sigma"),
 }
+# The order the last run into the folder asked for its solvers and tasks ({"solvers": [...], "tasks": [...]}).
+ORDER_FILE = "order.json"
 _STEM_RANK = re.compile(r"^part-\d+-r(\d+)-")
 
 

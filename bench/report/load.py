@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.pipeline.store import ResultStore, sigma_label
+from bench.pipeline.store import ORDER_FILE, ResultStore, sigma_label
 
 __all__ = [
     "REFERENCE_SOLVERS",
@@ -112,7 +112,7 @@ def load_store(path: str | Path) -> Store:
             f"run `python -m bench run --out {root}` first"
         )
     _check_unit_columns(units, root)
-    methods, units = method_labels(units)
+    methods, units = method_labels(units, asked_order(root))
     traces = _with_methods(tables.traces, units)
     sets = _label_sets(tables.sets, units)
     groups = _group_states(units)
@@ -149,7 +149,17 @@ def _with_methods(traces: pd.DataFrame, units: pd.DataFrame) -> pd.DataFrame:
 # ----- method labels ---------------------------------------------------------------------------------------
 
 
-def method_labels(units: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def asked_order(root: Path) -> tuple[str, ...]:
+    """The solvers in the order the last run into `root` asked for them (its order file), else ()."""
+    try:
+        order = json.loads((root / ORDER_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ()
+    solvers = order.get("solvers") if isinstance(order, dict) else None
+    return tuple(str(name) for name in solvers) if isinstance(solvers, list) else ()
+
+
+def method_labels(units: pd.DataFrame, asked: tuple[str, ...] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Label each unit row with its method; returns (methods, units with a `method` column).
 
     A solver run under one config is labelled by its name; under several, by its name plus the settings whose
@@ -173,7 +183,7 @@ def method_labels(units: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
             records.append({**row, "method": label, "config": ident, "varying": differing})
     methods = pd.DataFrame(records)
     labels = methods.set_index("code")["method"].sort_index().to_numpy()
-    methods = methods.iloc[_method_sort(methods)].reset_index(drop=True)
+    methods = methods.iloc[_method_sort(methods, asked)].reset_index(drop=True)
     return methods[["method", "solver", "config", "varying"]], units.assign(method=labels[codes])
 
 
@@ -217,8 +227,10 @@ def _text(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def _method_sort(methods: pd.DataFrame) -> list[int]:
-    rank = {name: i for i, name in enumerate(_order(list(methods["solver"]), SOLVER_ORDER))}
+def _method_sort(methods: pd.DataFrame, asked: tuple[str, ...] = ()) -> list[int]:
+    """Rows in the order the run asked for its solvers, then the others in SOLVER_ORDER."""
+    preferred = tuple(dict.fromkeys((*asked, *SOLVER_ORDER)))
+    rank = {name: i for i, name in enumerate(_order(list(methods["solver"]), preferred))}
 
     def key(i: int) -> tuple:
         row = methods.iloc[i]
