@@ -26,23 +26,36 @@ __all__ = ["FILE", "build", "current", "dataset_lines", "task_choices", "unknown
 
 FILE = asset("catalogue.json")
 _ROOT = Path(__file__).resolve().parents[2]
-# What the catalogue is derived from: a change to any of these files makes it stale.
-_SOURCES = ("solvers", "operators", "bench/data", "bench/metrics", "bench/priors/__init__.py", "bench/tools/matrix.py",
-            "bench/cli.py", "bench/registry.py")  # fmt: skip
+# What the catalogue is derived from, as (package, path inside it): a change to any of these files makes it stale.
+_SOURCES = (("solvers", ""), ("operators", ""), ("bench", "data"), ("bench", "metrics"), ("bench", "priors/__init__.py"),
+            ("bench", "tools/matrix.py"), ("bench", "cli.py"), ("bench", "registry.py"))  # fmt: skip
 # The `bench list` sections whose text is stored as printed (datasets are stored as rows: see module docstring).
 TEXT_SECTIONS = ("tasks", "solvers", "priors", "metrics")
 
 
+def _package_folder(package: str) -> Path:
+    """Where `package` is imported from, found without importing it (a copy earlier on sys.path counts)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"no package {package!r} on the path")
+    return Path(list(spec.submodule_search_locations)[0]).resolve()
+
+
 def fingerprint() -> str:
-    """SHA-256 over the relative paths and contents of the source files (`_SOURCES`), in sorted order."""
+    """SHA-256 over the relative paths and contents of the source files (`_SOURCES`) of the packages as they are
+    imported, in sorted order."""
     digest = hashlib.sha256()
-    for source in _SOURCES:
-        path = _ROOT / source
+    for package, inside in _SOURCES:
+        folder = _package_folder(package)
+        path = folder / inside if inside else folder
         files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
         for file in files:
             if "__pycache__" in file.parts or not file.is_file():
                 continue
-            digest.update(file.relative_to(_ROOT).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
+            name = f"{package}/{file.relative_to(folder).as_posix()}"
+            digest.update(name.encode() + b"\0" + file.read_bytes() + b"\0")
     return digest.hexdigest()
 
 
