@@ -233,3 +233,32 @@ def test_the_command_line_exits_1_naming_the_failed_check_and_writes_json(tmp_pa
         timeout=120,
     )
     assert bad.returncode == 2 and "names solver 'ddrm', but validate runs 'half-noise'" in bad.stderr
+
+
+def test_eigenbasis_w2_is_the_gaussian_w2_when_the_draws_share_the_posteriors_axes():
+    """Draws whose covariance is diagonal in the posterior's eigenbasis: the closed form of the Gaussian W2 (scipy's
+    matrix square roots) equals the eigenbasis figure; an exact sampler's figure falls as draws grow; a point
+    estimate at the mean scores the posterior's whole spread."""
+    import numpy as np
+    from scipy.linalg import sqrtm
+
+    from bench.tools.validate import eigenbasis_w2
+
+    rng = np.random.default_rng(0)
+    basis, _ = np.linalg.qr(rng.normal(size=(4, 4)))
+    eigenvalues = np.array([4.0, 1.0, 0.25, 0.04])
+    covariance, mean = basis @ np.diag(eigenvalues) @ basis.T, rng.normal(size=4)
+    # ±a_i along each axis: the centred draws' covariance is diag(a_i² · 2/(n − 1)) in that basis, exactly
+    scales = np.array([1.5, 0.7, 0.9, 0.1])
+    draws = np.concatenate([+scales[:, None] * basis.T, -scales[:, None] * basis.T]) + mean + 0.2
+    fitted_mean, fitted = draws.mean(0), np.cov(draws, rowvar=False)
+    root = sqrtm(covariance).real
+    closed = np.sqrt(np.sum((fitted_mean - mean) ** 2) + np.trace(fitted) + np.trace(covariance)
+                     - 2 * np.trace(sqrtm(root @ fitted @ root).real))  # fmt: skip
+    as_tensor = [torch.from_numpy(a) for a in (draws, mean, covariance)]
+    assert eigenbasis_w2(*as_tensor) == pytest.approx(closed, rel=1e-6)
+    exact = [np.random.default_rng(1).multivariate_normal(mean, covariance, size=n) for n in (16, 4096)]
+    floors = [eigenbasis_w2(torch.from_numpy(x), *as_tensor[1:]) for x in exact]
+    assert floors[1] < floors[0] / 4 and floors[1] < 0.05 * np.sqrt(eigenvalues.sum())
+    point = torch.from_numpy(np.repeat(mean[None], 8, axis=0))
+    assert eigenbasis_w2(point, *as_tensor[1:]) == pytest.approx(np.sqrt(eigenvalues.sum()))  # the whole spread

@@ -1,13 +1,15 @@
 """The posterior-fidelity table and figure of docs/validate.md, from `bench validate --json` reports.
 
-    for s in <solvers>; do python -m bench validate $s --json validate/$s.json; done
+    for s in <solvers>; do python -m bench validate $s --tasks sr4,gblur,inpaint --json validate/$s.json; done
     python experiments/posterior-fidelity/summarize.py validate/*.json --figure docs/validate-fidelity.png
 
-One row per solver: whether every contract check passed, the noise-convention verdict, and the medians over
-the tasks and σ that ran of the reported figures, each beside the exact posterior sampler's with the same draws
-(mean err: distance of the draws' mean from the posterior mean, relative to the prior's; cov tr: the draws'
-spread over the posterior's; resid at σ = 0.05: A x̂ − y over the noise std). The figure places each solver by
-its mean error against its spread, the exact sampler's medians marking where a faithful sampler sits.
+One row per solver: its network calls per draw, whether every contract check passed, the noise-convention
+verdict, and the medians over the tasks and σ that ran of the reported figures, each beside the exact posterior
+sampler's with the same draws (mean err: distance of the draws' mean from the posterior mean, relative to the
+prior's; cov tr: the draws' spread over the posterior's; W2: Wasserstein-2 distance from the posterior of the
+Gaussian fitted to the draws along the posterior's axes, relative to the posterior's spread; resid at σ = 0.05:
+A x̂ − y over the noise std). The figure has one panel per (task, σ): each solver's W2 against its network calls
+per draw, the exact sampler's W2 (the Monte-Carlo floor of 16 draws) dashed.
 """
 
 from __future__ import annotations
@@ -40,7 +42,10 @@ def summary(report: dict) -> dict:
         "noise": verdict,
         "scale": noise.get("solver_scale"),
         "exact_scale": noise.get("exact_scale"),
-        **{f"{f}_{w}": median(f, w) for f in ("mean_err", "cov_tr") for w in ("solver", "exact")},
+        **{f"{f}_{w}": median(f, w) for f in ("mean_err", "cov_tr", "w2") for w in ("solver", "exact")},
+        "nfe": statistics.median([case["nfe"] for case in ok if case.get("nfe") is not None] or [0]),
+        "per_case": {(case["task"], case["sigma"]): (case.get("nfe") or 0, (case["figures"].get("w2") or {}).get("solver"),
+                                                     (case["figures"].get("w2") or {}).get("exact")) for case in ok},
         "resid_solver": median("resid", "solver", 0.05),
         "resid_exact": median("resid", "exact", 0.05),
         "cases": len(ok),
@@ -55,19 +60,22 @@ def cell(value: float | None, exact: float | None) -> str:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| solver | cases | contract | noise convention | s*/2σ (exact) | mean err (exact) | cov tr (exact) | resid at σ = 0.05 (exact) |",
-        "| --- | --: | --- | --- | --: | --: | --: | --: |",
+        "| solver | NFE | cases | contract | noise convention | s*/2σ (exact) | mean err (exact) | cov tr (exact) | W2 (exact) | resid at σ = 0.05 (exact) |",
+        "| --- | --: | --: | --- | --- | --: | --: | --: | --: | --: |",
     ]
     for r in rows:
         lines.append(
-            f"| `{r['solver']}` | {r['cases']} | {r['contract']} | {r['noise']} | {cell(r['scale'], r['exact_scale'])} | "
+            f"| `{r['solver']}` | {r['nfe']:g} | {r['cases']} | {r['contract']} | {r['noise']} | {cell(r['scale'], r['exact_scale'])} | "
             f"{cell(r['mean_err_solver'], r['mean_err_exact'])} | {cell(r['cov_tr_solver'], r['cov_tr_exact'])} | "
+            f"{cell(r['w2_solver'], r['w2_exact'])} | "
             f"{cell(r['resid_solver'], r['resid_exact'])} |"
         )
     return "\n".join(lines)
 
 
 def figure(rows: list[dict], path: Path) -> None:
+    """One panel per (task, σ): each solver's W2 to the exact posterior against its network calls per draw, the
+    exact sampler's W2 with the same draws (the Monte-Carlo floor) dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -75,28 +83,35 @@ def figure(rows: list[dict], path: Path) -> None:
 
     from bench.report.figures import place_labels
 
-    fig, ax = plt.subplots(figsize=(8.0, 5.5), dpi=120)
-    shown = [r for r in rows if r["mean_err_solver"] is not None and r["cov_tr_solver"] is not None]
-    x_max = 1.4  # a faithful sampler sits near 1; a method far beyond (unconditional sampling) is marked at the edge
-    xs = [min(r["cov_tr_solver"], x_max) for r in shown]
-    ys = [r["mean_err_solver"] for r in shown]
-    ax.scatter(xs, ys, s=30, color="tab:blue", zorder=3)
-    labels = [r["solver"] + (f" (spread {r['cov_tr_solver']:.1f}, off scale)" if r["cov_tr_solver"] > x_max else "")
-              for r in shown]  # fmt: skip
-    exact = [(r["cov_tr_exact"], r["mean_err_exact"]) for r in rows if r["cov_tr_exact"] is not None]
-    if exact:
-        x, y = statistics.median(e[0] for e in exact), statistics.median(e[1] for e in exact)
-        ax.scatter([x], [y], marker="*", s=160, color="black", zorder=3, label="exact posterior sampler (same draws)")
-        ax.legend(loc="lower right", fontsize=8)
-    ax.set_xlim(-0.05, x_max + 0.05)
-    ax.set_ylim(0, max(ys) * 1.12 if ys else 1)
-    place_labels(ax, xs, ys, labels)
-    ax.set_xlabel("spread: trace of the draws' covariance / the posterior's (1 = faithful)")
-    ax.set_ylabel("mean error / shift of the posterior mean")
-    ax.set_title("Posterior fidelity on the Gaussian prior (medians over linear tasks, σ ∈ {0, 0.05})", fontsize=9)
-    ax.grid(alpha=0.3)
+    cases = sorted({case for r in rows for case in r["per_case"]}, key=lambda c: (TASK_ORDER.index(c[0])
+                   if c[0] in TASK_ORDER else 99, c[1]))  # fmt: skip
+    cols = 2
+    fig, axes = plt.subplots((len(cases) + cols - 1) // cols, cols, figsize=(11, 3.6 * ((len(cases) + 1) // cols)),
+                             dpi=110, squeeze=False)  # fmt: skip
+    for ax, case in zip(axes.flat, cases, strict=False):
+        points = [(r["solver"], *r["per_case"][case]) for r in rows if case in r["per_case"]]
+        points = [p for p in points if p[2] is not None]
+        xs = [max(nfe, 1) for _, nfe, _, _ in points]  # no network call (A⁺y) is drawn at 1
+        ys = [w2 for _, _, w2, _ in points]
+        ax.scatter(xs, ys, s=25, color="tab:blue", zorder=3)
+        floor = statistics.median(e for *_, e in points if e is not None)
+        ax.axhline(floor, color="black", linestyle="--", linewidth=1, label=f"exact sampler, same draws ({floor:.2f})")
+        ax.set_xscale("log")
+        ax.set_ylim(0, max(ys) * 1.15)
+        ax.set_title(f"{case[0]}, σ = {case[1]:g}", fontsize=9)
+        ax.set_xlabel("network calls per draw (log; A⁺y drawn at 1)", fontsize=8)
+        ax.set_ylabel("W2 to the posterior / √tr Σ", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper right", fontsize=7)
+        place_labels(ax, xs, ys, [p[0] for p in points])
+    for ax in list(axes.flat)[len(cases):]:
+        ax.set_visible(False)
+    fig.suptitle("Posterior fidelity on the Gaussian prior: distance to the exact posterior against cost", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
+
+
+TASK_ORDER = ("sr4", "sr8", "gblur", "inpaint", "jpeg10", "denoise")
 
 
 def main() -> int:
