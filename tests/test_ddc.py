@@ -351,3 +351,15 @@ def test_output_dc_lets_per_image_channel_means_reach_the_last_layer(tmp_path):
     (tmp_path / "dc" / DC_WEIGHTS).unlink()
     with pytest.raises(SolverError, match="output_dc=True"):
         load_phi(tmp_path / "dc")
+
+
+@pytest.mark.parametrize("task", ["inpaint", "sr4", "colorize"])
+def test_ddc_judges_support_on_the_unbound_operator_the_runner_passes(task):
+    """The runner asks `unsupported` before any image is bound; inpainting's A⁺ needs a mask, so the check
+    must not crash there (it once ended a whole run), and colourisation's one channel still gets its reason."""
+    op = operators.build(task, shape=(3, 64, 64))
+    for mode in ("replicate", "pinv"):
+        reason = DDC(DDC.Config(y_to_image=mode)).unsupported(op, 0.05)
+        assert reason is None or isinstance(reason, str)
+    if task == "colorize":
+        assert "colorize" in (DDC(DDC.Config(y_to_image="replicate")).unsupported(op, 0.05) or "")

@@ -189,7 +189,9 @@ class DDC(Solver):
                 f"and pass it with --set {self.name}.network=<folder>"
             )
         try:
-            measurement_to_image(torch.zeros(1, *op.measurement_shape), op, self.config.y_to_image)
+            # on an operator bound to one probe image: per-image operators (inpainting masks) have no A⁺ unbound
+            probe = op.for_images(["probe"], 0)
+            measurement_to_image(torch.zeros(1, *probe.measurement_shape), probe, self.config.y_to_image)
         except SolverError as error:
             return f"{self.name}: {str(error).removeprefix('ddc: ')}".replace("--set ddc.", f"--set {self.name}.")
         return None
