@@ -23,10 +23,15 @@ def run_checks(checks: Check, description: str, default_folder: str, argv: list[
     parser.add_argument("results", type=Path, help=f"the run folder (default config: {default_folder})")
     parser.add_argument("--json", type=Path, help="also write the checks to this JSON file")
     args = parser.parse_args(argv)
-    rows = checks(args.results)
+    return report_checks(checks(args.results), args.json)
+
+
+def report_checks(rows: list[dict[str, Any]], json_path: Path | None = None) -> int:
+    """Print the rows as a Markdown table (PASS/MISS with the figure), write them as JSON where asked; the exit
+    code: 0 when every target is met."""
     print("| target | result | figure |\n|---|---|---|")
     for row in rows:
         print(f"| {row['target']} | {'PASS' if row['pass'] else 'MISS'} | {row['figure']} |")
-    if args.json:
-        atomic_write_json(args.json, {"checks": rows})
+    if json_path:
+        atomic_write_json(json_path, {"checks": rows})
     return 0 if all(row["pass"] for row in rows) else 1

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.files import atomic_write_json
 from bench.pipeline.store import ResultStore
+from bench.tools.checks import report_checks
 
 COLUMNS = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "consistency": "consistency", "wall_s": "s/image"}
 
@@ -63,13 +63,8 @@ def main() -> int:
         return 1
     units = units[units["status"] == "ok"]
     print(table(units))
-    rows = targets(units)
-    print("\n| target | result | figure |\n|---|---|---|")
-    for row in rows:
-        print(f"| {row['target']} | {'PASS' if row['pass'] else 'MISS'} | {row['figure']} |")
-    if args.json:
-        atomic_write_json(args.json, {"targets": rows})
-    return 0 if all(row["pass"] for row in rows) else 1
+    print()
+    return report_checks(targets(units), args.json)
 
 
 if __name__ == "__main__":
