@@ -137,17 +137,18 @@ class Registry(Generic[T]):
                 for name, obj in plugins.load(self.group, check, taken=list(self._entries)).items():
                     self._add(name, obj, self.summarize(name, obj) if self.summarize else None, plugin=True)
 
-    def _order(self, entry: Entry[T]) -> tuple[int, int, str]:
-        if entry.plugin:
-            return 1, 0, entry.name
-        modules = self.modules()
-        short = entry.module.removeprefix(f"{self.package}.").partition(".")[0]
-        return 0, modules.index(short) if short in modules else len(modules), ""
-
     def entries(self) -> list[Entry[T]]:
         """Built-ins in module order (registration order within a module), then plug-ins by name."""
         self._load()
-        return sorted(self._entries.values(), key=self._order)  # sorted() is stable: registration order holds
+        rank = {name: i for i, name in enumerate(self.modules())}  # the package is listed once per call
+
+        def order(entry: Entry[T]) -> tuple[int, int, str]:
+            if entry.plugin:
+                return 1, 0, entry.name
+            short = entry.module.removeprefix(f"{self.package}.").partition(".")[0]
+            return 0, rank.get(short, len(rank)), ""
+
+        return sorted(self._entries.values(), key=order)  # sorted() is stable: registration order holds
 
     def names(self) -> list[str]:
         return [entry.name for entry in self.entries()]

@@ -153,8 +153,6 @@ def _plugin_summary(cls: type[Operator]) -> str:
 def register(task: str, factory: Callable[..., Operator], summary: str, **defaults: Any) -> None:
     """Register `factory(shape, **params)` under a task name, with its default parameters (a built-in calls
     this in its own module)."""
-    if task in _TASKS._entries:
-        raise ValueError(f"task '{task}' is already registered")
     caller = sys._getframe(1).f_globals.get("__name__", factory.__module__)  # lists the task with its module
     _TASKS.register(task, TaskSpec(factory, defaults), summary=summary, module=caller)
 
