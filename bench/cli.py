@@ -36,8 +36,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_list_section(section: str) -> None:
-    """One section of `bench list`, from the registries."""
+def print_list_section(section: str, *, plugin_failures: bool = True) -> None:
+    """One section of `bench list`, from the registries; `plugin_failures=False` leaves out the plug-ins that
+    failed to load (the shipped catalogue describes the built-ins alone)."""
     if section == "tasks":
         import operators
 
@@ -51,21 +52,22 @@ def print_list_section(section: str) -> None:
                 continue
             caps = ", ".join(c.value for c in operators.Cap if c in op.capabilities)
             print(f"  {task:<9} {caps:<48} {operators.describe(task)}{origin}")
-        _list_plugin_failures("operators")
+        if plugin_failures:
+            _list_plugin_failures("operators")
         print("  noise: y = A(x) + n, n ~ N(0, (2 sigma)^2 I) on [-1, 1] images; sigma on the [0, 1] pixel scale")
     elif section == "solvers":
-        _list_solvers()
+        _list_solvers(plugin_failures)
     else:
         module = {"priors": "bench.priors", "datasets": "bench.data", "metrics": "bench.metrics"}[section]
-        _print_rows(section, _registry(module))
+        _print_rows(section, _registry(module), plugin_failures)
 
 
-def _print_rows(section: str, rows: list[tuple[str, str]]) -> None:
+def _print_rows(section: str, rows: list[tuple[str, str]], plugin_failures: bool = True) -> None:
     print(f"\n{section}:")
     for name, description in rows:
         kind = name.partition(":")[0].partition("[")[0]
         print(f"  {name:<34} {description}{_plugin_origin(section, kind) if section == 'priors' else ''}")
-    if section == "priors":
+    if section == "priors" and plugin_failures:
         _list_plugin_failures("priors")
 
 
@@ -84,7 +86,7 @@ def _list_plugin_failures(kind: str) -> None:
         print(f"  {failure.name}: NOT LOADED, plug-in {failure.target} from {failure.distribution}: {failure.error}")
 
 
-def _list_solvers() -> None:
+def _list_solvers(plugin_failures: bool = True) -> None:
     import dataclasses
 
     import solvers
@@ -103,7 +105,8 @@ def _list_solvers() -> None:
         print(f"  {'':<{width}}  requires: {needs}{f'; +noisy: {noisy}' if noisy else ''}{optional}{grad}")
         defaults = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(solver.config).items())
         print(f"  {'':<{width}}  defaults: {defaults or '(none)'}")
-    _list_plugin_failures("solvers")
+    if plugin_failures:
+        _list_plugin_failures("solvers")
 
 
 def _cmd_matrix(args: argparse.Namespace) -> int:

@@ -159,6 +159,12 @@ class EmptyConfig(SolverConfig):
     pass
 
 
+@pytest.fixture(autouse=True)
+def _plugin_failures_restored(monkeypatch):
+    """Plug-ins these tests load in-process record their failures in `bench.plugins`; later tests must not see them."""
+    monkeypatch.setattr(plugins, "_failures", dict(plugins._failures))
+
+
 def make_solver(solver_name: str) -> type[Solver]:
     class Plugged(Solver):
         name = solver_name
