@@ -290,6 +290,7 @@ def _cmd_train_ddc(args: argparse.Namespace) -> int:
         sigma_max=args.sigma_max,
         use_lpips=not args.no_lpips,
         y_to_image=args.y_to_image,
+        inpaint_unobserved=args.inpaint_unobserved,
         clip_x0=not args.no_clip_x0,
         phi_channels=_int_list(args.phi_channels, "--phi-channels"),
         timesteps=args.timesteps,
@@ -548,7 +549,21 @@ def build_parser() -> argparse.ArgumentParser:
     ddc.add_argument("--tasks", default="sr4,sr8,gblur,inpaint,jpeg10,denoise", help="one drawn per batch")
     ddc.add_argument("--sigma-max", type=_noise_level, default=0.05, help="y noise std u*2*sigma_max, u ~ U(0, 1)")
     ddc.add_argument("--no-lpips", action="store_true", help="train the paper's 'DDC w/o LPIPS' variant")
-    ddc.add_argument("--y-to-image", choices=["replicate", "pinv"], default="replicate")
+    # Literal choices, so that --help needs no torch (tests/test_ddc.py checks them against solvers.ddc's).
+    ddc.add_argument(
+        "--y-to-image",
+        choices=["replicate", "pinv", "pinv-if-smaller"],
+        default="replicate",
+        help="how y reaches image size for φ: nearest replication (official), A⁺y, or A⁺y only where y is "
+        "smaller than the image (no block mosaic on SR; docs/ddc/natural64.md)",
+    )
+    ddc.add_argument(
+        "--inpaint-unobserved",
+        choices=["zero", "mean"],
+        default="zero",
+        help="what φ sees in pixels y does not observe: zero (as Operator.measure leaves them) or the observed "
+        "pixels' channel means (no grey inpainting; docs/ddc/natural64.md)",
+    )
     ddc.add_argument(
         "--no-clip-x0",
         action="store_true",

@@ -17,6 +17,7 @@ from bench.priors import load_prior
 from bench.training import Trainer, training_measurement
 from solvers.base import SolverError
 from solvers.ddc import DC_WEIGHTS, DDC, DeltaNetwork, load_phi, measurement_to_image
+from solvers.ddc.sampler import INPAINT_UNOBSERVED, Y_TO_IMAGE, mean_fill, phi_input
 from solvers.ddc.train import (
     build_phi,
     ddc_loss,
@@ -106,6 +107,54 @@ def test_ddc_measurement_to_image_replicates_sr_and_keeps_image_sized_y():
     for task in ("gblur", "inpaint", "jpeg10", "denoise"):
         op, y = measured(task, ["a"])
         assert measurement_to_image(y, op, "replicate") is y
+
+
+def test_pinv_if_smaller_takes_the_pseudo_inverse_only_where_y_is_smaller_than_the_image():
+    op, y = measured("sr4", ["a"])
+    torch.testing.assert_close(measurement_to_image(y, op, "pinv-if-smaller"), op.pinv(y))
+    for task in ("gblur", "inpaint", "jpeg10", "denoise"):  # image-sized: y itself, not a deconvolution
+        op, y = measured(task, ["a"])
+        assert measurement_to_image(y, op, "pinv-if-smaller") is y
+    with pytest.raises(SolverError, match="unknown y_to_image 'nearest'.*pinv-if-smaller"):
+        measurement_to_image(y, op, "nearest")
+
+
+@pytest.mark.parametrize("task", ["inpaint", "box-inpaint"])
+def test_mean_fill_sets_hidden_pixels_to_the_observed_channel_means(task):
+    ids = ["a", "b"]
+    op, y = measured(task, ids)
+    hidden = op.restrict(torch.ones_like(y)) == 0
+    assert hidden.any() and (~hidden).any()
+    filled = phi_input(y, op, "replicate", "mean")
+    assert torch.equal(filled[~hidden], y[~hidden])  # what y observes is untouched
+    for b in range(len(ids)):
+        for c in range(SHAPE[0]):
+            seen = y[b, c][~hidden[b, c]]
+            expected = seen.double().mean()  # an independent float64 mean of the observed pixels
+            values = filled[b, c][hidden[b, c]].double()
+            torch.testing.assert_close(values, expected.expand_as(values), rtol=0, atol=1e-6)
+    # one image's fill does not depend on the batch it is in
+    alone_op, alone_y = operators.build(task, shape=SHAPE).for_images(["b"], seed=0), y[1:]
+    torch.testing.assert_close(phi_input(alone_y, alone_op, "replicate", "mean"), filled[1:])
+    assert torch.equal(phi_input(y, op, "pinv", "mean"), filled)  # A⁺ of inpainting re-zeroes; the fill follows
+    assert phi_input(y, op, "replicate", "zero") is y
+
+
+def test_mean_fill_leaves_fully_observed_measurements_alone():
+    for task in ("gblur", "jpeg10", "sr4"):
+        op, y = measured(task, ["a"])
+        image = measurement_to_image(y, op, "replicate")
+        assert torch.equal(mean_fill(image, y, op), image)
+
+
+def test_train_ddc_cli_choices_are_the_solvers_conventions():
+    from bench.cli import build_parser
+    from solvers.ddc.train import TRAINED_UNOBSERVED
+
+    actions = {a.dest: a for a in build_parser()._subparsers._group_actions[0].choices["train-ddc"]._actions}
+    assert tuple(actions["y_to_image"].choices) == Y_TO_IMAGE
+    assert tuple(actions["inpaint_unobserved"].choices) == TRAINED_UNOBSERVED
+    assert set(TRAINED_UNOBSERVED) == set(INPAINT_UNOBSERVED) - {"noise"}
 
 
 def test_kl_term_matches_torch_distributions_gaussian_kl():
@@ -256,9 +305,23 @@ def test_inpainting_training_y_is_zero_where_the_mask_hides_pixels(prior):
         return torch.zeros_like(x0)
 
     loss = ddc_loss(prior, ("inpaint",), w_lpips=0.0, sigma_max=0.05)
-    loss(recording_phi, torch.rand(2, *SHAPE) * 2 - 1, torch.Generator().manual_seed(1))
+    x0 = torch.rand(2, *SHAPE) * 2 - 1
+    loss(recording_phi, x0, torch.Generator().manual_seed(1))
     hidden = (seen[-1] == 0).float().mean().item()
     assert hidden == pytest.approx(0.92, abs=0.05)  # the unobserved 92% carry no noise, as op.measure gives
+
+    filled = []
+    mean_loss = ddc_loss(prior, ("inpaint",), w_lpips=0.0, sigma_max=0.05, inpaint_unobserved="mean")
+    mean_loss(lambda x0, y_image, t: filled.append(y_image.clone()) or torch.zeros_like(x0),
+              x0, torch.Generator().manual_seed(1))  # fmt: skip
+    kept = seen[-1] != 0
+    assert torch.equal(filled[-1][kept], seen[-1][kept])  # same y as "zero" draws, observed pixels untouched
+    for b in range(2):
+        for c in range(SHAPE[0]):
+            holes = filled[-1][b, c][~kept[b, c]]
+            torch.testing.assert_close(holes, seen[-1][b, c][kept[b, c]].mean().expand_as(holes))
+    with pytest.raises(ValueError, match="'noise' cannot be trained here"):
+        ddc_loss(prior, ("inpaint",), w_lpips=0.0, inpaint_unobserved="noise")
 
 
 def test_chain_training_runs_the_sampler_up_to_the_trained_step(prior):
@@ -314,10 +377,18 @@ def test_train_ddc_from_init_records_where_it_started(prior, tmp_path):
         timesteps="sampler",
         chain_fraction=1.0,
         init=start,
+        y_to_image="pinv-if-smaller",
+        inpaint_unobserved="mean",
         progress=False,
     )
     trained, provenance = load_phi(folder)
     assert provenance["init"]["steps"] == 7 and len(provenance["init"]["weights_sha256"]) == 64
+    # the fine-tune's input convention is the network's; the init's stays in its lineage
+    assert (provenance["y_to_image"], provenance["inpaint_unobserved"]) == ("pinv-if-smaller", "mean")
+    assert (provenance["init"]["y_to_image"], provenance["init"]["inpaint_unobserved"]) == ("replicate", "zero")
+    solver = DDC(network=str(folder))
+    assert (solver.config.y_to_image, solver.config.inpaint_unobserved) == ("pinv-if-smaller", "mean")
+    assert solver.spec()["config"]["inpaint_unobserved"] == "mean"
     assert provenance["timesteps"] == "sampler" and provenance["chain_fraction"] == 1.0
     assert provenance["sampler_timesteps"] == prior.timesteps(5)
     assert provenance["phi_block_out_channels"] == [8, 16]

@@ -18,8 +18,10 @@ import-ddc`, solvers/ddc/official.py). The conventions:
   official code and its released φ).
 - y_to_image: how y reaches image size (see `measurement_to_image`).
 - inpaint_unobserved: what φ sees where the measurement observes nothing. `Operator.measure` zeroes those
-  pixels ("zero", how our φ are trained); the official code adds the noise after masking, so they hold noise
-  of the measurement's std ("noise", drawn from the solver's per-image generators, see `fill_unobserved`).
+  pixels ("zero", how our first φ were trained); the official code adds the noise after masking, so they hold
+  noise of the measurement's std ("noise", drawn from the solver's per-image generators, see
+  `fill_unobserved`); "mean" fills them with the observed pixels' per-image channel means (`mean_fill`), a
+  departure of ours that hands φ the image's colour at every pixel (docs/ddc/natural64.md, "Blocks and grey").
 
 Two names share this sampler: `ddc` (φ trained with the LPIPS term, bench/assets/ddc-natural64) and
 `ddc-nolpips` (the paper's "DDC w/o LPIPS" ablation, bench/assets/ddc-natural64-nolpips).
@@ -44,8 +46,8 @@ from .. import register
 from ..base import Solver, SolverConfig, SolverError, StepCallback
 from .network import PAPER_PHI_CHANNELS, PROVENANCE, Phi, load_phi, network_folder, paper_phi, read_provenance
 
-Y_TO_IMAGE = ("replicate", "pinv")
-INPAINT_UNOBSERVED = ("zero", "noise")
+Y_TO_IMAGE = ("replicate", "pinv", "pinv-if-smaller")
+INPAINT_UNOBSERVED = ("zero", "noise", "mean")
 # What a φ without a recorded convention gets: our trainer's choices (a φ injected as a function has no folder).
 # clip_x0 False for a provenance.json that predates the key: those networks were trained unclipped.
 DEFAULT_CONVENTIONS = {"y_to_image": "replicate", "clip_x0": True, "inpaint_unobserved": "zero"}
@@ -58,11 +60,11 @@ class DDCConfig(SolverConfig):
     network: str = "natural64"  # φ weights: a folder under bench/assets/ddc-<name>/, or a path to such a folder
     # The conventions below default to None: "as the network's provenance.json says" (see the module docstring).
     # "replicate" equals the official adaptive average pooling on every built-in task (see measurement_to_image).
-    y_to_image: str | None = None  # "replicate" or "pinv"
+    y_to_image: str | None = None  # "replicate", "pinv" or "pinv-if-smaller"
     clip_x0: bool | None = None  # True: φ sees x̂₀ clipped to [-1, 1] (ours); False: unclipped (official)
     # A φ trained at the sampler's timesteps only refuses other step counts; true runs it anyway (steps ablation).
     off_schedule: bool = False
-    inpaint_unobserved: str | None = None  # "zero" (Operator.measure, ours) or "noise" (official): see fill_unobserved
+    inpaint_unobserved: str | None = None  # "zero" (Operator.measure), "noise" (official) or "mean": see phi_input
 
 
 def measurement_to_image(y: Tensor, op: Operator, mode: str = "replicate") -> Tensor:
@@ -75,12 +77,16 @@ def measurement_to_image(y: Tensor, op: Operator, mode: str = "replicate") -> Te
         every built-in task (tests/test_ddc_official.py checks it bit for bit); shapes that it would average,
         not replicate, are refused here.
     "pinv": A⁺y, the pseudo-inverse's image.
+    "pinv-if-smaller": A⁺y where the measurement is smaller than the image (super-resolution), y itself where it
+        has the image's shape. A departure of ours: replication hands φ a mosaic of flat blocks, which a small φ
+        copies into its output (docs/ddc/natural64.md, "Blocks and grey"); A⁺y of a blur or of JPEG would hand
+        it an amplified-noise deconvolution instead, so those keep y.
     """
-    if mode == "pinv":
-        return op.pinv(y)
-    if mode != "replicate":
+    if mode not in Y_TO_IMAGE:
         raise SolverError(f"ddc: unknown y_to_image '{mode}' (available: {', '.join(Y_TO_IMAGE)})")
     image, measured = tuple(op.input_shape), tuple(op.measurement_shape)
+    if mode == "pinv" or (mode == "pinv-if-smaller" and measured != image):
+        return op.pinv(y)
     if measured == image:
         return y
     if len(measured) == 3 and measured[0] == image[0]:
@@ -112,6 +118,31 @@ def fill_unobserved(y: Tensor, op: Operator, sigma: float, generators: Sequence[
         return y
     noise = randn_per_image(tuple(y.shape[1:]), generators, dtype=y.dtype, device=y.device)
     return torch.where(hidden, noise_std(float(sigma)) * noise, y)
+
+
+def mean_fill(y_image: Tensor, y: Tensor, op: Operator) -> Tensor:
+    """φ's image-sized input with the pixels y does not observe set to the per-image, per-channel mean of the
+    pixels it does (inpainting); unchanged where y observes every entry or is not image-sized.
+
+    A zero hole reads to φ as black, and 92% of it pulls the image's mean toward grey: φ must infer the colour
+    from the 8% it sees through a network whose last normalisation removes per-image means. The fill states it.
+    """
+    if tuple(y.shape[1:]) != tuple(y_image.shape[1:]):
+        return y_image
+    hidden = unobserved_mask(op, y)
+    if not hidden.any():
+        return y_image
+    seen = (~hidden).to(y_image.dtype)
+    dims = tuple(range(2, y_image.ndim))
+    mean = (y_image * seen).sum(dims, keepdim=True) / seen.sum(dims, keepdim=True).clamp_min(1.0)
+    return torch.where(hidden, mean.expand_as(y_image), y_image)
+
+
+def phi_input(y: Tensor, op: Operator, y_to_image: str, inpaint_unobserved: str) -> Tensor:
+    """φ's second input from y: brought to image size (`measurement_to_image`), then, for "mean", the unobserved
+    pixels filled (`mean_fill`). The "noise" fill draws from the solver's generators and happens before, on y."""
+    y_image = measurement_to_image(y, op, y_to_image)
+    return mean_fill(y_image, y, op) if inpaint_unobserved == "mean" else y_image
 
 
 def corrected_prediction(prior, phi: nn.Module | Phi, x_t: Tensor, t: int, y_image: Tensor, *, clip_x0: bool):
@@ -296,7 +327,7 @@ class DDC(Solver):
         y = y.to(device)
         if self.config.inpaint_unobserved == "noise":  # drawn after x_T, which stays the one "zero" draws
             y = fill_unobserved(y, op, sigma, generators)
-        y_image = measurement_to_image(y, op, self.config.y_to_image)
+        y_image = phi_input(y, op, self.config.y_to_image, self.config.inpaint_unobserved)
         for i, (t, s) in enumerate(zip(ts, [*ts[1:], -1], strict=True)):
             with torch.no_grad():
                 corrected = corrected_prediction(prior, phi, x, t, y_image, clip_x0=self.config.clip_x0)

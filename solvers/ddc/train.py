@@ -32,7 +32,7 @@ from bench.training import TrainConfig, Trainer, crop_batches, data_record, trai
 from operators.base import noise_std
 
 from .network import DC_WEIGHTS, DeltaNetwork, load_phi, phi_unet_config
-from .sampler import corrected_prediction, measurement_to_image
+from .sampler import INPAINT_UNOBSERVED, Y_TO_IMAGE, corrected_prediction, phi_input
 
 DEFAULT_TASKS = ("sr4", "sr8", "gblur", "inpaint", "jpeg10", "denoise")  # the paper's six training tasks
 # The official code gives φ the prior's x̂₀ unclipped. For t near T, x̂₀ = (x_t − √(1−ᾱ)ε̂)/√ᾱ multiplies ε̂'s
@@ -42,6 +42,8 @@ DEFAULT_TASKS = ("sr4", "sr8", "gblur", "inpaint", "jpeg10", "denoise")  # the p
 CLIP_X0 = True
 # Where φ is trained: "uniform" t ~ U{0..T-1} (Alg. 2), or "sampler": only the timesteps the sampler visits.
 TIMESTEPS = ("uniform", "sampler")
+# What φ may see in inpainting's unobserved pixels when we train it ("noise" is the official code's convention).
+TRAINED_UNOBSERVED = tuple(mode for mode in INPAINT_UNOBSERVED if mode != "noise")
 SIGMA_MAX = 0.05  # official code: noise std u·2·0.05 on [-1, 1]; the paper's noise-robust model used 0.25
 W_LPIPS = 0.1  # paper Sec. 3.3: grid-searched weight of the LPIPS term
 W_KL = 1e-3  # paper Sec. 3.3: grid-searched weight of the KL term
@@ -152,6 +154,7 @@ def ddc_loss(
     w_lpips: float = W_LPIPS,
     w_kl: float = W_KL,
     y_to_image: str = "replicate",
+    inpaint_unobserved: str = "zero",
     clip_x0: bool = True,
     timesteps: str = "uniform",
     timestep_jitter: int = 0,
@@ -164,7 +167,8 @@ def ddc_loss(
 
     x0: (B, C, H, W) clean crops in [-1, 1] at the prior's image shape. w_lpips = 0 trains "DDC w/o LPIPS" and
     loads no LPIPS network. clip_x0 clips the prior's x̂₀ to [-1, 1] before φ sees and corrects it (see
-    CLIP_X0). All randomness comes from `generator`.
+    CLIP_X0). y_to_image and inpaint_unobserved ("zero" or "mean") say how y becomes φ's input, exactly as the
+    sampler's `phi_input` makes it. All randomness comes from `generator`.
 
     Where φ learns (see TIMESTEPS and the README's "Training φ"):
     * timesteps="uniform": t ~ U{0..T-1} (Alg. 2); "sampler": t drawn from the `sampler_steps`-step sampler's
@@ -180,6 +184,13 @@ def ddc_loss(
 
     if timesteps not in TIMESTEPS:
         raise ValueError(f"unknown timesteps '{timesteps}' (available: {', '.join(TIMESTEPS)})")
+    if y_to_image not in Y_TO_IMAGE:
+        raise ValueError(f"unknown y_to_image '{y_to_image}' (available: {', '.join(Y_TO_IMAGE)})")
+    if inpaint_unobserved not in TRAINED_UNOBSERVED:
+        raise ValueError(
+            f"inpaint_unobserved '{inpaint_unobserved}' cannot be trained here (available: "
+            f"{', '.join(TRAINED_UNOBSERVED)}; 'noise' is the official code's, for its released φ)"
+        )
     if not 0.0 <= chain_fraction <= 1.0:
         raise ValueError(f"chain_fraction must be in [0, 1], got {chain_fraction}")
     if timestep_jitter < 0:
@@ -224,7 +235,7 @@ def ddc_loss(
             measured_shape = (b, *op.measurement_shape)
             u = draw(torch.rand, (b,) + (1,) * (len(measured_shape) - 1), dtype=x0.dtype)
             y = training_measurement(op, x0, u * noise_std(sigma_max), draw(torch.randn, measured_shape, dtype=x0.dtype))
-            y_image = measurement_to_image(y, op, y_to_image)
+            y_image = phi_input(y, op, y_to_image, inpaint_unobserved)
             if from_chain:
                 x_t = draw(torch.randn, x0.shape, dtype=x0.dtype)  # x_T ~ N(0, I), as the sampler starts
                 for step in range(k):
@@ -309,6 +320,8 @@ def _initial_phi(folder: str | Path, prior, output_dc: bool) -> tuple[nn.Module,
         "timesteps": provenance.get("timesteps", "uniform"),
         "chain_fraction": provenance.get("chain_fraction", 0.0),
         "output_dc": provenance.get("output_dc", False),
+        "y_to_image": provenance.get("y_to_image", "replicate"),  # a fine-tune may change φ's input convention
+        "inpaint_unobserved": provenance.get("inpaint_unobserved", "zero"),
         "init": provenance.get("init"),  # the lineage, when the init was itself fine-tuned
     }
     network.train().requires_grad_(True)
@@ -327,6 +340,7 @@ def train_ddc(
     w_lpips: float = W_LPIPS,
     w_kl: float = W_KL,
     y_to_image: str = "replicate",
+    inpaint_unobserved: str = "zero",
     clip_x0: bool = CLIP_X0,
     phi_channels: Sequence[int] = (32, 64, 128, 128),
     timesteps: str = "uniform",
@@ -374,6 +388,7 @@ def train_ddc(
         "w_lpips": weight_lpips,
         "w_kl": w_kl,
         "y_to_image": y_to_image,
+        "inpaint_unobserved": inpaint_unobserved,
         "clip_x0": clip_x0,
         "phi_block_out_channels": list(phi_channels),
         "timesteps": timesteps,
@@ -396,6 +411,7 @@ def train_ddc(
             w_lpips=weight_lpips,
             w_kl=w_kl,
             y_to_image=y_to_image,
+            inpaint_unobserved=inpaint_unobserved,
             clip_x0=clip_x0,
             timesteps=timesteps,
             timestep_jitter=timestep_jitter,
