@@ -47,6 +47,19 @@ Departures from the official code, stated:
   measurement is treated as one with noise std 0.01 on [-1, 1] (the degenerate δ-likelihood has no weights).
 * The official code returns the DDPM state at t = 0 (noise std √(1 − ᾱ_0) = 0.01); we take the final step to the
   clean x̂0 as every sampler of this project does, weighing by the likelihood there.
+* κ's units: the official κ floors the potential variance of x̄_i against ȳ_i = u_i / s_i (1 − (1 − κ) ᾱ_t / ᾱ_τ),
+  i.e. a measurement noise std √κ s_i per coordinate; ours floors the measurement noise itself (std √κ for every
+  i). With τ_i = clean and its gaussian_var set to max(σ_y², κ) / s_i², the official update loop is this one
+  (checked to float64 round-off, 1e-14, with shared noise and resampling uniforms, at σ = 0.05 and 0).
+* The timestep grid: the official's is `torch.linspace(0, 999, n_steps).long()`, n_steps − 1 network calls from
+  t = 999 down to t = 0; ours is the prior's "uniform" grid (990, 980, ..., 0 for 100 steps) plus the step to clean.
+* The first particles: the official draws them from N(0, I) yet divides its first weights by g_T, as if they came
+  from N(0, I) g_T; we draw them from N(0, I) g_{t_0} (g_T is nearly flat at ᾱ_T ≈ 5e-5, so the two barely differ).
+* The final pick: the official's noise-free branch returns log-weights −log g_0 (the likelihood left out) and its
+  script draws the output from them, favouring particles far from y; ours returns a resampled particle unweighted
+  (its weights after the final resampling are flat).
+* The official deblurring operator zeroes per-axis singular values under 3e-2; we keep every s_i > 0 (with
+  σ_y² ≥ κ a tiny s_i gives a gain of about 0, so such a coordinate is in effect unobserved).
 """
 
 from __future__ import annotations
