@@ -89,3 +89,41 @@ def test_daps_options_and_errors():
     assert solvers.build("daps").config.lr_for("inpaint") == 5e-5 and solvers.build("daps").config.lr_for("sr4") == 1e-4
     jpeg = operators.build("jpeg10", shape=prior.image_shape)
     assert solvers.build("daps").unsupported(jpeg, 0.05) is None  # forward and autograd only
+
+
+class LoudPrior:
+    """A prior whose Tweedie estimates are `gain` times the Gaussian prior's (ε to match): far outside [-1, 1],
+    as natural64's are at high noise (|x̂0| up to 30 at σ = 100)."""
+
+    def __init__(self, base, gain: float = 6.0):
+        self.base, self.gain = base, gain
+
+    def __getattr__(self, name):
+        return getattr(self.base, name)
+
+    def predict(self, x_t, t):
+        import dataclasses
+
+        prediction = self.base.predict(x_t, t)
+        x0 = prediction.x0 * self.gain
+        a = self.base.alpha_bar(t, x_t.dtype)
+        a = a.reshape(-1, *([1] * (x_t.ndim - 1))) if torch.is_tensor(a) and a.ndim else a
+        eps = (x_t - (a**0.5) * x0) / ((1 - a) ** 0.5)
+        return dataclasses.replace(prediction, x0=x0, eps=eps)
+
+
+def test_daps_clip_x0_keeps_the_ode_estimate_in_range_and_is_off_by_default():
+    """With a prior whose x̂0 leaves [-1, 1] and a Langevin step too small to move, the output is the last ODE
+    estimate: unclipped (the official code) it lies far outside [-1, 1]; clip_x0 = true steers each Euler step
+    towards clip(x̂0), so it ends within [-1, 1] up to the last step's σ_min/σ_k share of x."""
+    prior = LoudPrior(load_prior("gaussian:8"))
+    op = operators.build("hdr", shape=prior.image_shape).for_images(["x"], 0)
+    y = op.measure(torch.zeros(1, *prior.image_shape), 0.05, image_generators(0, ["x"], "noise"))
+    options = {"steps": 8, "ode_steps": 2, "langevin_steps": 1, "lr": 1e-12}
+    assert solvers.build("daps").config.clip_x0 is False
+    loose = solvers.build("daps", **options).solve(y, op, prior, sigma=0.05, generators=image_generators(0, ["x"], "s"))
+    tight = solvers.build("daps", clip_x0=True, **options).solve(
+        y, op, prior, sigma=0.05, generators=image_generators(0, ["x"], "s")
+    )
+    assert loose.abs().max() > 2.0
+    assert tight.abs().max() < 1.25

@@ -60,7 +60,7 @@ def diffpir_law(prior, solver, task: str, y: torch.Tensor, sigma: float):
         ab_t, ab_s = (float(prior.alpha_bar(k, torch.float64)) for k in (t, s))
         G = basis.T @ ((math.sqrt(ab_t) * lam / (ab_t * lam + 1 - ab_t))[:, None] * basis)  # x0 = G x_t + g
         g = mu - math.sqrt(ab_t) * G @ mu
-        rho = c.lam * sigma_n**2 * ab_t / (1 - ab_t)
+        rho = c.lam_for(task, True) * sigma_n**2 * ab_t / (1 - ab_t)
         M = gram_vectors @ ((1.0 / (gram_values + rho))[:, None] * gram_vectors.T)  # (AᵀA + ρ I)⁻¹
         R, r = rho * M @ G, M @ (a_t_y + rho * g)  # x̂0^(t) = R x_t + r
         coef = math.sqrt(1 - ab_s) * math.sqrt(1 - zeta) / math.sqrt(1 - ab_t)
@@ -72,10 +72,10 @@ def diffpir_law(prior, solver, task: str, y: torch.Tensor, sigma: float):
 
 @pytest.mark.slow
 def test_diffpir_samples_follow_its_exact_gaussian_law(prior):
-    """gblur (tiny singular values), σ = 0.05: 256 draws (20 quad steps, the config's λ = 1 and ζ = 0.1, unclipped
-    x̂0) against the dense law. Measured: mean error 1.02 Monte Carlo units, per-pixel variance rms relative error
-    0.086, variance ratio 1.001 (bounds 1.5, 0.13, (0.96, 1.04)); σ read as 2σ: (13.8, 0.127, 1.077), refused.
-    The law itself is far from the exact posterior (relative mean error 1.90, variance ratio 0.74; sr4 at σ = 0:
+    """gblur (tiny singular values), σ = 0.05: 256 draws (20 quad steps, the official λ = 7 and ζ = 0.3, unclipped
+    x̂0) against the dense law. Measured: mean error 0.95 Monte Carlo units, per-pixel variance rms relative error
+    0.085, variance ratio 1.003 (bounds 1.5, 0.13, (0.96, 1.04)); σ read as 2σ: (4.09, 0.144, 1.102), refused.
+    The law itself is not the exact posterior (relative mean error 0.31, variance ratio 0.78; sr4 at σ = 0:
     0.094 and 0.78): DiffPIR is not a posterior sampler. sr4 at σ = 0 also matched its law (0.97, 0.083, 1.006).
     """
     task, sigma = "gblur", 0.05
@@ -165,3 +165,17 @@ def test_diffpir_bad_options_give_clear_errors():
     for option, value in (("zeta", 1.5), ("lam", 0.0), ("sigma_floor", -1.0), ("spacing", "cubic"), ("grad_steps", 0)):
         with pytest.raises(SolverError, match=f"diffpir.{option}"):
             solvers.build("diffpir", **{option: value})
+
+
+def test_diffpir_defaults_are_the_values_the_official_main_runs():
+    """main_ddpir.py main() multiplies the yaml's lambda_ = 1 and deblurring's zeta = 0.1: deblurring runs λ = 7,
+    ζ = 0.3, SR sweeps λ = 2..12 (7 chosen) at ζ = 0.25, inpainting λ = 1, ζ = 1; explicit options win."""
+    config = solvers.build("diffpir").config
+    assert [config.lam_for(t, True) for t in ("gblur", "sr4", "inpaint", "motion-blur")] == [7.0, 7.0, 1.0, 7.0]
+    assert [config.zeta_for(t, True) for t in ("gblur", "sr4", "inpaint")] == [0.3, 0.25, 1.0]
+    assert (config.lam_for("jpeg10", False), config.zeta_for("jpeg10", False)) == (15.0, 0.25)
+    chosen = solvers.build("diffpir", lam=2.0, zeta=0.5).config
+    assert (chosen.lam_for("gblur", True), chosen.zeta_for("inpaint", True)) == (2.0, 0.5)
+    assert solvers.build("diffpir").version == 2  # results of λ = 1 (version 1) are not mixed with these
+    with pytest.raises(SolverError, match="diffpir.lam must be a finite number > 0"):
+        solvers.build("diffpir", lam=0.0)
