@@ -160,8 +160,11 @@ def test_the_solver_follows_the_provenance_and_refuses_contradictions(imported):
         "noise",
     )
     assert solver.spec()["config"]["inpaint_unobserved"] == "noise"
-    assert "inpaint_unobserved" not in DDC().spec()["config"]  # shipped φ: the keys stored results have
-    assert DDC().config.clip_x0 is True
+    shipped = DDC().config  # the shipped φ's own conventions (docs/ddc/natural64.md, "Blocks and grey")
+    assert (shipped.clip_x0, shipped.y_to_image, shipped.inpaint_unobserved) == (True, "pinv-if-smaller", "mean")
+    assert DDC().spec()["config"]["inpaint_unobserved"] == "mean"
+    # a φ with zero holes (an injected one resolves to our trainer's defaults) keeps the keys stored results have
+    assert "inpaint_unobserved" not in DDC(phi=lambda x0, y_image, t: torch.zeros_like(x0)).spec()["config"]
     for option, value, fix in [("clip_x0", True, "clip_x0=false"), ("inpaint_unobserved", "zero", "=noise")]:
         with pytest.raises(SolverError, match=fix):
             DDC(network=str(imported), **{option: value}).phi(torch.device("cpu"))

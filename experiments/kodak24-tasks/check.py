@@ -3,8 +3,8 @@
     python experiments/kodak24-tasks/check.py results/kodak24-tasks results/kodak24-paper-tasks [--json FILE]
 
 Prints, per task, one row per solver: images, PSNR, SSIM, LPIPS, consistency (its right value is the noise std
-2σ = 0.1) and seconds per image, means over the photos. The targets: DiffPIR and DAPS above A⁺y in PSNR on every
-task they share with it, compared on the photos both ran (A⁺y does not exist for phase retrieval: the row says so). Exit status 1 when a target is missed or a store is empty.
+2σ = 0.1), seconds per image and network calls per image (NFE), means over the photos. The targets: DiffPIR and
+DAPS above A⁺y in PSNR on every task they share with it, compared on the photos both ran (A⁺y does not exist for phase retrieval: the row says so). Exit status 1 when a target is missed or a store is empty.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import pandas as pd
 from bench.pipeline.store import ResultStore
 from bench.tools.checks import report_checks
 
-COLUMNS = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "consistency": "consistency", "wall_s": "s/image"}
+COLUMNS = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "consistency": "consistency", "wall_s": "s/image", "nfe": "NFE"}
+DECIMALS = {"psnr": 2, "wall_s": 2, "nfe": 0}  # the others 3
 
 
 def table(units: pd.DataFrame) -> str:
@@ -28,7 +29,7 @@ def table(units: pd.DataFrame) -> str:
         lines += [f"\n**{task}**\n", "| solver | images | " + " | ".join(COLUMNS.values()) + " |",
                   "|---|--:|" + "--:|" * len(COLUMNS)]  # fmt: skip
         for solver, group in rows.groupby("solver", sort=False):
-            cells = [f"{group[c].mean():.{2 if c in ('psnr', 'wall_s') else 3}f}" for c in COLUMNS]
+            cells = [f"{group[c].mean():.{DECIMALS.get(c, 3)}f}" for c in COLUMNS]
             lines.append(f"| {solver} | {len(group)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -63,6 +64,15 @@ def main() -> int:
         return 1
     # a unit computed in two of the folders (a resumed run into another folder) counts once: keys are content hashes
     units = units[units["status"] == "ok"].drop_duplicates("key", keep="last")
+    # a solver whose math changed since a folder was written (its version) counts with its latest version on each
+    # task; a (solver, task) with only earlier versions is named, so that the table can say why that is right
+    latest = units.groupby(["solver", "task"])["solver_version"].transform("max")
+    if (dropped := units[units["solver_version"] != latest]).size:
+        print(f"left out: {len(dropped)} unit(s) of earlier solver versions ({', '.join(sorted(set(dropped['solver'])))})")
+    units = units[units["solver_version"] == latest]
+    newest = units.groupby("solver")["solver_version"].transform("max")
+    for (solver, task, version), _ in units[units["solver_version"] < newest].groupby(["solver", "task", "solver_version"]):
+        print(f"note: {solver} on {task} is from version {version}")
     print(table(units))
     print()
     return report_checks(targets(units), args.json)
