@@ -160,11 +160,13 @@ def test_the_solver_follows_the_provenance_and_refuses_contradictions(imported):
         "noise",
     )
     assert solver.spec()["config"]["inpaint_unobserved"] == "noise"
-    shipped = DDC().config  # the shipped φ's own conventions (docs/ddc/natural64.md, "Blocks and grey")
-    assert (shipped.clip_x0, shipped.y_to_image, shipped.inpaint_unobserved) == (True, "pinv-if-smaller", "mean")
-    assert DDC().spec()["config"]["inpaint_unobserved"] == "mean"
-    # a φ with zero holes (an injected one resolves to our trainer's defaults) keeps the keys stored results have
-    assert "inpaint_unobserved" not in DDC(phi=lambda x0, y_image, t: torch.zeros_like(x0)).spec()["config"]
+    shipped = DDC().config
+    assert (shipped.clip_x0, shipped.y_to_image, shipped.inpaint_unobserved) == (True, "replicate", "zero")
+    assert "inpaint_unobserved" not in DDC().spec()["config"]  # shipped φ: the keys stored results have
+    # its fine-tuned sibling's own conventions (docs/ddc/natural64.md, "Blocks and grey")
+    sibling = DDC(network="natural64-pinv")
+    assert (sibling.config.y_to_image, sibling.config.inpaint_unobserved) == ("pinv-if-smaller", "mean")
+    assert sibling.spec()["config"]["inpaint_unobserved"] == "mean"
     for option, value, fix in [("clip_x0", True, "clip_x0=false"), ("inpaint_unobserved", "zero", "=noise")]:
         with pytest.raises(SolverError, match=fix):
             DDC(network=str(imported), **{option: value}).phi(torch.device("cpu"))

@@ -24,7 +24,10 @@ import-ddc`, solvers/ddc/official.py). The conventions:
   departure of ours that hands φ the image's colour at every pixel (docs/ddc/natural64.md, "Blocks and grey").
 
 Two names share this sampler: `ddc` (φ trained with the LPIPS term, bench/assets/ddc-natural64) and
-`ddc-nolpips` (the paper's "DDC w/o LPIPS" ablation, bench/assets/ddc-natural64-nolpips).
+`ddc-nolpips` (the paper's "DDC w/o LPIPS" ablation, bench/assets/ddc-natural64-nolpips). Both have a fine-tuned
+sibling shown A⁺y on SR and mean-filled inpainting holes (`--set ddc.network=natural64-pinv`,
+`--set ddc-nolpips.network=natural64-nolpips-pinv`): no block mosaic and no grey, at a cost on one SR task each
+(docs/ddc/natural64.md, "Blocks and grey").
 """
 
 from __future__ import annotations
