@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from bench import metrics
 from bench.pipeline.store import ResultStore, row_image_paths
 from bench.tools.checks import report_checks
 
@@ -29,7 +30,10 @@ COLUMNS = ("psnr", "ssim", "lpips", "consistency", "blockiness", "chroma_ratio",
 TASKS = ("sr4", "sr8", "gblur", "inpaint", "jpeg10")
 SOLVERS = ("ddc", "ddc-nolpips")
 MAX_PSNR_LOSS = 0.2
-BLOCKINESS_FLAG, CHROMA_FLAG, SHIFT_FLAG = 1.5, 0.5, 0.15  # bench/metrics/blocks.py and colour.py's flags
+# the report's flags, as the metrics declare them (bench/metrics/blocks.py and colour.py)
+BLOCKINESS_FLAG, CHROMA_FLAG, SHIFT_FLAG = (
+    metrics.spec(name).flag[1] for name in ("blockiness", "chroma-ratio", "colour-shift")
+)
 
 
 def paired(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
@@ -98,7 +102,11 @@ def grid(before: Path, after: Path, units_before: pd.DataFrame, units_after: pd.
 
 
 def _tile(path: Path | None, pad: int = 2) -> np.ndarray:
-    image = np.asarray(Image.open(path).convert("RGB")) if path is not None and path.is_file() else np.zeros((64, 64, 3), np.uint8)
+    image = (
+        np.asarray(Image.open(path).convert("RGB"))
+        if path is not None and path.is_file()
+        else np.zeros((64, 64, 3), np.uint8)
+    )
     return np.pad(image, ((pad, pad), (pad, pad), (0, 0)), constant_values=255)
 
 

@@ -4,7 +4,8 @@
 
 Prints, per task, one row per solver: images, PSNR, SSIM, LPIPS, consistency (its right value is the noise std
 2σ = 0.1), seconds per image and network calls per image (NFE), means over the photos. The targets: DiffPIR and
-DAPS above A⁺y in PSNR on every task they share with it, compared on the photos both ran (A⁺y does not exist for phase retrieval: the row says so). Exit status 1 when a target is missed or a store is empty.
+DAPS above A⁺y in PSNR on every task they share with it, compared on the photos both ran (A⁺y does not exist
+for phase retrieval: the row says so). Exit status 1 when a target is missed or a store is empty.
 """
 
 from __future__ import annotations

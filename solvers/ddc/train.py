@@ -32,7 +32,7 @@ from bench.training import TrainConfig, Trainer, crop_batches, data_record, trai
 from operators.base import noise_std
 
 from .network import DC_WEIGHTS, DeltaNetwork, load_phi, phi_unet_config
-from .sampler import INPAINT_UNOBSERVED, Y_TO_IMAGE, corrected_prediction, phi_input
+from .sampler import INPAINT_UNOBSERVED, Y_TO_IMAGE, corrected_prediction, phi_input, trained_conventions
 
 DEFAULT_TASKS = ("sr4", "sr8", "gblur", "inpaint", "jpeg10", "denoise")  # the paper's six training tasks
 # The official code gives φ the prior's x̂₀ unclipped. For t near T, x̂₀ = (x_t − √(1−ᾱ)ε̂)/√ᾱ multiplies ε̂'s
@@ -320,8 +320,7 @@ def _initial_phi(folder: str | Path, prior, output_dc: bool) -> tuple[nn.Module,
         "timesteps": provenance.get("timesteps", "uniform"),
         "chain_fraction": provenance.get("chain_fraction", 0.0),
         "output_dc": provenance.get("output_dc", False),
-        "y_to_image": provenance.get("y_to_image", "replicate"),  # a fine-tune may change φ's input convention
-        "inpaint_unobserved": provenance.get("inpaint_unobserved", "zero"),
+        **trained_conventions(provenance),  # a fine-tune may change φ's input conventions: the init's stay here
         "init": provenance.get("init"),  # the lineage, when the init was itself fine-tuned
     }
     network.train().requires_grad_(True)
