@@ -286,7 +286,7 @@ def _cmd_train_ddc(args: argparse.Namespace) -> int:
         args.data,
         args.out,
         config=config,
-        tasks=operators.resolve_tasks(args.tasks),
+        tasks=_weighted_tasks(operators.resolve_tasks(args.tasks), args.task_weights),
         sigma_max=args.sigma_max,
         use_lpips=not args.no_lpips,
         y_to_image=args.y_to_image,
@@ -370,6 +370,25 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
         return positive_ints(text, flag)
     except argparse.ArgumentTypeError as error:
         raise SystemExit(f"error: {error}") from None
+
+
+def _weighted_tasks(tasks: list[str], weights: str | None) -> list[str]:
+    """The task list with each task repeated by its whole-number weight (`sr4=2,sr8=2`): the trainer draws one
+    entry of the list per batch, so a task listed k times is drawn k times as often as a task listed once."""
+    if not weights:
+        return tasks
+    counts = dict.fromkeys(tasks, 1)
+    for item in weights.split(","):
+        name, _, value = item.strip().partition("=")
+        if name not in counts:
+            raise SystemExit(
+                f"error: --task-weights names '{name}', which is not in --tasks ({', '.join(tasks)}); "
+                "weight only the tasks you train"
+            )
+        if not value.isdigit() or int(value) < 1:
+            raise SystemExit(f"error: --task-weights '{item}': the weight must be a whole number >= 1, e.g. {name}=2")
+        counts[name] = int(value)
+    return [name for name in tasks for _ in range(counts[name])]
 
 
 def _check_steps(steps: int, init: str | None) -> None:
@@ -547,6 +566,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_options(ddc, steps=160_000, batch_size=8, lr=1e-4, size=None)
     ddc.add_argument("--prior", default="natural64", help="the frozen prior whose x̂₀ is corrected")
     ddc.add_argument("--tasks", default="sr4,sr8,gblur,inpaint,jpeg10,denoise", help="one drawn per batch")
+    ddc.add_argument(
+        "--task-weights",
+        default=None,
+        help="draw some tasks more often: 'sr4=2,sr8=2' draws each of them twice as often as a task left out "
+        "(whole numbers; recorded in the provenance's task list)",
+    )
     ddc.add_argument("--sigma-max", type=_noise_level, default=0.05, help="y noise std u*2*sigma_max, u ~ U(0, 1)")
     ddc.add_argument("--no-lpips", action="store_true", help="train the paper's 'DDC w/o LPIPS' variant")
     # Literal choices, so that --help needs no torch (tests/test_ddc.py checks them against solvers.ddc's).

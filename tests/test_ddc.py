@@ -157,6 +157,20 @@ def test_train_ddc_cli_choices_are_the_solvers_conventions():
     assert set(TRAINED_UNOBSERVED) == set(INPAINT_UNOBSERVED) - {"noise"}
 
 
+def test_train_ddc_task_weights_repeat_tasks_in_the_drawn_list_and_refuse_bad_input():
+    from bench.cli import _weighted_tasks
+
+    tasks = ["sr4", "sr8", "gblur"]
+    assert _weighted_tasks(tasks, None) == tasks
+    assert _weighted_tasks(tasks, "sr4=2,gblur=3") == ["sr4", "sr4", "sr8", "gblur", "gblur", "gblur"]
+    with pytest.raises(SystemExit, match="not in --tasks"):
+        _weighted_tasks(tasks, "inpaint=2")
+    with pytest.raises(SystemExit, match="whole number"):
+        _weighted_tasks(tasks, "sr4=1.5")
+    with pytest.raises(SystemExit, match="whole number"):
+        _weighted_tasks(tasks, "sr4=0")
+
+
 def test_kl_term_matches_torch_distributions_gaussian_kl():
     torch.manual_seed(0)
     x0 = torch.rand(3, 2, 4, 4) * 2 - 1
@@ -251,6 +265,26 @@ def test_train_ddc_writes_a_folder_the_solver_loads(prior, tmp_path):
         )
     with pytest.raises(FileExistsError, match="--resume"):
         train_ddc("gaussian", DATA / "natural-train", tmp_path / "run", config=config, progress=False)
+
+
+def test_the_spec_holds_phis_weight_hashes_so_retrained_weights_get_new_keys(tmp_path):
+    folder = tmp_path / "phi"
+    provenance = {"y_to_image": "replicate", "clip_x0": True}
+    save_phi(build_phi(SHAPE[1], SHAPE[0], (8, 16)), folder, provenance)
+    first = DDC(network=str(folder)).spec()
+    assert set(first["phi_sha256"]) == {"unet/diffusion_pytorch_model.safetensors"}
+    assert DDC(network=str(folder)).spec() == first  # the same files: the same key
+    retrained = build_phi(SHAPE[1], SHAPE[0], (8, 16))
+    with torch.no_grad():
+        for parameter in retrained.parameters():
+            parameter.add_(0.01)
+    save_phi(retrained, tmp_path / "other", provenance)
+    shutil.rmtree(folder)
+    (tmp_path / "other").rename(folder)
+    second = DDC(network=str(folder)).spec()
+    assert second["config"] == first["config"] and second["phi_sha256"] != first["phi_sha256"]
+    injected = DDC(phi=lambda x0, y, t: torch.zeros_like(x0)).spec()
+    assert "phi_sha256" not in injected and injected["phi"].startswith("callable:")
 
 
 def test_ddc_refuses_a_network_trained_for_another_prior(prior, tmp_path, monkeypatch):

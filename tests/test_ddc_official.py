@@ -160,13 +160,14 @@ def test_the_solver_follows_the_provenance_and_refuses_contradictions(imported):
         "noise",
     )
     assert solver.spec()["config"]["inpaint_unobserved"] == "noise"
+    # the default φ's conventions, departures of ours (docs/ddc/natural64.md, "Blocks and grey")
     shipped = DDC().config
-    assert (shipped.clip_x0, shipped.y_to_image, shipped.inpaint_unobserved) == (True, "replicate", "zero")
-    assert "inpaint_unobserved" not in DDC().spec()["config"]  # shipped φ: the keys stored results have
-    # its fine-tuned sibling's own conventions (docs/ddc/natural64.md, "Blocks and grey")
-    sibling = DDC(network="natural64-pinv")
-    assert (sibling.config.y_to_image, sibling.config.inpaint_unobserved) == ("pinv-if-smaller", "mean")
-    assert sibling.spec()["config"]["inpaint_unobserved"] == "mean"
+    assert (shipped.clip_x0, shipped.y_to_image, shipped.inpaint_unobserved) == (True, "pinv-if-smaller", "mean")
+    assert DDC().spec()["config"]["inpaint_unobserved"] == "mean"
+    # the network trained with the official input conventions stays selectable
+    official_inputs = DDC(network="natural64")
+    assert (official_inputs.config.y_to_image, official_inputs.config.inpaint_unobserved) == ("replicate", "zero")
+    assert "inpaint_unobserved" not in official_inputs.spec()["config"]  # the keys its stored results have
     for option, value, fix in [("clip_x0", True, "clip_x0=false"), ("inpaint_unobserved", "zero", "=noise")]:
         with pytest.raises(SolverError, match=fix):
             DDC(network=str(imported), **{option: value}).phi(torch.device("cpu"))

@@ -71,6 +71,13 @@ def main() -> int:
     if (dropped := units[units["solver_version"] != latest]).size:
         print(f"left out: {len(dropped)} unit(s) of earlier solver versions ({', '.join(sorted(set(dropped['solver'])))})")
     units = units[units["solver_version"] == latest]
+    # one config per (solver, task): the one most photos ran with (the quick budget), not mixed with a side run of
+    # the same store (DPS at 1000 steps on 2 photos, ddc-default-check's dps1000.toml)
+    counts = units.groupby(["solver", "task", "solver_config"])["key"].transform("size")
+    widest = units.assign(count=counts).groupby(["solver", "task"])["count"].transform("max")
+    if (other := units[counts != widest]).size:
+        print(f"left out: {len(other)} unit(s) of side configs ({', '.join(sorted(set(other['solver'])))})")
+    units = units[counts == widest]
     newest = units.groupby("solver")["solver_version"].transform("max")
     for (solver, task, version), _ in units[units["solver_version"] < newest].groupby(["solver", "task", "solver_version"]):
         print(f"note: {solver} on {task} is from version {version}")

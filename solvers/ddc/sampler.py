@@ -23,11 +23,14 @@ import-ddc`, solvers/ddc/official.py). The conventions:
   `fill_unobserved`); "mean" fills them with the observed pixels' per-image channel means (`mean_fill`), a
   departure of ours that hands φ the image's colour at every pixel (docs/ddc/natural64.md, "Blocks and grey").
 
-Two names share this sampler: `ddc` (φ trained with the LPIPS term, bench/assets/ddc-natural64) and
-`ddc-nolpips` (the paper's "DDC w/o LPIPS" ablation, bench/assets/ddc-natural64-nolpips). Both have a fine-tuned
-sibling shown A⁺y on SR and mean-filled inpainting holes (`--set ddc.network=natural64-pinv`,
-`--set ddc-nolpips.network=natural64-nolpips-pinv`): no block mosaic and no grey, at a cost on one SR task each
-(docs/ddc/natural64.md, "Blocks and grey").
+Two names share this sampler: `ddc` (φ trained with the LPIPS term) and `ddc-nolpips` (the paper's "DDC w/o
+LPIPS" ablation). Their default networks, bench/assets/ddc-natural64-pinv and ddc-natural64-nolpips-pinv, see A⁺y
+on SR and mean-filled inpainting holes, which removes the block mosaic and the grey that the official input
+conventions gave (docs/ddc/natural64.md, "Blocks and grey"). The networks trained with the official conventions
+stay available: `--set ddc.network=natural64`, `--set ddc-nolpips.network=natural64-nolpips`.
+
+A result's key holds the sha256 of φ's weight files (`spec`), so that retrained weights under the same name never
+reuse results of the old ones.
 """
 
 from __future__ import annotations
@@ -47,7 +50,16 @@ from operators.base import noise_std
 
 from .. import register
 from ..base import Solver, SolverConfig, SolverError, StepCallback
-from .network import PAPER_PHI_CHANNELS, PROVENANCE, Phi, load_phi, network_folder, paper_phi, read_provenance
+from .network import (
+    DC_WEIGHTS,
+    PAPER_PHI_CHANNELS,
+    PROVENANCE,
+    Phi,
+    load_phi,
+    network_folder,
+    paper_phi,
+    read_provenance,
+)
 
 Y_TO_IMAGE = ("replicate", "pinv", "pinv-if-smaller")
 INPAINT_UNOBSERVED = ("zero", "noise", "mean")
@@ -60,7 +72,9 @@ LEGACY_PROVENANCE = {"y_to_image": "replicate", "clip_x0": False, "inpaint_unobs
 @dataclasses.dataclass(frozen=True)
 class DDCConfig(SolverConfig):
     steps: int = 5  # DDC paper Sec. 4 / Appendix B: 5 steps (official schedule 800, 600, 400, 200, 0)
-    network: str = "natural64"  # φ weights: a folder under bench/assets/ddc-<name>/, or a path to such a folder
+    # φ weights: a folder under bench/assets/ddc-<name>/, or a path to such a folder. The default sees A⁺y on SR and
+    # mean-filled holes (departures of ours, no block mosaic or grey); "natural64" has the official conventions.
+    network: str = "natural64-pinv"
     # The conventions below default to None: "as the network's provenance.json says" (see the module docstring).
     # "replicate" equals the official adaptive average pooling on every built-in task (see measurement_to_image).
     y_to_image: str | None = None  # "replicate", "pinv" or "pinv-if-smaller"
@@ -203,6 +217,7 @@ class DDC(Solver):
         if int(self.config.steps) < 1:
             raise SolverError(f"ddc: steps must be >= 1, got {self.config.steps}")
         self._phi = phi
+        self._injected = phi is not None  # spec(): an injected φ has no weight files to hash
         self._trained_for: dict[str, Any] | None = None  # the prior spec φ was trained with, from its provenance
         # Before φ loads, from provenance.json alone (result keys are computed before any weights load).
         on_disk = None if phi is not None else read_provenance(network_folder(self.config.network))
@@ -240,11 +255,15 @@ class DDC(Solver):
         )
 
     def spec(self) -> dict[str, Any]:
-        """The resolved config; inpaint_unobserved appears only off "zero", so that results stored before the
-        option existed keep their keys (a shipped φ resolves to exactly the config it had then)."""
+        """The resolved config and the sha256 of φ's weight files (an injected φ: its type). inpaint_unobserved
+        appears only off "zero", so that its introduction changed no key of the networks that predate it."""
         spec = super().spec()
         if spec["config"]["inpaint_unobserved"] == "zero":
             del spec["config"]["inpaint_unobserved"]
+        if self._injected:
+            spec["phi"] = f"callable:{getattr(self._phi, '__qualname__', type(self._phi).__name__)}"
+        else:
+            spec["phi_sha256"] = _weights_sha256(network_folder(self.config.network))
         return spec
 
     def missing_weights(self) -> str | None:
@@ -363,9 +382,17 @@ def _unprovenanced(folder: Path) -> str:
     )
 
 
+def _weights_sha256(folder: Path) -> dict[str, str]:
+    """sha256 of each weight file a φ folder holds (relative path → digest); {} where none is there yet."""
+    from bench.files import file_sha256
+
+    files = [folder / "unet" / "diffusion_pytorch_model.safetensors", folder / DC_WEIGHTS]
+    return {path.relative_to(folder).as_posix(): file_sha256(path) for path in files if path.is_file()}
+
+
 @dataclasses.dataclass(frozen=True)
 class DDCNoLpipsConfig(DDCConfig):
-    network: str = "natural64-nolpips"  # φ trained without the LPIPS term (`train-ddc --no-lpips`)
+    network: str = "natural64-nolpips-pinv"  # φ trained without the LPIPS term (`train-ddc --no-lpips`)
 
 
 @register
