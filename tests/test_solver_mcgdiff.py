@@ -88,3 +88,20 @@ def test_mcgdiff_mean_estimate_and_callback_and_errors():
     with pytest.raises(SolverError, match="estimate"):
         solvers.build("mcgdiff", estimate="median")
     assert solvers.build("mcgdiff").unsupported(operators.build("jpeg10", shape=(3, 8, 8)), 0.0) is not None
+
+
+def test_mcgdiff_clip_x0_bounds_the_unobserved_pixels_and_is_keyed_only_when_on():
+    """Inpainting's V basis selects pixels, and at the last step an unobserved coordinate is x̂0's: with clip_x0
+    every unobserved pixel lies in [-1, 1]; the Gaussian prior's own x̂0 leaves it. Off (the official code), the
+    option is absent from the spec, so results stored before it existed keep their keys."""
+    prior, op, ys, _ = setup("gaussian:8", "inpaint", 0.05, 4)
+    hidden = op.restrict(torch.ones(4, *prior.image_shape)) == 0
+    gens = lambda: image_generators(0, ["a", "b", "c", "d"], "smc")  # noqa: E731
+    plain = solvers.build("mcgdiff", particles=4, steps=STEPS).solve(ys, op, prior, sigma=0.05, generators=gens())
+    clipped = solvers.build("mcgdiff", particles=4, steps=STEPS, clip_x0=True).solve(
+        ys, op, prior, sigma=0.05, generators=gens()
+    )
+    assert plain[hidden].abs().max() > 1.0  # the case clipping changes
+    assert clipped[hidden].abs().max() <= 1.0 + 1e-6
+    assert "clip_x0" not in solvers.build("mcgdiff").spec()["config"]
+    assert solvers.build("mcgdiff", clip_x0=True).spec()["config"]["clip_x0"] is True
