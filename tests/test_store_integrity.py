@@ -327,3 +327,41 @@ def test_a_row_without_a_measurement_png_has_no_measurement_path(tmp_path):
     estimate, reference, measurement = store_module.row_image_paths(tmp_path, row)
     assert estimate == tmp_path / "images/x/a.png" and reference == tmp_path / "images/reference/s/a.png"
     assert measurement is None
+
+
+def test_retrained_weights_under_one_name_get_new_units_pngs_and_report_rows(tmp_path, photos, capsys):
+    """A φ retrained into the same folder changes no option, yet its results are new: new keys (the spec holds
+    the weights' sha256), their own PNG folder (the old rows' images stay theirs), the `solver_weights` column,
+    and two methods in the report, told apart by a digest of the weights."""
+    import torch
+
+    from bench.report.load import method_labels
+    from solvers.ddc.train import build_phi, save_phi
+
+    folder = tmp_path / "phi"
+    provenance = {"y_to_image": "replicate", "clip_x0": True}
+    out = tmp_path / "run"
+    args = run_args(out, photos, "--solvers", "ddc", "--set", f"ddc.network={folder}")
+    for shift in (0.0, 1e-3):  # the second φ: other weights, same folder, same options
+        network = build_phi(32, 3, (8, 16))
+        with torch.no_grad():
+            for parameter in network.parameters():
+                parameter.add_(shift)
+        if folder.exists():
+            shutil.rmtree(folder)
+        save_phi(network, folder, provenance)
+        code, _, err = bench(capsys, *args)
+        assert code == 0, err
+    table = ResultStore(out).units()
+    assert len(table) == 8 and set(table["status"]) == {"ok"}
+    assert table["key"].is_unique and table["image_path"].is_unique
+    assert table["solver_weights"].nunique() == 2 and "phi_sha256" in table["solver_weights"].iloc[0]
+    assert table["solver_config"].nunique() == 1
+    for row in table.to_dict(orient="records"):
+        assert store_module.row_image_paths(out, row)[0].is_file()
+    methods, _ = method_labels(table)
+    assert len(methods) == 2 and all(label.startswith("ddc (weights=") for label in methods["method"])
+    # a solver with no weights of its own keeps the paths and column it had
+    code, _, err = bench(capsys, *run_args(tmp_path / "plain", photos))
+    assert code == 0, err
+    assert set(ResultStore(tmp_path / "plain").units()["solver_weights"]) == {""}

@@ -53,6 +53,7 @@ class RunContext:
     index_of: dict[str, int]
     solvers: dict[str, Any]
     solver_configs: dict[str, str]  # each solver's resolved config as canonical JSON, as the rows store it
+    solver_weights: dict[str, str]  # each solver's weight hashes as canonical JSON ("" for none): `solver_weights`
     ops: dict[str, Any]
     device: Any
     store: Any
@@ -206,6 +207,7 @@ def _base_row(context: RunContext, unit: Any) -> dict[str, Any]:
         compiled=bool(getattr(context.prior, "compiled", False)),
         solver_version=context.solvers[unit.solver].version,
         solver_config=context.solver_configs[unit.solver],
+        solver_weights=context.solver_weights[unit.solver],
         **_image_paths(context, unit),
         metrics=",".join(name for name in context.metrics if _is_per_image(name)),
         **context.versions,
@@ -377,6 +379,7 @@ def _image_paths(context: RunContext, unit: Any) -> dict[str, str]:
         solver_config=context.solver_configs[unit.solver],
         noise=context.settings.noise,
         best_of=context.settings.best_of,
+        solver_weights=context.solver_weights[unit.solver],
     )
     if not context.ops[unit.task].supports(operators.Cap.PINV):
         paths["measurement_path"] = None

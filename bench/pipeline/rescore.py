@@ -149,7 +149,8 @@ def _set_members(units: Any, row: dict[str, Any]) -> Any:
         & (units["seed"] == row["seed"])
     ]
     # every field a unit key holds besides (solver, task, σ, seed, image): a set is one value of each
-    identity = [f for f in ("solver_version", "solver_config", "prior", "dataset", "noise", "best_of") if f in units]
+    fields = ("solver_version", "solver_config", "solver_weights", "prior", "dataset", "noise", "best_of")
+    identity = [f for f in fields if f in units]
     for _, group in candidates.groupby(identity, sort=False, dropna=False):
         if hashlib.sha256("".join(sorted(group["key"])).encode()).hexdigest() == row["set_key"]:
             return group

@@ -45,7 +45,7 @@ from bench.pipeline.settings import (
     settings_from_args,
 )
 from bench.pipeline.store import DONE_STATUSES, ORDER_FILE, STATUSES, ResultStore, latest, next_attempts, sigma_label
-from bench.pipeline.units import canonical_json, enumerate_units, shard
+from bench.pipeline.units import canonical_json, enumerate_units, shard, solver_weights
 
 __all__ = ["add_run_parser", "failure_report", "format_summary", "run", "summarize"]
 
@@ -137,6 +137,7 @@ def _prepare(settings: RunSettings, rank: int) -> tuple[RunContext, list[Any]]:
         index_of={image_id: i for i, image_id in enumerate(ids)},
         solvers=built,
         solver_configs={name: canonical_json(spec["config"]) for name, spec in specs.items()},
+        solver_weights={name: solver_weights(spec) for name, spec in specs.items()},
         ops=ops,
         device=torch.device(device),
         store=ResultStore(settings.out, rank=rank),

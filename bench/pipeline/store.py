@@ -161,12 +161,19 @@ UNIT_COLUMNS = (
     Column("measurement_path", "str", "the measurement's PNG (A⁺y), relative to the run folder; None without A⁺"),
     Column("solver_version", "int64", "the solver's `version` (bumped when its math changes)"),
     Column("solver_config", "str", "the solver's resolved config as canonical JSON"),
+    Column(
+        "solver_weights",
+        "str",
+        "sha256 of the solver's own weight files (DDC's φ, PnP-ADMM's DnCNN, CDDB's bridge) as canonical JSON, "
+        "the part of its spec beyond the config; empty where it has none",
+        "",
+    ),
     Column("best_of", "int64", "solver runs of which the row keeps the one of least ‖A(x̂) − y‖ (`--best-of`)", 1),
     Column("best_repeat", "int64", "which of those runs (0 .. best_of − 1) the row keeps; the traces are its", 0),
     *_VERSIONS,
 )
 # Unit columns added after stores existed: rows written before them read as their default (`_backfill`).
-_ADDED_UNIT_COLUMNS = ("noise", "best_of", "best_repeat")
+_ADDED_UNIT_COLUMNS = ("noise", "best_of", "best_repeat", "solver_weights")
 #: Table `traces`: one row per (unit, step) of the computation that gave the unit's latest row.
 TRACE_COLUMNS = (
     Column("key", "str", "the unit's key"),
@@ -249,17 +256,21 @@ def unit_image_paths(
     solver_config: str,
     noise: str = "gaussian",
     best_of: int = 1,
+    solver_weights: str = "",
 ) -> dict[str, str]:
     """A unit's PNGs relative to the run folder: {image_path, reference_path, measurement_path}.
 
     A noise model other than Gaussian names the σ folder (`0.05-poisson`), since it changes the measurement, and
-    a best-of count above 1 enters the tag; the defaults give the paths made before these options existed."""
+    a best-of count above 1 and the solver's weight hashes enter the tag, so that retrained weights under one
+    config never overwrite the old ones' PNGs; the defaults give the paths made before these options existed."""
     import hashlib
 
     source = image_source(prior, dataset)
     identity = f"{int(solver_version)}/{solver_config}/{int(seed)}/{source}"
     if int(best_of) != 1:
         identity += f"/best_of={int(best_of)}"
+    if solver_weights:
+        identity += f"/weights={solver_weights}"
     tag = hashlib.sha256(identity.encode()).hexdigest()[:12]
     name = f"{image_id}.png"
     level = sigma_label(sigma) if noise == "gaussian" else f"{sigma_label(sigma)}-{noise}"

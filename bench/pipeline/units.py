@@ -17,7 +17,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DEFAULT_NOISE_SPEC", "Unit", "canonical_json", "enumerate_units", "image_tag", "shard", "unit_key"]
+__all__ = [
+    "DEFAULT_NOISE_SPEC",
+    "Unit",
+    "canonical_json",
+    "enumerate_units",
+    "image_tag",
+    "shard",
+    "solver_weights",
+    "unit_key",
+]
 
 # The spec of the default noise model (`operators.noise.GaussianNoise().spec()`, kept here so that keys need no
 # torch): a unit under it has no "noise" entry in its key, as before noise models existed.
@@ -27,6 +36,13 @@ DEFAULT_NOISE_SPEC: dict[str, Any] = {"name": "gaussian"}
 def canonical_json(value: Any) -> str:
     """JSON with sorted keys and no whitespace; NaN/Inf are refused because they have no JSON spelling."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def solver_weights(solver_spec: Mapping[str, Any]) -> str:
+    """What a solver's spec holds beyond its name, version and config (its own weight files' sha256: DDC's φ,
+    PnP-ADMM's DnCNN, CDDB's bridge) as canonical JSON, the rows' `solver_weights`; "" for a solver with none."""
+    extra = {name: value for name, value in solver_spec.items() if name not in ("solver", "version", "config")}
+    return canonical_json(extra) if extra else ""
 
 
 def image_tag(solver_version: int, solver_config: str, seed: int) -> str:

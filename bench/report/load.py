@@ -165,7 +165,7 @@ def method_labels(units: pd.DataFrame, asked: tuple[str, ...] = ()) -> tuple[pd.
     A solver run under one config is labelled by its name; under several, by its name plus the settings whose
     values differ between them, e.g. "ddc (steps=5)".
     """
-    fields = [f for f in ("solver", "solver_config", *IDENTITY_FIELDS) if f in units]
+    fields = [f for f in ("solver", "solver_config", "solver_weights", *IDENTITY_FIELDS) if f in units]
     # one code per distinct identity: cheaper than merging back on six text columns
     codes = units.groupby(fields, sort=False, dropna=False).ngroup().to_numpy()
     first = ~pd.Series(codes).duplicated().to_numpy()
@@ -194,7 +194,11 @@ def _identity(row: dict[str, Any]) -> dict[str, Any]:
         config = {"config": row["solver_config"]}
     if not isinstance(config, dict):
         config = {"config": config}
-    return {**config, **{field: row[field] for field in IDENTITY_FIELDS if field in row}}
+    identity = {**config, **{field: row[field] for field in IDENTITY_FIELDS if field in row}}
+    weights = row.get("solver_weights")
+    if isinstance(weights, str) and weights:  # retrained weights under one config: told apart by a short digest
+        identity["weights"] = hashlib.sha256(weights.encode()).hexdigest()[:8]
+    return identity
 
 
 def _varying_keys(identities: list[dict[str, Any]]) -> list[str]:
