@@ -6,6 +6,7 @@ Runs use the analytic Gaussian prior at 3x32x32 and 48x48 crops of scikit-image'
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 from pathlib import Path
@@ -361,6 +362,12 @@ def test_retrained_weights_under_one_name_get_new_units_pngs_and_report_rows(tmp
         assert store_module.row_image_paths(out, row)[0].is_file()
     methods, _ = method_labels(table)
     assert len(methods) == 2 and all(label.startswith("ddc (weights=") for label in methods["method"])
+    code, _, err = bench(capsys, "report", "--results", str(out), "--out", str(tmp_path / "report"))
+    assert code == 0, err
+    page = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    for weights in table["solver_weights"].unique():
+        digest = json.loads(weights)["phi_sha256"]["unet/diffusion_pytorch_model.safetensors"]
+        assert digest in page  # the Versions section names both networks
     # a solver with no weights of its own keeps the paths and column it had
     code, _, err = bench(capsys, *run_args(tmp_path / "plain", photos))
     assert code == 0, err

@@ -15,7 +15,7 @@ import pandas as pd
 from bench.report import figures as fig
 from bench.report.grids import grid_figures
 from bench.report.load import REFERENCE_SOLVERS, Store, sigma_label
-from bench.report.status import missing_tables, versions_table
+from bench.report.status import missing_tables, versions_table, weights_table
 from bench.report.tables import (
     Table,
     checks_summary,
@@ -57,6 +57,7 @@ class Report:
     missing: list[Table]
     versions: Table
     checks: Section | None = None  # the visual checks (blockiness, colour loss, clipping); None without values
+    weights: Table | None = None  # the solvers' own networks' sha256 (DDC's φ, PnP-ADMM's DnCNN, CDDB's bridge)
 
 
 def build_report(store: Store, folder: Path, ci: bool = False) -> Report:
@@ -94,6 +95,7 @@ def build_report(store: Store, folder: Path, ci: bool = False) -> Report:
         missing=missing_tables(store),
         versions=versions_table(store.units),
         checks=checks_section,
+        weights=weights_table(store.units),
     )
 
 

@@ -95,5 +95,7 @@ def render_html(report: Report) -> str:
     ]
     parts.append('</section><section id="versions"><h2>Versions</h2>')
     parts.append(to_html(report.versions))
+    if report.weights is not None:
+        parts.append(to_html(report.weights))
     parts.append("</section></body></html>")
     return "\n".join(parts) + "\n"

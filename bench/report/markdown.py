@@ -38,4 +38,6 @@ def render_markdown(report: Report) -> str:
     for table in report.missing:
         lines += [f"### {table.caption}", "", to_markdown(table)]
     lines += ["## Versions", "", to_markdown(report.versions)]
+    if report.weights is not None:
+        lines += [f"### {report.weights.caption}", "", to_markdown(report.weights)]
     return "\n".join(lines).rstrip() + "\n"

@@ -7,7 +7,7 @@ import pandas as pd
 from bench.report.load import Store, sigma_label
 from bench.report.tables import Cell, Table
 
-__all__ = ["missing_tables", "versions_table"]
+__all__ = ["missing_tables", "versions_table", "weights_table"]
 
 SHOWN_IDS = 5  # image ids listed per row before "…"
 
@@ -79,6 +79,30 @@ def _without_png(store: Store) -> pd.DataFrame:
         return ok
     gone = [not row_image_paths(store.root, row)[0].is_file() for row in ok.to_dict(orient="records")]
     return ok[gone]
+
+
+def weights_table(units: pd.DataFrame) -> Table | None:
+    """The solvers' own networks that made the rows: per solver and weight file, its sha256 and the units; None
+    where no row records any (solvers without networks of their own, stores written before the column)."""
+    import json
+
+    if "solver_weights" not in units:
+        return None
+    recorded = units[units["solver_weights"].fillna("").astype(str) != ""]
+    if recorded.empty:
+        return None
+    rows = []
+    for (solver, weights), group in recorded.groupby(["solver", "solver_weights"], sort=True):
+        for name, digest in _flatten(json.loads(weights)):
+            rows.append([solver, name, digest, len(group)])
+    return _table("Weights of the solvers' own networks (sha256)", ["solver", "file", "sha256", "units"], rows)
+
+
+def _flatten(value: object, prefix: str = "") -> list[tuple[str, str]]:
+    """(name, value) leaves of a solver's weight record: {"phi_sha256": {"unet/...": "ab.."}} and the like."""
+    if isinstance(value, dict):
+        return [leaf for key, inner in value.items() for leaf in _flatten(inner, f"{prefix}{key} ")]
+    return [(prefix.strip(), str(value))]
 
 
 def versions_table(units: pd.DataFrame) -> Table:
