@@ -2,8 +2,8 @@
 
     python experiments/ddc-blocks-grey/check.py BEFORE AFTER [--grid docs/ddc/blocks-grey.png] [--json FILE]
 
-BEFORE and AFTER are stores of `before.toml` and `after.toml` (the same command with the default φ networks and
-their fine-tuned siblings). Prints, per solver and task, the means over the photos of PSNR, SSIM, LPIPS, consistency and the
+BEFORE and AFTER are stores of `before.toml` and `after.toml` (the same command with the φ networks trained on the
+official input conventions and with the default ones fine-tuned from them). Prints, per solver and task, the means over the photos of PSNR, SSIM, LPIPS, consistency and the
 visual checks (blockiness, chroma ratio, colour shift, clipping), before → after, then the targets:
 - no task loses more than 0.2 dB of PSNR;
 - blockiness at most 1.5 (the report's flag) on sr4 and sr8;
