@@ -52,6 +52,9 @@ class SolverConfig:
 class Solver:
     name: ClassVar[str]
     version: ClassVar[int] = 1  # bump when the method's math changes: results of other versions are not mixed
+    # Options added after results were stored, with the value that reproduces the earlier behaviour: at that value
+    # `spec` leaves them out, so that adding an option changes no stored key.
+    options_keyed_off_default: ClassVar[dict[str, Any]] = {}
     Config: ClassVar[type[SolverConfig]] = SolverConfig
     requires: ClassVar[frozenset[Cap]] = frozenset({Cap.FORWARD})
     requires_when_noisy: ClassVar[frozenset[Cap]] = frozenset()  # extra needs for σ > 0 (e.g. DDNM+: svd)
@@ -236,8 +239,13 @@ class Solver:
         return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
 
     def spec(self) -> dict[str, Any]:
-        """The solver's identity for result keys: name, version and resolved config."""
-        return {"solver": self.name, "version": self.version, "config": dataclasses.asdict(self.config)}
+        """The solver's identity for result keys: name, version and resolved config (without the options of
+        `options_keyed_off_default` at their earlier behaviour's value)."""
+        config = dataclasses.asdict(self.config)
+        for name, earlier in self.options_keyed_off_default.items():
+            if name in config and config[name] == earlier:
+                del config[name]
+        return {"solver": self.name, "version": self.version, "config": config}
 
     def check(self, op: Operator, sigma: float) -> None:
         reason = self.unsupported(op, sigma)

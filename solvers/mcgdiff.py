@@ -109,18 +109,12 @@ class MCGDiff(Solver):
     summary = "MCGDiff: particle filter over the reverse diffusion in the SVD basis, exact as particles grow"
     # CPU budget: half the steps, a quarter of the particles (network calls on 16·B images, not 64·B)
     quick = {"steps": 50, "particles": 16}
+    options_keyed_off_default = {"clip_x0": False}  # added in version 1: results stored before keep their keys
 
     config: MCGDiffConfig
 
     def nfe(self) -> int:
         return self.config.steps  # one prior call per step, on all particles of the batch at once
-
-    def spec(self) -> dict:
-        """The resolved config; clip_x0 appears only when on, so that its introduction changed no stored key."""
-        spec = super().spec()
-        if not spec["config"]["clip_x0"]:
-            del spec["config"]["clip_x0"]
-        return spec
 
     def solve(
         self,

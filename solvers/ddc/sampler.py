@@ -192,6 +192,8 @@ class DDC(Solver):
     requires = frozenset({Cap.FORWARD, Cap.PINV})
     summary = "learned data-consistency correction of the Tweedie estimate (Chen et al. 2024), 5 steps"
     injectable_networks = ("phi",)  # tools may pass a φ (`stand_in_networks`: a random paper-size one)
+    # "zero" is how the networks that predate the option were trained: their stored results keep their keys
+    options_keyed_off_default = {"inpaint_unobserved": "zero"}
 
     @classmethod
     def stand_in_networks(cls, image_shape: Sequence[int], widths: Sequence[int] | None = None) -> dict[str, Any]:
@@ -255,11 +257,8 @@ class DDC(Solver):
         )
 
     def spec(self) -> dict[str, Any]:
-        """The resolved config and the sha256 of φ's weight files (an injected φ: its type). inpaint_unobserved
-        appears only off "zero", so that its introduction changed no key of the networks that predate it."""
+        """The resolved config and the sha256 of φ's weight files (an injected φ: its type)."""
         spec = super().spec()
-        if spec["config"]["inpaint_unobserved"] == "zero":
-            del spec["config"]["inpaint_unobserved"]
         if self._injected:
             spec["phi"] = f"callable:{getattr(self._phi, '__qualname__', type(self._phi).__name__)}"
         else:
